@@ -1,0 +1,10 @@
+"""edge-asd: anomalous sound detection for factory gateways."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("edge-asd")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+source"
+
+__all__ = ["__version__"]

@@ -1,0 +1,315 @@
+"""Calibration bundle: the memory bank, its threshold and everything needed to score with it.
+
+On disk a bundle is a directory with two files:
+
+- ``bank.npz``: ``embeddings`` float32 [N, D] (L2-normalised), ``rho`` float32 [N] and, when the
+  calibration had them, ``labels`` (unicode [N]). Loaded with ``allow_pickle=False``.
+- ``bundle.json``: every other field, human-readable.
+
+Saving is crash-safe: both files are written and fsynced in a temporary directory next to the
+target, which is then renamed into place. An existing bundle is first renamed aside and only
+deleted after the new one is in place, so after a crash the target path holds either the old or
+the new bundle, or (between the two renames) nothing, with the old one still next to it as
+``.NAME.old-*``; never a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from edge_asd.encoder import ModelInfo
+from edge_asd.memory_bank import SCORE_METHODS, MemoryBank
+
+_LOGGER = logging.getLogger(__name__)
+
+FORMAT_VERSION: Final = 1
+BANK_FILE: Final = "bank.npz"
+META_FILE: Final = "bundle.json"
+BUNDLE_ID_HEX_CHARS: Final = 12
+_SHA_SHOWN_CHARS: Final = 12
+"""Hex characters of a model sha256 shown in error messages."""
+_JSON_INDENT: Final = 2
+
+
+class BundleError(Exception):
+    """A bundle directory is missing, corrupt, of another format, or made for another model."""
+
+
+def make_bundle_id(embeddings: np.ndarray, threshold: float, model_sha256: str) -> str:
+    """Short stable id: first hex chars of sha256(embeddings bytes, threshold, model sha256)."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
+    digest.update(repr(float(threshold)).encode())
+    digest.update(model_sha256.encode())
+    return digest.hexdigest()[:BUNDLE_ID_HEX_CHARS]
+
+
+def utc_now_iso() -> str:
+    """Current time as ISO 8601 UTC, seconds resolution."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+@dataclass(eq=False)
+class Bundle:
+    """A calibrated detector for one microphone / machine."""
+
+    embeddings: np.ndarray
+    """float32 [N, D], L2-normalised normal window embeddings."""
+    rho: np.ndarray
+    """float32 [N], local density rho_K of each entry (cosine-distance units)."""
+    labels: list[str] | None
+    """Optional domain / condition per entry; kept for inspection, never needed to score."""
+    k: int
+    method: str
+    """Scoring method: density, difference or raw."""
+    threshold: float
+    """Window score above which a window counts as anomalous."""
+    threshold_method: str
+    """gamma or quantile."""
+    threshold_percentile: float
+    """Fraction of held-out normal windows under the threshold, e.g. 0.995."""
+    normal_stats: dict[str, Any]
+    """Held-out normal window score statistics (n, mean, std, quantiles, gamma parameters)."""
+    model: ModelInfo
+    window_samples: int
+    hop_samples: int
+    sample_rate: int
+    """Hertz."""
+    sources: list[str] = field(default_factory=list)
+    created: str = field(default_factory=utc_now_iso)
+    """ISO 8601 UTC."""
+    format_version: int = FORMAT_VERSION
+    bundle_id: str = ""
+    """Filled in from the content when left empty."""
+
+    def __post_init__(self) -> None:
+        self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+        self.rho = np.asarray(self.rho, dtype=np.float32)
+        if not self.bundle_id:
+            self.bundle_id = make_bundle_id(self.embeddings, self.threshold, self.model.sha256)
+
+    @property
+    def size(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def memory_bank(self) -> MemoryBank:
+        """The bank with the stored rho (no recomputation)."""
+        return MemoryBank(self.embeddings, k=self.k, labels=self.labels, rho=self.rho)
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything except the arrays, as JSON-ready values."""
+        return {
+            "format_version": self.format_version,
+            "bundle_id": self.bundle_id,
+            "created": self.created,
+            "model": self.model.to_dict(),
+            "sample_rate": self.sample_rate,
+            "window_samples": self.window_samples,
+            "hop_samples": self.hop_samples,
+            "k": self.k,
+            "method": self.method,
+            "threshold": self.threshold,
+            "threshold_method": self.threshold_method,
+            "threshold_percentile": self.threshold_percentile,
+            "normal_stats": self.normal_stats,
+            "n_entries": self.size,
+            "embedding_dim": int(self.embeddings.shape[1]) if self.embeddings.ndim == 2 else 0,
+            "has_labels": self.labels is not None,
+            "sources": list(self.sources),
+        }
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_bundle(bundle: Bundle, out_dir: str | os.PathLike[str]) -> Path:
+    """Write `bundle` to directory `out_dir` atomically (see the module docstring); returns it.
+
+    Refuses to replace an existing path that is not a bundle directory, so a mistyped path never
+    deletes user data.
+    """
+    target = Path(os.path.abspath(out_dir))  # "." or "x/" have no usable name otherwise
+    if target.exists() and not (target.is_dir() and (target / META_FILE).is_file()):
+        raise BundleError(
+            f"cannot save bundle to {target}: it exists and is not a bundle directory"
+        )
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    tmp = parent / f".{target.name}.tmp-{token}"
+    aside = parent / f".{target.name}.old-{token}"
+    tmp.mkdir()
+    try:
+        arrays: dict[str, np.ndarray] = {"embeddings": bundle.embeddings, "rho": bundle.rho}
+        if bundle.labels is not None:
+            arrays["labels"] = np.asarray(bundle.labels, dtype=np.str_)
+        with open(tmp / BANK_FILE, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(tmp / META_FILE, "w", encoding="utf-8") as fh:
+            json.dump(bundle.metadata(), fh, indent=_JSON_INDENT, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_path(tmp)
+        if target.exists():
+            os.rename(target, aside)
+        os.rename(tmp, target)
+        _fsync_path(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if aside.exists() and not target.exists():
+            os.rename(aside, target)
+        raise
+    if aside.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    _LOGGER.info("saved bundle %s (%d entries) to %s", bundle.bundle_id, bundle.size, target)
+    return target
+
+
+def _short(sha: str) -> str:
+    return sha[:_SHA_SHOWN_CHARS] + "..."
+
+
+def check_model(bundle: Bundle, model: ModelInfo, where: str) -> None:
+    """Raise BundleError when `model` is not the encoder the bundle was calibrated with."""
+    if model.sha256 != bundle.model.sha256:
+        raise BundleError(
+            f"bundle {where} was calibrated with model {bundle.model.name} "
+            f"{bundle.model.version} (sha256 {_short(bundle.model.sha256)}) but the configured "
+            f"model is {model.name} {model.version} (sha256 {_short(model.sha256)}); recalibrate"
+        )
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise BundleError(f"bundle {directory}: {META_FILE} is missing")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle {directory}: {META_FILE} is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise BundleError(f"bundle {directory}: {META_FILE} is not a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {directory}: format_version {version!r} is not supported "
+            f"(this edge-asd reads {FORMAT_VERSION}); recalibrate"
+        )
+    return meta
+
+
+def _read_bank(
+    directory: Path, has_labels: bool
+) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    bank_path = directory / BANK_FILE
+    if not bank_path.is_file():
+        raise BundleError(f"bundle {directory}: {BANK_FILE} is missing")
+    try:
+        with np.load(bank_path, allow_pickle=False) as npz:
+            embeddings = np.asarray(npz["embeddings"], dtype=np.float32)
+            rho = np.asarray(npz["rho"], dtype=np.float32)
+            labels = [str(x) for x in npz["labels"]] if has_labels else None
+    except KeyError as exc:
+        raise BundleError(f"bundle {directory}: {BANK_FILE} lacks array {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"bundle {directory}: {BANK_FILE} is corrupt ({exc})") from exc
+    return embeddings, rho, labels
+
+
+def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = None) -> Bundle:
+    """Read and validate a bundle; with `model`, also check it is the calibrated encoder."""
+    path = Path(directory)
+    if not path.is_dir():
+        hint = ""
+        leftovers = sorted(Path(os.path.abspath(path)).parent.glob(f".{path.name}.old-*"))
+        if leftovers:
+            hint = f" (an interrupted save left the previous bundle at {leftovers[-1]})"
+        raise BundleError(f"bundle {path}: directory does not exist{hint}")
+    meta = _read_meta(path)
+    try:
+        info = ModelInfo.from_dict(meta["model"])
+        has_labels = bool(meta["has_labels"])
+        n_entries = int(meta["n_entries"])
+        dim = int(meta["embedding_dim"])
+        embeddings, rho, labels = _read_bank(path, has_labels)
+        bundle = Bundle(
+            embeddings=embeddings,
+            rho=rho,
+            labels=labels,
+            k=int(meta["k"]),
+            method=str(meta["method"]),
+            threshold=float(meta["threshold"]),
+            threshold_method=str(meta["threshold_method"]),
+            threshold_percentile=float(meta["threshold_percentile"]),
+            normal_stats=dict(meta["normal_stats"]),
+            model=info,
+            window_samples=int(meta["window_samples"]),
+            hop_samples=int(meta["hop_samples"]),
+            sample_rate=int(meta["sample_rate"]),
+            sources=[str(s) for s in meta["sources"]],
+            created=str(meta["created"]),
+            format_version=int(meta["format_version"]),
+            bundle_id=str(meta["bundle_id"]),
+        )
+    except KeyError as exc:
+        raise BundleError(f"bundle {path}: {META_FILE} lacks key {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"bundle {path}: {META_FILE} has a bad value ({exc})") from exc
+    _validate(bundle, path, n_entries, dim)
+    if model is not None:
+        check_model(bundle, model, str(path))
+    return bundle
+
+
+def _validate(bundle: Bundle, path: Path, n_entries: int, dim: int) -> None:
+    emb, rho = bundle.embeddings, bundle.rho
+    if emb.ndim != 2 or emb.shape != (n_entries, dim):
+        raise BundleError(
+            f"bundle {path}: embeddings have shape {emb.shape}, {META_FILE} says "
+            f"({n_entries}, {dim})"
+        )
+    if dim != bundle.model.embedding_dim:
+        raise BundleError(
+            f"bundle {path}: embedding dimension {dim} does not match the model's "
+            f"{bundle.model.embedding_dim}"
+        )
+    if rho.shape != (n_entries,):
+        raise BundleError(f"bundle {path}: rho has shape {rho.shape}, expected ({n_entries},)")
+    if bundle.labels is not None and len(bundle.labels) != n_entries:
+        raise BundleError(
+            f"bundle {path}: {len(bundle.labels)} labels for {n_entries} bank entries"
+        )
+    if not (np.all(np.isfinite(emb)) and np.all(np.isfinite(rho)) and np.all(rho >= 0)):
+        raise BundleError(f"bundle {path}: bank contains NaN, inf or negative rho")
+    if bundle.method not in SCORE_METHODS:
+        raise BundleError(f"bundle {path}: unknown scoring method {bundle.method!r}")
+    if not 1 <= bundle.k < n_entries:
+        raise BundleError(f"bundle {path}: k={bundle.k} is invalid for {n_entries} entries")
+    if not np.isfinite(bundle.threshold):
+        raise BundleError(f"bundle {path}: threshold {bundle.threshold} is not finite")
+    expected_id = make_bundle_id(emb, bundle.threshold, bundle.model.sha256)
+    if bundle.bundle_id != expected_id:
+        raise BundleError(
+            f"bundle {path}: {BANK_FILE} and {META_FILE} do not belong together "
+            f"(bundle_id {bundle.bundle_id}, content gives {expected_id})"
+        )

@@ -1,0 +1,471 @@
+"""Calibration: normal audio in, a bundle (memory bank + held-out threshold) out.
+
+The threshold comes from HELD-OUT normal windows (docs/method.md, section 5): overlapping windows
+of one recording are near-duplicates, so scoring a window against a bank that holds its
+neighbours would underestimate normal scores. Windows are split into folds
+
+- by whole clips when there are at least `folds` clips, or
+- otherwise by contiguous stretches of the concatenated timeline, where the windows that overlap
+  a window of another fold in time are left out of the held-out scoring (they stay in the banks),
+
+and each fold is scored against a bank built, with its own rho, from the other folds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import numpy as np
+from scipy import stats
+from tqdm import tqdm
+
+from edge_asd.bundle import Bundle
+from edge_asd.constants import (
+    DEFAULT_HOP_SECONDS,
+    DEFAULT_WINDOW_SECONDS,
+    SAMPLE_RATE_HZ,
+    seconds_to_samples,
+)
+from edge_asd.memory_bank import DEFAULT_SCORE_METHOD, RHO_FLOOR, SCORE_METHODS, MemoryBank
+from edge_asd.scoring import (
+    EMBED_BATCH_WINDOWS,
+    EmbeddingModel,
+    embed_windows,
+    iter_window_batches,
+    window_count,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+ThresholdMethod = Literal["gamma", "quantile"]
+THRESHOLD_METHODS: Final = ("gamma", "quantile")
+
+SILENCE_DBFS: Final = -70.0
+"""RMS level (dB re full-scale square wave, i.e. RMS 1.0) under which the material is silence."""
+CLIPPING_LEVEL: Final = 0.999
+"""|sample| at or above this counts as clipped (full scale is 1.0)."""
+MAX_CLIPPED_FRACTION: Final = 0.01
+"""A clip with more clipped samples than this fraction is refused."""
+
+GAMMA_LOC_MARGIN: Final = 0.01
+"""The gamma location sits this fraction of the score range below min(0, lowest score)."""
+MIN_GAMMA_SCORES: Final = 20
+"""Fewer held-out scores than this: the gamma fit is not trusted, the quantile is used."""
+MAX_FOLD_IMBALANCE: Final = 2.0
+"""Whole-clip folds are used only if no fold holds more than this many times its fair share."""
+STAT_QUANTILES: Final = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
+_TINY_RANGE: Final = 1e-12
+
+
+class CalibrationError(Exception):
+    """Calibration audio or settings cannot give a usable bundle (message says why)."""
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How to cut, score and threshold the calibration material.
+
+    The other fields mirror the `calibration` section of the config, so
+    ``CalibrationSettings(window_samples=w, hop_samples=h, **cfg.calibration.model_dump())``
+    works.
+    """
+
+    window_samples: int = seconds_to_samples(DEFAULT_WINDOW_SECONDS)
+    """Samples at 16 kHz."""
+    hop_samples: int = seconds_to_samples(DEFAULT_HOP_SECONDS)
+    """Samples at 16 kHz."""
+    scoring: str = DEFAULT_SCORE_METHOD
+    """Scoring method: density, difference or raw (memory_bank)."""
+    k: int = 1
+    """Neighbours for the local density rho_K."""
+    threshold_method: str = "gamma"
+    threshold_percentile: float = 0.995
+    """Fraction of held-out normal windows under the threshold."""
+    folds: int = 5
+    min_windows: int = 60
+
+    @property
+    def method(self) -> str:
+        """Alias of `scoring`, the name Bundle and ClipScorer use."""
+        return self.scoring
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / SAMPLE_RATE_HZ
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop_samples / SAMPLE_RATE_HZ
+
+    def check(self) -> None:
+        """Raise CalibrationError naming the bad field."""
+        if self.window_samples <= 0 or self.hop_samples <= 0:
+            raise CalibrationError(
+                f"window_samples ({self.window_samples}) and hop_samples ({self.hop_samples}) "
+                "must be positive"
+            )
+        if self.scoring not in SCORE_METHODS:
+            raise CalibrationError(f"scoring method {self.scoring!r} is not one of {SCORE_METHODS}")
+        if self.threshold_method not in THRESHOLD_METHODS:
+            raise CalibrationError(
+                f"threshold_method {self.threshold_method!r} is not one of {THRESHOLD_METHODS}"
+            )
+        if not 0.0 < self.threshold_percentile < 1.0:
+            raise CalibrationError(
+                f"threshold_percentile {self.threshold_percentile} must be in (0, 1)"
+            )
+        if self.folds < 2:
+            raise CalibrationError(f"folds {self.folds} must be at least 2")
+        if self.k < 1:
+            raise CalibrationError(f"k {self.k} must be at least 1")
+        if self.min_windows < 1:
+            raise CalibrationError(f"min_windows {self.min_windows} must be at least 1")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One calibration recording."""
+
+    name: str
+    samples: np.ndarray
+    """float32 1-D, 16 kHz, in [-1, 1]."""
+    label: str | None = None
+    """Optional domain / operating condition."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Folds, held-out scores, threshold
+
+
+def clip_folds(window_counts: Sequence[int], n_folds: int) -> np.ndarray:
+    """Fold index per window, whole clips per fold; clips go largest first to the fold with the
+    fewest windows so folds are balanced (deterministic)."""
+    load = np.zeros(n_folds, dtype=np.int64)
+    clip_fold = np.zeros(len(window_counts), dtype=np.int64)
+    for i in sorted(range(len(window_counts)), key=lambda j: (-window_counts[j], j)):
+        if window_counts[i] == 0:
+            continue
+        f = int(np.argmin(load))
+        clip_fold[i] = f
+        load[f] += window_counts[i]
+    return np.repeat(clip_fold, np.asarray(window_counts, dtype=np.int64))
+
+
+def contiguous_folds(n_windows: int, n_folds: int) -> np.ndarray:
+    """Fold index per window: `n_folds` contiguous blocks of the window timeline."""
+    return (np.arange(n_windows, dtype=np.int64) * n_folds) // max(1, n_windows)
+
+
+def overlap_free_mask(
+    folds: np.ndarray, clip_ids: np.ndarray, window_samples: int, hop_samples: int
+) -> np.ndarray:
+    """True for windows that overlap no window of another fold in time (same clip, start
+    distance < window), i.e. those that may be scored held-out."""
+    keep = np.ones(folds.shape[0], dtype=bool)
+    n_overlapping = math.ceil(window_samples / hop_samples) - 1
+    for offset in range(1, n_overlapping + 1):
+        clash = (clip_ids[offset:] == clip_ids[:-offset]) & (folds[offset:] != folds[:-offset])
+        keep[offset:] &= ~clash
+        keep[:-offset] &= ~clash
+    return keep
+
+
+def assign_folds(
+    window_counts: Sequence[int], settings: CalibrationSettings
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(fold per window, held-out score mask, scheme name "clips" or "contiguous").
+
+    Whole clips per fold when there are at least `folds` clips and the folds come out balanced;
+    otherwise contiguous stretches (one long recording, or one that dwarfs the others and would
+    leave a fold's bank too small, which would inflate the threshold).
+    """
+    counts = [int(c) for c in window_counts]
+    n_windows = sum(counts)
+    if sum(1 for c in counts if c > 0) >= settings.folds:
+        folds = clip_folds(counts, settings.folds)
+        largest = int(np.bincount(folds, minlength=settings.folds).max())
+        if largest <= MAX_FOLD_IMBALANCE * n_windows / settings.folds:
+            return folds, np.ones(n_windows, dtype=bool), "clips"
+        _LOGGER.info(
+            "clip lengths too uneven for whole-clip folds (largest fold %d of %d windows); "
+            "using contiguous stretches",
+            largest,
+            n_windows,
+        )
+    folds = contiguous_folds(n_windows, settings.folds)
+    clip_ids = np.repeat(np.arange(len(counts)), counts)
+    mask = overlap_free_mask(folds, clip_ids, settings.window_samples, settings.hop_samples)
+    return folds, mask, "contiguous"
+
+
+def heldout_scores(
+    embeddings: np.ndarray,
+    folds: np.ndarray,
+    settings: CalibrationSettings,
+    *,
+    score_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Scores float32 of the windows where `score_mask` is true (all when None), in window order,
+    each against a bank (own rho) of the windows of all OTHER folds."""
+    folds = np.asarray(folds)
+    if folds.shape != (embeddings.shape[0],):
+        raise ValueError(f"folds has shape {folds.shape}, expected ({embeddings.shape[0]},)")
+    mask = np.ones(folds.shape[0], dtype=bool) if score_mask is None else np.asarray(score_mask)
+    out = np.full(folds.shape[0], np.nan, dtype=np.float32)
+    for fold in np.unique(folds):
+        in_fold = folds == fold
+        held = in_fold & mask
+        if not held.any():
+            continue
+        n_bank = int(np.count_nonzero(~in_fold))
+        if n_bank <= settings.k:
+            raise CalibrationError(
+                f"fold {fold} leaves {n_bank} bank windows, too few for k={settings.k}; "
+                "give more audio or fewer folds"
+            )
+        bank = MemoryBank(embeddings[~in_fold], k=settings.k)
+        out[held] = bank.score(embeddings[held], settings.scoring)
+    return out[mask]
+
+
+def fit_gamma(scores: np.ndarray) -> tuple[float, float, float] | None:
+    """(shape, loc, scale) of a gamma fitted to `scores`, or None when the fit is not usable.
+
+    The location is fixed (not fitted) just below min(0, lowest score): a free 3-parameter
+    fit is unstable (it can put loc above the data or diverge for shape < 1), while the fixed
+    location gives a well-posed 2-parameter MLE that also admits the negative scores of the
+    difference method and exact-zero scores of duplicate windows.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size < MIN_GAMMA_SCORES or not np.all(np.isfinite(s)):
+        return None
+    spread = float(s.max() - s.min())
+    if spread <= _TINY_RANGE:
+        return None
+    loc = min(0.0, float(s.min())) - GAMMA_LOC_MARGIN * spread
+    try:
+        shape, _, scale = stats.gamma.fit(s, floc=loc)
+    except (ValueError, RuntimeError, FloatingPointError) as exc:
+        _LOGGER.warning("gamma fit of %d held-out scores failed: %s", s.size, exc)
+        return None
+    if not (np.isfinite(shape) and np.isfinite(scale) and shape > 0 and scale > 0):
+        return None
+    return float(shape), float(loc), float(scale)
+
+
+def fit_threshold(scores: np.ndarray, method: str, percentile: float) -> float:
+    """Threshold with `percentile` of the normal `scores` under it ("gamma" or "quantile");
+    gamma falls back to the empirical quantile when the fit is not usable."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0 or not np.all(np.isfinite(s)):
+        raise CalibrationError("no finite held-out scores to set a threshold from")
+    if method not in THRESHOLD_METHODS:
+        raise CalibrationError(f"threshold_method {method!r} is not one of {THRESHOLD_METHODS}")
+    if method == "gamma":
+        params = fit_gamma(s)
+        if params is not None:
+            shape, loc, scale = params
+            value = float(stats.gamma.ppf(percentile, shape, loc=loc, scale=scale))
+            if np.isfinite(value):
+                return value
+        _LOGGER.warning(
+            "gamma fit unusable for %d held-out scores; using the empirical quantile", s.size
+        )
+    return float(np.quantile(s, percentile))
+
+
+def normal_score_stats(scores: np.ndarray) -> dict[str, Any]:
+    """JSON-ready statistics of held-out normal window scores."""
+    s = np.asarray(scores, dtype=np.float64)
+    gamma = fit_gamma(s)
+    return {
+        "n": int(s.size),
+        "mean": float(s.mean()),
+        "std": float(s.std()),
+        "min": float(s.min()),
+        "max": float(s.max()),
+        "median": float(np.median(s)),
+        "quantiles": {str(q): float(np.quantile(s, q)) for q in STAT_QUANTILES},
+        "gamma": None if gamma is None else {"shape": gamma[0], "loc": gamma[1], "scale": gamma[2]},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio checks and embedding
+
+
+def _check_clip(clip: Clip) -> np.ndarray:
+    x = np.asarray(clip.samples)
+    if x.ndim != 1:
+        raise CalibrationError(f"clip {clip.name}: expected 1-D samples, got shape {x.shape}")
+    if x.size == 0:
+        raise CalibrationError(f"clip {clip.name}: no samples")
+    x = x.astype(np.float32, copy=False)
+    n_bad = int(np.count_nonzero(~np.isfinite(x)))
+    if n_bad:
+        raise CalibrationError(f"clip {clip.name}: {n_bad} samples are NaN or inf")
+    clipped = float(np.count_nonzero(np.abs(x) >= CLIPPING_LEVEL)) / x.size
+    if clipped > MAX_CLIPPED_FRACTION:
+        raise CalibrationError(
+            f"clip {clip.name}: {100 * clipped:.1f} % of samples are clipped "
+            f"(|x| >= {CLIPPING_LEVEL}; at most {100 * MAX_CLIPPED_FRACTION:.0f} % allowed); "
+            "lower the input gain"
+        )
+    return x
+
+
+def _rms_dbfs(sum_squares: float, n: int) -> float:
+    rms = math.sqrt(sum_squares / max(1, n))
+    return -math.inf if rms == 0.0 else 20.0 * math.log10(rms)
+
+
+def _too_little_audio(n_windows: int, settings: CalibrationSettings) -> CalibrationError:
+    need = settings.min_windows
+    seconds = (settings.window_samples + (need - 1) * settings.hop_samples) / SAMPLE_RATE_HZ
+    return CalibrationError(
+        f"too little audio: {n_windows} windows, need at least {need} "
+        f"(= {seconds:g} s of audio at hop {settings.hop_seconds:g} s)"
+    )
+
+
+def _check_encoder(encoder: EmbeddingModel, settings: CalibrationSettings) -> None:
+    info = encoder.info
+    if info.sample_rate != SAMPLE_RATE_HZ:
+        raise CalibrationError(
+            f"model {info.name} ({info.path}) expects {info.sample_rate} Hz, calibration audio "
+            f"is {SAMPLE_RATE_HZ} Hz"
+        )
+    if info.window_samples > 0 and info.window_samples != settings.window_samples:
+        raise CalibrationError(
+            f"model {info.name} ({info.path}) takes windows of {info.window_samples} samples, "
+            f"settings ask for {settings.window_samples}"
+        )
+
+
+def calibrate(
+    clips: Sequence[Clip],
+    encoder: EmbeddingModel,
+    settings: CalibrationSettings,
+    *,
+    progress: bool = True,
+    sources: Sequence[str] | None = None,
+) -> Bundle:
+    """Build a bundle from normal clips (16 kHz float32): bank of all windows, threshold from
+    held-out windows. `sources` (e.g. file paths) default to the clip names."""
+    settings.check()
+    _check_encoder(encoder, settings)
+    if not clips:
+        raise CalibrationError("no calibration clips given")
+    checked = [_check_clip(clip) for clip in clips]
+    # float32 dot (no float64 copy of hours of audio): ample precision for a level check.
+    sum_squares = sum(float(np.dot(x, x)) for x in checked)
+    n_samples = sum(x.size for x in checked)
+    level = _rms_dbfs(sum_squares, n_samples)
+    if level < SILENCE_DBFS:
+        raise CalibrationError(
+            f"calibration audio is silent: RMS level {level:.1f} dBFS over {len(clips)} clips "
+            f"({n_samples / SAMPLE_RATE_HZ:g} s) is below {SILENCE_DBFS:g} dBFS; check the "
+            "microphone and input gain"
+        )
+    counts = [window_count(x.size, settings.window_samples, settings.hop_samples) for x in checked]
+    for clip, count in zip(clips, counts, strict=True):
+        if count == 0:
+            _LOGGER.warning(
+                "clip %s is shorter than one window (%d samples); skipped",
+                clip.name,
+                settings.window_samples,
+            )
+    n_windows = sum(counts)
+    if n_windows < max(settings.min_windows, settings.k + 1):
+        raise _too_little_audio(n_windows, settings)
+
+    embeddings = _embed_all(checked, counts, encoder, settings, progress)
+    folds, mask, scheme = assign_folds(counts, settings)
+    scores = heldout_scores(embeddings, folds, settings, score_mask=mask)
+    threshold = fit_threshold(scores, settings.threshold_method, settings.threshold_percentile)
+    normal_stats = normal_score_stats(scores)
+    normal_stats.update(
+        {
+            "fold_scheme": scheme,
+            "folds": settings.folds,
+            "windows_left_out": int(np.count_nonzero(~mask)),
+        }
+    )
+    _LOGGER.info(
+        "calibrated on %d windows from %d clips (%s folds): threshold %.4g (%s, %.4g)",
+        n_windows,
+        len(clips),
+        scheme,
+        threshold,
+        settings.threshold_method,
+        settings.threshold_percentile,
+    )
+    labels: list[str] | None = None
+    if any(clip.label is not None for clip in clips):
+        labels = [
+            clip.label or ""
+            for clip, count in zip(clips, counts, strict=True)
+            for _ in range(count)
+        ]
+    bank = MemoryBank(embeddings, k=settings.k, labels=labels)
+    n_duplicates = int(np.count_nonzero(bank.rho < RHO_FLOOR))
+    if n_duplicates:
+        # Exact repeats (looped files, digital silence) make rho_K zero, which inflates the
+        # density score of anything near them: worth knowing about.
+        _LOGGER.warning(
+            "%d of %d calibration windows have exact duplicates within k=%d; looped or "
+            "silent material?",
+            n_duplicates,
+            n_windows,
+            settings.k,
+        )
+    return Bundle(
+        embeddings=bank.embeddings,
+        rho=bank.rho,
+        labels=labels,
+        k=settings.k,
+        method=settings.scoring,
+        threshold=threshold,
+        threshold_method=settings.threshold_method,
+        threshold_percentile=settings.threshold_percentile,
+        normal_stats=normal_stats,
+        model=encoder.info,
+        window_samples=settings.window_samples,
+        hop_samples=settings.hop_samples,
+        sample_rate=SAMPLE_RATE_HZ,
+        sources=list(sources) if sources is not None else [clip.name for clip in clips],
+    )
+
+
+def _embed_all(
+    signals: Sequence[np.ndarray],
+    counts: Sequence[int],
+    encoder: EmbeddingModel,
+    settings: CalibrationSettings,
+    progress: bool,
+) -> np.ndarray:
+    parts: list[np.ndarray] = []
+    with tqdm(
+        total=sum(counts),
+        unit="window",
+        desc="embedding",
+        file=sys.stderr,
+        disable=not progress,
+    ) as bar:
+        for x, count in zip(signals, counts, strict=True):
+            if count == 0:
+                continue
+            for batch in iter_window_batches(
+                x, settings.window_samples, settings.hop_samples, EMBED_BATCH_WINDOWS
+            ):
+                try:
+                    parts.append(embed_windows(encoder, batch))
+                except ValueError as exc:
+                    raise CalibrationError(str(exc)) from exc
+                bar.update(batch.shape[0])
+    return np.concatenate(parts, axis=0)

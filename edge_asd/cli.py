@@ -1,0 +1,377 @@
+"""The `edge-asd` command line: calibrate, score, evaluate, check-config, demo, run, pretrain.
+
+Each sub-command is a thin layer over a library module. Usage and configuration errors exit with
+code 2 and one message that names the file, key or device; runtime failures exit with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edge_asd import __version__
+from edge_asd.constants import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SAMPLE_RATE_HZ
+
+_LOGGER = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: reported in one line, exit code 2."""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------- shared loading helpers
+
+
+def _load_config(path: Path | None):  # type: ignore[no-untyped-def]
+    from edge_asd.config import Config, ConfigError, load_config
+
+    if path is None:
+        return Config()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _open_encoder(model: str | None, window_seconds: float | None = None):  # type: ignore[no-untyped-def]
+    from edge_asd.encoder import Encoder, ModelError, resolve_model
+
+    try:
+        path = resolve_model(model)
+        expected = None if window_seconds is None else round(window_seconds * SAMPLE_RATE_HZ)
+        return Encoder(path, expected_window_samples=expected)
+    except ModelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _samples(seconds: float) -> int:
+    return round(seconds * SAMPLE_RATE_HZ)
+
+
+# ---------------------------------------------------------------- calibrate
+
+
+def _wav_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise UsageError(f"--from-dir {directory}: not a directory")
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() == ".wav")
+    if not files:
+        raise UsageError(f"--from-dir {directory}: no .wav files found")
+    return files
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from edge_asd.audio_file import AudioFileError, read_wav
+    from edge_asd.bundle import save_bundle
+    from edge_asd.calibration import CalibrationError, CalibrationSettings, Clip, calibrate
+
+    config = _load_config(args.config)
+    machine = None
+    if config.machines:
+        from edge_asd.config import ConfigError
+
+        try:
+            machine = config.machine(args.machine)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    window_seconds = machine.window_seconds if machine else args.window_seconds
+    hop_seconds = machine.hop_seconds if machine else args.hop_seconds
+    encoder = _open_encoder(args.model or config.model, window_seconds)
+    cal = config.calibration
+    settings = CalibrationSettings(
+        window_samples=_samples(window_seconds),
+        hop_samples=_samples(hop_seconds),
+        method=cal.scoring,
+        k=cal.k,
+        threshold_method=cal.threshold_method,
+        threshold_percentile=cal.threshold_percentile,
+        folds=cal.folds,
+        min_windows=cal.min_windows,
+    )
+    clips: list[Clip] = []
+    if args.from_dir is not None:
+        for path in _wav_files(args.from_dir):
+            try:
+                clips.append(Clip(name=str(path), samples=read_wav(path)))
+            except AudioFileError as exc:
+                raise UsageError(str(exc)) from None
+    else:
+        from edge_asd.recording import RecordingError, record
+
+        device = args.device if args.device is not None else (machine.device if machine else None)
+        channel = machine.channel if machine else args.channel
+        if device is None:
+            raise UsageError("--record needs a device: --device NAME or a machine in --config")
+        try:
+            samples = record(device, channel=channel, seconds=args.record, progress=True)
+        except RecordingError as exc:
+            raise UsageError(str(exc)) from None
+        clips.append(Clip(name=f"recording from {device} channel {channel}", samples=samples))
+    try:
+        bundle = calibrate(clips, encoder, settings, progress=True)
+    except CalibrationError as exc:
+        print(f"edge-asd calibrate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    save_bundle(bundle, args.out)
+    stats = bundle.normal_stats
+    print(
+        f"calibrated {len(bundle.embeddings)} windows from {len(clips)} clip(s) with "
+        f"{encoder.info.name} {encoder.info.version}; threshold {bundle.threshold:.4f} "
+        f"({bundle.threshold_method}, p={bundle.threshold_percentile}); "
+        f"held-out normal scores median {stats.get('median', float('nan')):.4f}; "
+        f"bundle {bundle.bundle_id} written to {args.out}"
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- score
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from edge_asd.audio_file import AudioFileError, read_wav
+    from edge_asd.bundle import BundleError, load_bundle
+    from edge_asd.scoring import ClipScorer
+
+    try:
+        bundle = load_bundle(args.bundle)
+    except BundleError as exc:
+        raise UsageError(str(exc)) from None
+    model = args.model
+    if model is None and Path(bundle.model.path).is_file():
+        model = bundle.model.path
+    encoder = _open_encoder(model, bundle.window_samples / SAMPLE_RATE_HZ)
+    try:
+        bundle = load_bundle(args.bundle, model=encoder.info)
+    except BundleError as exc:
+        raise UsageError(str(exc)) from None
+    scorer = ClipScorer.from_bundle(bundle, encoder, aggregate=args.aggregate)
+    failures = 0
+    for path in args.files:
+        try:
+            result = scorer.score_clip(read_wav(path))
+        except AudioFileError as exc:
+            failures += 1
+            print(json.dumps({"file": str(path), "error": str(exc)}), flush=True)
+            continue
+        line = {
+            "file": str(path),
+            "score": float(result.clip_score),
+            "aggregate": args.aggregate,
+            "threshold": float(bundle.threshold),
+            "anomalous": bool(result.clip_score > bundle.threshold),
+            "window_scores": [round(float(s), 6) for s in result.window_scores],
+        }
+        print(json.dumps(line), flush=True)
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from edge_asd.evaluation import EvaluationError, evaluate, format_table
+
+    encoder = _open_encoder(args.model, args.window_seconds)
+    try:
+        results = evaluate(
+            args.root,
+            args.out,
+            encoder,
+            method=args.scoring,
+            k=args.k,
+            window_samples=_samples(args.window_seconds),
+            hop_samples=_samples(args.hop_seconds),
+            aggregate=args.aggregate,
+            progress=True,
+        )
+    except EvaluationError as exc:
+        raise UsageError(str(exc)) from None
+    print(format_table(results))
+    print(f"results written to {args.out / 'results.json'}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- check-config
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from edge_asd.daemon import StartupError, check_setup
+
+    config = _load_config(args.config)
+    try:
+        lines = check_setup(config, check_devices=args.devices)
+    except StartupError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{args.config}: OK")
+    for line in lines:
+        print(f"  {line}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- demo and run
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edge_asd.demo import run_demo
+
+    return run_demo(model=args.model, out=args.out)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_asd.daemon import StartupError, run_daemon
+
+    config = _load_config(args.config)
+    try:
+        return run_daemon(config)
+    except StartupError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-asd",
+        description="Anomalous sound detection for machines: calibrate on normal sound, "
+        "then get MQTT alerts when a machine starts to sound wrong.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-asd {__version__}")
+    parser.add_argument(
+        "--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="learn what normal sounds like (one time, on normal running)",
+        description="Embed normal audio, build the memory bank and set the alarm threshold from "
+        "held-out normal windows. Writes a calibration bundle directory.",
+    )
+    cal.add_argument("--config", type=Path, help="YAML config (window, hop, scoring, machine)")
+    cal.add_argument("--machine", help="machine name in --config (default: the only one)")
+    source = cal.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-dir", type=Path, help="directory of WAV files of normal running")
+    source.add_argument(
+        "--record", type=_positive_float, metavar="SECONDS", help="record from the microphone"
+    )
+    cal.add_argument("--device", help="PortAudio device for --record (default: the machine's)")
+    cal.add_argument("--channel", type=int, default=0, help="input channel for --record")
+    cal.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    cal.add_argument("--model", help="encoder ONNX path or bundled name (default: config's)")
+    cal.add_argument("--window-seconds", type=_positive_float, default=1.0)
+    cal.add_argument("--hop-seconds", type=_positive_float, default=0.5)
+    cal.set_defaults(handler=_cmd_calibrate)
+
+    score = sub.add_parser(
+        "score",
+        help="score WAV files against a calibration bundle",
+        description="Print one JSON line per file: clip score, threshold and window scores. "
+        "An unreadable file gives an error line; the others are still scored.",
+    )
+    score.add_argument("--bundle", type=Path, required=True)
+    score.add_argument("--aggregate", choices=["mean", "max"], default="mean")
+    score.add_argument("--model", help="encoder (default: the one the bundle was made with)")
+    score.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    score.set_defaults(handler=_cmd_score)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="DCASE Task 2 evaluation on a dataset in the DCASE 2023 layout",
+        description="Calibrate on each section's train clips, score its test clips, print a "
+        "table and write results.json plus DCASE-style anomaly score CSVs.",
+    )
+    ev.add_argument("root", type=Path, metavar="ROOT")
+    ev.add_argument("--out", type=Path, required=True)
+    ev.add_argument("--model", help="encoder ONNX path or bundled name")
+    ev.add_argument("--scoring", choices=["density", "raw", "difference"], default="density")
+    ev.add_argument("--k", type=_positive_int, default=1, help="neighbours for rho_K")
+    ev.add_argument("--aggregate", choices=["mean", "max"], default="mean")
+    ev.add_argument("--window-seconds", type=_positive_float, default=1.0)
+    ev.add_argument("--hop-seconds", type=_positive_float, default=0.5)
+    ev.set_defaults(handler=_cmd_evaluate)
+
+    chk = sub.add_parser(
+        "check-config",
+        help="validate a config file, its model and bundles",
+        description="Validate the YAML config exactly as `run` does, load the model and every "
+        "machine's bundle, and report problems naming the key or file.",
+    )
+    chk.add_argument("--config", type=Path, required=True)
+    chk.add_argument("--devices", action="store_true", help="also check audio devices exist")
+    chk.set_defaults(handler=_cmd_check_config)
+
+    demo = sub.add_parser(
+        "demo",
+        help="calibrate on bundled normal audio and score a bundled faulty recording",
+        description="Runs the detection core end to end on audio shipped with the package.",
+    )
+    demo.add_argument("--model", help="encoder ONNX path or bundled name")
+    demo.add_argument("--out", type=Path, help="keep the demo's calibration bundle here")
+    demo.set_defaults(handler=_cmd_demo)
+
+    run = sub.add_parser(
+        "run",
+        help="run the detection daemon",
+        description="Listen to the configured machines and publish state, events and stats "
+        "over MQTT until SIGTERM or SIGINT.",
+    )
+    run.add_argument("--config", type=Path, required=True)
+    run.set_defaults(handler=_cmd_run)
+
+    _register_pretrain(sub)
+    return parser
+
+
+def _register_pretrain(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    # The pretrain CLI module imports torch only inside its handlers, so the runtime stays
+    # torch-free even though the sub-command is always listed.
+    try:
+        from edge_asd.pretrain.cli import register
+    except ImportError:
+        return
+    register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level:
+        logging.basicConfig(level=args.log_level)
+    elif args.command != "run":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UsageError as exc:
+        print(f"edge-asd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"edge-asd {args.command}: interrupted", file=sys.stderr)
+        return EXIT_FAILURE

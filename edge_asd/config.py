@@ -1,0 +1,205 @@
+"""The YAML configuration: one typed model per section, unknown keys rejected.
+
+`edge-asd check-config`, `calibrate` and `run` all load the file through `load_config`, so a
+bad file fails the same way everywhere: exit code 2 and a message naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_asd.constants import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
+
+# Names end up in MQTT topics: no wildcards, no separators, nothing a shell would mangle.
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_MAX_PORT = 65_535
+_DEFAULT_MQTT_PORT = 1883
+_DEFAULT_STATE_DIR = Path("/var/lib/edge-asd")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MachineConfig(_Section):
+    """One monitored machine: a microphone channel plus its calibration."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN, description="Used in MQTT topics.")]
+    device: str | int = Field("default", description="PortAudio device name (substring) or index.")
+    channel: int = Field(0, ge=0, description="Input channel of the device, from 0.")
+    bundle: Path = Field(description="Calibration bundle directory made by `edge-asd calibrate`.")
+    window_seconds: float = Field(DEFAULT_WINDOW_SECONDS, gt=0.05, le=10.0)
+    hop_seconds: float = Field(DEFAULT_HOP_SECONDS, gt=0.01, le=10.0)
+    threshold_scale: float = Field(1.0, gt=0.0, description="Multiplies the calibrated threshold.")
+    threshold: float | None = Field(None, gt=0.0, description="Absolute threshold; overrides.")
+    trigger_windows: int = Field(2, ge=1, le=100, description="Windows over threshold to start.")
+    release_windows: int = Field(4, ge=1, le=100, description="Windows under threshold to end.")
+    max_event_seconds: float = Field(300.0, gt=0.0, description="Longer events are split.")
+    no_audio_seconds: float = Field(10.0, gt=0.0, description="Silence or no data -> no_audio.")
+    score_interval_seconds: float = Field(1.0, ge=0.0, description="Score telemetry period; 0=off.")
+
+    @model_validator(mode="after")
+    def _hop_fits_window(self) -> MachineConfig:
+        if self.hop_seconds > self.window_seconds:
+            raise ValueError(
+                f"hop_seconds ({self.hop_seconds}) must not exceed window_seconds "
+                f"({self.window_seconds}): audio between windows would never be analysed"
+            )
+        return self
+
+
+class TlsConfig(_Section):
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttConfig(_Section):
+    host: str = Field("localhost", min_length=1)
+    port: int = Field(_DEFAULT_MQTT_PORT, ge=1, le=_MAX_PORT)
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = (
+        "edge-asd"
+    )
+    client_id: str | None = Field(None, description="Default: edge-asd-<node_id>.")
+    qos: Literal[0, 1, 2] = 1
+    keepalive_seconds: int = Field(60, ge=5, le=3600)
+    username: str | None = None
+    password_file: Path | None = Field(None, description="File whose first line is the password.")
+    password_env: str | None = Field(None, description="Environment variable with the password.")
+    tls: TlsConfig = TlsConfig()
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttConfig:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+    def resolve_password(self) -> str | None:
+        """The password from its file or environment variable; never logged."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise ConfigError(
+                    f"mqtt.password_file: cannot read a password from {self.password_file}: {exc}"
+                ) from exc
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"mqtt.password_env: environment variable {self.password_env} is not set"
+                )
+            return value
+        return None
+
+
+class OutboxConfig(_Section):
+    path: Path = _DEFAULT_STATE_DIR / "outbox.sqlite"
+    max_messages: int = Field(100_000, ge=10)
+    max_age_seconds: float = Field(7 * 86_400, gt=0)
+
+
+class CalibrationConfig(_Section):
+    scoring: Literal["density", "difference", "raw"] = "density"
+    k: int = Field(1, ge=1, le=256, description="Neighbours for the local density rho_K.")
+    threshold_method: Literal["gamma", "quantile"] = "gamma"
+    threshold_percentile: float = Field(0.995, gt=0.5, lt=1.0)
+    folds: int = Field(5, ge=2, le=50)
+    min_windows: int = Field(60, ge=10)
+
+
+class Config(_Section):
+    node_id: Annotated[str, Field(pattern=_NAME_PATTERN)] = "edge-asd"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    model: str | None = Field(None, description="ONNX path or bundled model name; null=default.")
+    stats_interval_seconds: float = Field(60.0, gt=0.0)
+    machines: list[MachineConfig] = Field(default_factory=list)
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+
+    @model_validator(mode="after")
+    def _unique_machines(self) -> Config:
+        names = [m.name for m in self.machines]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"machine names must be unique; repeated: {', '.join(duplicates)}")
+        channels = [(str(m.device), m.channel) for m in self.machines]
+        shared = sorted({c for c in channels if channels.count(c) > 1})
+        if shared:
+            device, channel = shared[0]
+            raise ValueError(f"two machines use device {device!r} channel {channel}")
+        return self
+
+    def machine(self, name: str | None) -> MachineConfig:
+        """The machine called `name`, or the only one when `name` is None."""
+        if name is None:
+            if len(self.machines) != 1:
+                known = ", ".join(m.name for m in self.machines) or "none"
+                raise ConfigError(f"choose a machine with --machine (configured: {known})")
+            return self.machines[0]
+        for machine in self.machines:
+            if machine.name == name:
+                return machine
+        known = ", ".join(m.name for m in self.machines) or "none"
+        raise ConfigError(f"machines: no machine named {name!r} (configured: {known})")
+
+
+def _format_error(path: Path, error: ValidationError) -> str:
+    lines = [f"invalid configuration {path}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, source: Path) -> Config:
+    """Validate an already-parsed YAML document."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration {source}: the top level must be a mapping")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the YAML file at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"configuration {path} is not valid YAML{where}") from None
+    return parse_config(data, source=path)
+
+
+def default_client_id(node_id: str) -> str:
+    """MQTT client ids must be unique per broker; duplicates make availability flap."""
+    return "edge-asd-" + re.sub(r"[^A-Za-z0-9_-]", "-", node_id)

@@ -1,0 +1,571 @@
+"""Evaluation on the DCASE Task 2 layout: per-section AUCs, pAUC, official score, operating point.
+
+Layout (DCASE 2023/2025 development sets)::
+
+    ROOT/<section>/train/section_00_{source|target}_train_normal_NNNN_<attributes>.wav
+    ROOT/<section>/test/section_00_{source|target}_test_{normal|anomaly}_NNNN_<attributes>.wav
+
+DCASE 2020 names (`normal_id_00_NNNNNNNN.wav`, `anomaly_id_00_...`) are read as source-only.
+ROOT may also be one section itself (it holds `train/` and `test/`).
+
+Per section: every train window is embedded into a memory bank (domain labels from the file
+names), every test clip is scored (clip score = mean of its window scores by default), and the
+DCASE metrics are computed. The operating point (docs/method.md, section 5) uses a threshold
+from held-out train windows (whole clips per fold, as `calibration` does) and counts alarms with
+hysteresis on the test clips' window scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from tqdm import tqdm
+
+from edge_asd.audio_file import AudioFileError, read_wav
+from edge_asd.calibration import (
+    CalibrationError,
+    CalibrationSettings,
+    assign_folds,
+    fit_threshold,
+    heldout_scores,
+)
+from edge_asd.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
+from edge_asd.memory_bank import SCORE_METHODS, MemoryBank
+from edge_asd.metrics import SOURCE, TARGET, dcase_section_metrics, harmonic_mean
+from edge_asd.scoring import (
+    EMBED_BATCH_WINDOWS,
+    ClipScorer,
+    EmbeddingModel,
+    embed_windows,
+    iter_window_batches,
+    window_count,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+TRAIN_DIR: Final = "train"
+TEST_DIR: Final = "test"
+WAV_GLOB: Final = "*.wav"
+RESULTS_FILE: Final = "results.json"
+SCORE_CSV_TEMPLATE: Final = "anomaly_score_{section}_section_{number}_test.csv"
+DEFAULT_SECTION_NUMBER: Final = "00"
+
+DEFAULT_TRIGGER_WINDOWS: Final = 2
+"""Consecutive windows over the threshold that start an alarm (the detector's default)."""
+DEFAULT_RELEASE_WINDOWS: Final = 4
+"""Consecutive windows under the threshold that end an alarm (the detector's default)."""
+DEFAULT_THRESHOLD_METHOD: Final = "gamma"
+DEFAULT_THRESHOLD_PERCENTILE: Final = 0.995
+DEFAULT_FOLDS: Final = 5
+SECONDS_PER_HOUR: Final = 3600.0
+
+_DCASE2023_TEST = re.compile(
+    r"section_(?P<number>\d+)_(?P<domain>source|target)_test_(?P<label>normal|anomaly)_"
+)
+_DCASE2020_TEST = re.compile(r"^(?P<label>normal|anomaly)_id_(?P<number>\d+)_")
+_SECTION_NUMBER = re.compile(r"section_(?P<number>\d+)_")
+_TARGET_TOKEN = re.compile(r"(^|_)target(_|$)")
+
+LAYOUT_HELP: Final = (
+    "expected ROOT/<section>/train/*.wav (normal clips; 'source' or 'target' in the name) and "
+    "ROOT/<section>/test/section_00_{source|target}_test_{normal|anomaly}_NNNN*.wav "
+    "(or DCASE 2020 names normal_id_00_*.wav / anomaly_id_00_*.wav)"
+)
+
+
+class EvaluationError(Exception):
+    """The evaluation root or a section does not follow the layout; the message says where."""
+
+
+@dataclass(frozen=True)
+class LabelledClip:
+    """One labelled test clip."""
+
+    path: Path
+    domain: str
+    """"source" or "target"."""
+    is_anomaly: bool
+
+
+@dataclass(frozen=True)
+class TrainClip:
+    path: Path
+    domain: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """One machine type / condition: its normal train clips and labelled test clips."""
+
+    name: str
+    number: str
+    """The two-digit section number in the file names ("00")."""
+    train: list[TrainClip]
+    test: list[LabelledClip]
+    unlabelled: list[Path] = field(default_factory=list)
+
+
+def parse_test_name(filename: str) -> tuple[str, bool, str] | None:
+    """(domain, is_anomaly, section number) from a test file name, or None if unlabelled."""
+    match = _DCASE2023_TEST.search(filename)
+    if match:
+        return match["domain"], match["label"] == "anomaly", match["number"]
+    match = _DCASE2020_TEST.search(filename)
+    if match:
+        return SOURCE, match["label"] == "anomaly", DEFAULT_SECTION_NUMBER
+    return None
+
+
+def train_domain(filename: str) -> str:
+    """ "target" when the name has a `target` token, else "source" (DCASE 2020 is source-only)."""
+    return TARGET if _TARGET_TOKEN.search(Path(filename).stem) else SOURCE
+
+
+def _section_from_dir(path: Path, name: str) -> Section:
+    train_files = sorted((path / TRAIN_DIR).glob(WAV_GLOB))
+    test_files = sorted((path / TEST_DIR).glob(WAV_GLOB))
+    if not train_files:
+        raise EvaluationError(f"{path / TRAIN_DIR}: no .wav files; {LAYOUT_HELP}")
+    if not test_files:
+        raise EvaluationError(f"{path / TEST_DIR}: no .wav files; {LAYOUT_HELP}")
+    test: list[LabelledClip] = []
+    unlabelled: list[Path] = []
+    numbers: set[str] = set()
+    for wav in test_files:
+        parsed = parse_test_name(wav.name)
+        if parsed is None:
+            unlabelled.append(wav)
+            continue
+        domain, is_anomaly, number = parsed
+        numbers.add(number)
+        test.append(LabelledClip(wav, domain, is_anomaly))
+    if unlabelled:
+        _LOGGER.warning(
+            "%s: %d test files have no normal/anomaly label in their name (e.g. %s); skipped",
+            path / TEST_DIR,
+            len(unlabelled),
+            unlabelled[0].name,
+        )
+    if not test:
+        raise EvaluationError(
+            f"{path / TEST_DIR}: none of the {len(test_files)} .wav files has a label in its "
+            f"name; {LAYOUT_HELP}"
+        )
+    number = min(numbers) if numbers else DEFAULT_SECTION_NUMBER
+    if len(numbers) > 1:
+        _LOGGER.warning("%s: several section numbers %s; using %s", path, sorted(numbers), number)
+    train = [TrainClip(wav, train_domain(wav.name)) for wav in train_files]
+    return Section(name=name, number=number, train=train, test=test, unlabelled=unlabelled)
+
+
+def discover_sections(root: Path | str) -> list[Section]:
+    """Sections under ROOT (sorted by name); EvaluationError naming ROOT when none is there."""
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise EvaluationError(f"{root_path}: not a directory; {LAYOUT_HELP}")
+    if (root_path / TRAIN_DIR).is_dir() and (root_path / TEST_DIR).is_dir():
+        return [_section_from_dir(root_path, root_path.resolve().name)]
+    candidates = sorted(
+        p for p in root_path.iterdir() if (p / TRAIN_DIR).is_dir() and (p / TEST_DIR).is_dir()
+    )
+    if not candidates:
+        raise EvaluationError(
+            f"{root_path}: no section folders with train/ and test/; {LAYOUT_HELP}"
+        )
+    return [_section_from_dir(p, p.name) for p in candidates]
+
+
+# ---------------------------------------------------------------------------------------------
+# Operating point
+
+
+def count_alarms(
+    window_scores: np.ndarray, threshold: float, trigger_windows: int, release_windows: int
+) -> list[int]:
+    """Indices of the windows at which alarms start, with hysteresis.
+
+    An alarm starts at the window completing `trigger_windows` consecutive windows over the
+    threshold, and ends after `release_windows` consecutive windows at or under it.
+    """
+    starts: list[int] = []
+    over_run = 0
+    under_run = 0
+    active = False
+    for i, score in enumerate(np.asarray(window_scores, dtype=np.float64)):
+        if score > threshold:
+            over_run += 1
+            under_run = 0
+            if not active and over_run >= trigger_windows:
+                active = True
+                starts.append(i)
+        else:
+            over_run = 0
+            under_run += 1
+            if active and under_run >= release_windows:
+                active = False
+    return starts
+
+
+def operating_point(
+    clips: Sequence[LabelledClip],
+    window_scores: Sequence[np.ndarray],
+    durations_s: Sequence[float],
+    threshold: float,
+    *,
+    window_samples: int,
+    hop_samples: int,
+    trigger_windows: int = DEFAULT_TRIGGER_WINDOWS,
+    release_windows: int = DEFAULT_RELEASE_WINDOWS,
+) -> dict[str, Any]:
+    """False alarms per hour of normal test audio and share of anomalous clips caught."""
+    normal_alarms = {SOURCE: 0, TARGET: 0}
+    normal_seconds = {SOURCE: 0.0, TARGET: 0.0}
+    normal_clips = {SOURCE: 0, TARGET: 0}
+    normal_clips_alarmed = {SOURCE: 0, TARGET: 0}
+    n_anomalous = 0
+    caught = 0
+    delays: list[float] = []
+    for clip, scores, seconds in zip(clips, window_scores, durations_s, strict=True):
+        starts = count_alarms(scores, threshold, trigger_windows, release_windows)
+        if clip.is_anomaly:
+            n_anomalous += 1
+            if starts:
+                caught += 1
+                # The alarm is known at the end of the window that completes the trigger run.
+                delays.append((starts[0] * hop_samples + window_samples) / SAMPLE_RATE_HZ)
+        else:
+            normal_alarms[clip.domain] += len(starts)
+            normal_seconds[clip.domain] += seconds
+            normal_clips[clip.domain] += 1
+            normal_clips_alarmed[clip.domain] += bool(starts)
+
+    def per_hour(alarms: int, seconds: float) -> float | None:
+        return None if seconds <= 0 else alarms * SECONDS_PER_HOUR / seconds
+
+    def share(part: int, whole: int) -> float | None:
+        return None if whole == 0 else part / whole
+
+    total_alarms = sum(normal_alarms.values())
+    total_seconds = sum(normal_seconds.values())
+    return {
+        "threshold": float(threshold),
+        "trigger_windows": trigger_windows,
+        "release_windows": release_windows,
+        "normal_hours": total_seconds / SECONDS_PER_HOUR,
+        "false_alarms": total_alarms,
+        "false_alarms_per_hour": per_hour(total_alarms, total_seconds),
+        "false_alarms_per_hour_source": per_hour(normal_alarms[SOURCE], normal_seconds[SOURCE]),
+        "false_alarms_per_hour_target": per_hour(normal_alarms[TARGET], normal_seconds[TARGET]),
+        "normal_clips_with_alarm": share(
+            sum(normal_clips_alarmed.values()), sum(normal_clips.values())
+        ),
+        "anomalous_clips": n_anomalous,
+        "anomalous_clips_caught": share(caught, n_anomalous),
+        "median_seconds_to_alarm": float(np.median(delays)) if delays else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass(frozen=True)
+class _TrainSet:
+    embeddings: np.ndarray
+    labels: list[str]
+    window_counts: list[int]
+    n_clips: dict[str, int]
+    skipped: list[str]
+
+
+def _embed_train(
+    section: Section, encoder: EmbeddingModel, window_samples: int, hop_samples: int, bar: tqdm
+) -> _TrainSet:
+    parts: list[np.ndarray] = []
+    labels: list[str] = []
+    counts: list[int] = []
+    n_clips = {SOURCE: 0, TARGET: 0}
+    skipped: list[str] = []
+    for clip in section.train:
+        try:
+            x = read_wav(clip.path)
+        except AudioFileError as exc:
+            _LOGGER.error("skipping train file: %s", exc)
+            skipped.append(str(exc))
+            bar.update(1)
+            continue
+        count = window_count(x.size, window_samples, hop_samples)
+        if count == 0:
+            _LOGGER.warning("%s: shorter than one window; skipped", clip.path)
+            skipped.append(f"{clip.path}: shorter than one window ({window_samples} samples)")
+            bar.update(1)
+            continue
+        for batch in iter_window_batches(x, window_samples, hop_samples, EMBED_BATCH_WINDOWS):
+            parts.append(embed_windows(encoder, batch))
+        labels.extend([clip.domain] * count)
+        counts.append(count)
+        n_clips[clip.domain] += 1
+        bar.update(1)
+    if not parts:
+        raise EvaluationError(f"section {section.name}: no usable train clips")
+    return _TrainSet(np.concatenate(parts, axis=0), labels, counts, n_clips, skipped)
+
+
+def _write_scores(path: Path, names: Sequence[str], scores: Sequence[float]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        for name, score in zip(names, scores, strict=True):
+            writer.writerow([name, f"{score:.8g}"])
+
+
+def _evaluate_section(
+    section: Section,
+    out_dir: Path,
+    encoder: EmbeddingModel,
+    settings: CalibrationSettings,
+    aggregate: str,
+    trigger_windows: int,
+    release_windows: int,
+    progress: bool,
+) -> dict[str, Any]:
+    total = len(section.train) + len(section.test)
+    with tqdm(
+        total=total, unit="clip", desc=section.name, file=sys.stderr, disable=not progress
+    ) as bar:
+        train = _embed_train(section, encoder, settings.window_samples, settings.hop_samples, bar)
+        n_windows = train.embeddings.shape[0]
+        if n_windows <= settings.k:
+            raise EvaluationError(
+                f"section {section.name}: {n_windows} train windows, need more than k={settings.k}"
+            )
+        bank = MemoryBank(train.embeddings, k=settings.k, labels=train.labels)
+        threshold: float | None = None
+        try:
+            folds, mask, _ = assign_folds(train.window_counts, settings)
+            held = heldout_scores(train.embeddings, folds, settings, score_mask=mask)
+            threshold = fit_threshold(
+                held, settings.threshold_method, settings.threshold_percentile
+            )
+        except CalibrationError as exc:
+            _LOGGER.warning("section %s: no operating point (%s)", section.name, exc)
+        scorer = ClipScorer(
+            encoder,
+            bank,
+            method=settings.scoring,
+            window_samples=settings.window_samples,
+            hop_samples=settings.hop_samples,
+            aggregate=aggregate,
+        )
+        scored: list[LabelledClip] = []
+        clip_scores: list[float] = []
+        window_scores: list[np.ndarray] = []
+        durations: list[float] = []
+        skipped = list(train.skipped)
+        for clip in section.test:
+            try:
+                x = read_wav(clip.path)
+                result = scorer.score_clip(x)
+            except (AudioFileError, ValueError) as exc:
+                message = str(exc) if isinstance(exc, AudioFileError) else f"{clip.path}: {exc}"
+                _LOGGER.error("skipping test file: %s", message)
+                skipped.append(message)
+                bar.update(1)
+                continue
+            scored.append(clip)
+            clip_scores.append(result.clip_score)
+            window_scores.append(result.window_scores)
+            durations.append(x.size / SAMPLE_RATE_HZ)
+            bar.update(1)
+    if not scored:
+        raise EvaluationError(f"section {section.name}: no test clip could be scored")
+    csv_path = out_dir / SCORE_CSV_TEMPLATE.format(section=section.name, number=section.number)
+    _write_scores(csv_path, [c.path.name for c in scored], clip_scores)
+    section_metrics = dcase_section_metrics(
+        [c.is_anomaly for c in scored], clip_scores, [c.domain for c in scored]
+    )
+    result_dict: dict[str, Any] = {
+        "auc_source": section_metrics.auc_source,
+        "auc_target": section_metrics.auc_target,
+        "pauc": section_metrics.pauc,
+        "n_train_clips": sum(train.n_clips.values()),
+        "n_train_clips_source": train.n_clips[SOURCE],
+        "n_train_clips_target": train.n_clips[TARGET],
+        "n_train_windows": int(n_windows),
+        "n_test_source_normal": section_metrics.n_source_normal,
+        "n_test_target_normal": section_metrics.n_target_normal,
+        "n_test_anomaly": section_metrics.n_anomaly,
+        "scores_csv": csv_path.name,
+        "skipped_files": skipped,
+        "operating_point": None,
+    }
+    if threshold is not None:
+        result_dict["operating_point"] = operating_point(
+            scored,
+            window_scores,
+            durations,
+            threshold,
+            window_samples=settings.window_samples,
+            hop_samples=settings.hop_samples,
+            trigger_windows=trigger_windows,
+            release_windows=release_windows,
+        )
+        result_dict["operating_point"]["threshold_method"] = settings.threshold_method
+        result_dict["operating_point"]["threshold_percentile"] = settings.threshold_percentile
+    return result_dict
+
+
+def evaluate(
+    root: Path | str,
+    out_dir: Path | str,
+    encoder: EmbeddingModel,
+    *,
+    method: str = "density",
+    k: int = 1,
+    window_samples: int | None = None,
+    hop_samples: int | None = None,
+    aggregate: str = "mean",
+    progress: bool = True,
+    threshold_method: str = DEFAULT_THRESHOLD_METHOD,
+    threshold_percentile: float = DEFAULT_THRESHOLD_PERCENTILE,
+    trigger_windows: int = DEFAULT_TRIGGER_WINDOWS,
+    release_windows: int = DEFAULT_RELEASE_WINDOWS,
+) -> dict[str, Any]:
+    """Evaluate `encoder` + memory bank on every section under ROOT; write CSVs and results.json.
+
+    `window_samples` defaults to the model's window, `hop_samples` to 0.5 s (16 kHz samples).
+    Returns the results dict that is also written to OUT_DIR/results.json.
+    """
+    if method not in SCORE_METHODS:
+        raise ValueError(f"unknown scoring method {method!r}; expected one of {SCORE_METHODS}")
+    info = encoder.info
+    window = window_samples if window_samples is not None else info.window_samples
+    hop = hop_samples if hop_samples is not None else seconds_to_samples(DEFAULT_HOP_SECONDS)
+    if info.window_samples > 0 and window != info.window_samples:
+        raise ValueError(
+            f"model {info.name} ({info.path}) takes windows of {info.window_samples} samples, "
+            f"got window_samples={window}"
+        )
+    if trigger_windows < 1 or release_windows < 1:
+        raise ValueError("trigger_windows and release_windows must be at least 1")
+    settings = CalibrationSettings(
+        window_samples=window,
+        hop_samples=hop,
+        scoring=method,
+        k=k,
+        threshold_method=threshold_method,
+        threshold_percentile=threshold_percentile,
+        folds=DEFAULT_FOLDS,
+    )
+    try:
+        settings.check()
+    except CalibrationError as exc:
+        raise ValueError(str(exc)) from exc
+    sections = discover_sections(root)
+    out_path = Path(out_dir)
+    out_path.mkdir(parents=True, exist_ok=True)
+    _LOGGER.info("evaluating %d sections under %s with %s scoring", len(sections), root, method)
+    per_section: dict[str, dict[str, Any]] = {}
+    for section in sections:
+        per_section[section.name] = _evaluate_section(
+            section,
+            out_path,
+            encoder,
+            settings,
+            aggregate,
+            trigger_windows,
+            release_windows,
+            progress,
+        )
+    # Official score: harmonic mean over every section's [AUC_source, AUC_target, pAUC].
+    values: list[float] = []
+    for s in per_section.values():
+        values.extend(v for v in (s["auc_source"], s["auc_target"], s["pauc"]) if v is not None)
+    results: dict[str, Any] = {
+        "official_score": harmonic_mean(values),
+        "sections": per_section,
+        "model": {
+            "name": info.name,
+            "version": info.version,
+            "sha256": info.sha256,
+            "path": info.path,
+        },
+        "scoring": {
+            "method": method,
+            "k": k,
+            "window_seconds": window / SAMPLE_RATE_HZ,
+            "hop_seconds": hop / SAMPLE_RATE_HZ,
+            "aggregate": aggregate,
+        },
+        "root": str(Path(root)),
+    }
+    (out_path / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    _LOGGER.info("official score %.4f; results in %s", results["official_score"], out_path)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Table
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """A Markdown table: one row per section (AUCs and pAUC in %, operating point), then the
+    official score, model and scoring settings."""
+    header = (
+        "| section | train clips (src/tgt) | AUC source % | AUC target % | pAUC % "
+        "| false alarms/h (src/tgt) | faults caught % |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|"]
+    for name, sec in results["sections"].items():
+        op = sec.get("operating_point") or {}
+        fa = (
+            f"{_num(op.get('false_alarms_per_hour'), '.1f')} "
+            f"({_num(op.get('false_alarms_per_hour_source'), '.1f')}/"
+            f"{_num(op.get('false_alarms_per_hour_target'), '.1f')})"
+        )
+        lines.append(
+            f"| {name} | {sec['n_train_clips_source']}/{sec['n_train_clips_target']} "
+            f"| {_pct(sec['auc_source'])} | {_pct(sec['auc_target'])} | {_pct(sec['pauc'])} "
+            f"| {fa} | {_pct(op.get('anomalous_clips_caught'))} |"
+        )
+    model = results["model"]
+    scoring = results["scoring"]
+    lines.append("")
+    lines.append(f"Official score (harmonic mean): {_pct(results['official_score'])} %")
+    lines.append(
+        f"Model {model['name']} v{model['version']} (sha256 {str(model['sha256'])[:12]}), "
+        f"scoring {scoring['method']} k={scoring['k']}, window {scoring['window_seconds']:g} s, "
+        f"hop {scoring['hop_seconds']:g} s, clip score = {scoring['aggregate']} of windows"
+    )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "EvaluationError",
+    "LabelledClip",
+    "Section",
+    "TrainClip",
+    "count_alarms",
+    "discover_sections",
+    "evaluate",
+    "format_table",
+    "operating_point",
+    "parse_test_name",
+    "train_domain",
+]

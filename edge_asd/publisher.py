@@ -1,0 +1,475 @@
+"""MQTT publishing: retained availability and states, durable events, best-effort telemetry.
+
+Threads: paho-mqtt's network loop (callbacks) and our ``mqtt-publisher`` thread, which drains
+the outbox. Detection code only calls `publish_*`, which write to SQLite or hand a packet to
+paho and return: nothing here waits on the network except `stop`.
+
+Delivery of events is at-least-once: a message leaves the outbox only after the broker's PUBACK
+(``on_publish``); after a disconnect the drain restarts from the oldest un-acknowledged message,
+so messages in flight at the disconnect may arrive twice, in order of first arrival.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from edge_asd.events import DEFAULT_TOPIC_PREFIX as _DEFAULT_PREFIX
+from edge_asd.events import Availability, EventMessage, MachineState, Topics
+from edge_asd.outbox import Outbox, OutboxError
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_PORT: Final = 1883
+DEFAULT_KEEPALIVE_SECONDS: Final = 60
+DEFAULT_QOS: Final = 1
+AVAILABILITY_QOS: Final = 1
+STATE_QOS: Final = 1
+RECONNECT_MIN_DELAY_SECONDS: Final = 1
+RECONNECT_MAX_DELAY_SECONDS: Final = 60
+MAX_INFLIGHT_MESSAGES: Final = 20
+"""Outbox messages handed to paho and not yet acknowledged; bounds memory and duplicates."""
+DRAIN_IDLE_WAKE_SECONDS: Final = 1.0
+"""The drain thread also wakes this often without a signal, as a safety net."""
+DEFAULT_STOP_TIMEOUT_SECONDS: Final = 5.0
+_STOP_POLL_SECONDS: Final = 0.05
+
+
+class PublisherError(Exception):
+    """Bad MQTT settings (e.g. a TLS file that does not exist); the message names the key."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Connection settings; the config layer fills this from the YAML ``mqtt`` section."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    topic_prefix: str = _DEFAULT_PREFIX
+    client_id: str | None = None
+    """Default ``edge-asd-<node_id>``; must be unique per broker or connections flap."""
+    qos: int = DEFAULT_QOS
+    """QoS of event messages (0, 1 or 2)."""
+    keepalive_seconds: int = DEFAULT_KEEPALIVE_SECONDS
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    """Already resolved from file/env by the config layer; never logged."""
+    tls_enabled: bool = False
+    ca_file: str | None = None
+    """CA bundle; None uses the system's default CAs."""
+    cert_file: str | None = None
+    key_file: str | None = None
+    reconnect_min_delay_seconds: int = RECONNECT_MIN_DELAY_SECONDS
+    reconnect_max_delay_seconds: int = RECONNECT_MAX_DELAY_SECONDS
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    """Counters since `start`."""
+
+    connected: bool
+    reconnects: int
+    """Successful connections after the first one."""
+    published: int
+    """Outbox messages handed to the client (re-sends after a reconnect included)."""
+    acked: int
+    """Outbox messages acknowledged by the broker and deleted from the outbox."""
+    telemetry_published: int
+    telemetry_dropped: int
+    """Telemetry messages dropped because the broker was away."""
+    events_not_stored: int
+    """Events the outbox could not store (disk full, I/O error)."""
+    events_lost: int
+    """Events neither stored nor sent (outbox write failed while offline)."""
+    last_connect_error: str | None
+
+
+class Publisher(Protocol):
+    """What the daemon needs from a publisher; tests can substitute a fake."""
+
+    @property
+    def topics(self) -> Topics: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_seconds: float = DEFAULT_STOP_TIMEOUT_SECONDS) -> None: ...
+
+    def publish_event(self, machine: str, message: EventMessage) -> None: ...
+
+    def publish_state(self, machine: str, state: MachineState | str) -> None: ...
+
+    def publish_telemetry(self, topic: str, payload: bytes | str, qos: int = 0) -> bool: ...
+
+    def stats(self) -> PublisherStats: ...
+
+
+def _check_file(key: str, path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        raise PublisherError(f"mqtt {key}: file {path} does not exist or is not a file")
+
+
+class MqttPublisher:
+    """paho-mqtt 2.x publisher with a last will, back-off and an outbox drain thread.
+
+    The outbox is owned by the caller: `stop` does not close it.
+    """
+
+    def __init__(self, settings: MqttSettings, outbox: Outbox, *, node_id: str) -> None:
+        if settings.qos not in (0, 1, 2):
+            raise PublisherError(f"mqtt qos: must be 0, 1 or 2, got {settings.qos}")
+        self._settings = settings
+        self._outbox = outbox
+        self._topics = Topics(settings.topic_prefix, node_id)
+        self._client_id = settings.client_id or f"edge-asd-{node_id}"
+        self._lock = threading.Lock()
+        """Guards the counters and states below; never held while calling into paho."""
+        self._states: dict[str, str] = {}
+        self._connected = threading.Event()
+        self._generation = 0
+        """Bumped on every disconnect so the drain restarts from the oldest message."""
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop_drain = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self._connects = 0
+        self._reconnects = 0
+        self._published = 0
+        self._acked = 0
+        self._telemetry_published = 0
+        self._telemetry_dropped = 0
+        self._events_not_stored = 0
+        self._events_lost = 0
+        self._last_connect_error: str | None = None
+        self._last_outbox_error: str | None = None
+        # Drain-thread-only state: paho message id -> outbox id, and the last id handed over.
+        self._inflight: dict[int, int] = {}
+        self._cursor: int | None = None
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        s = self._settings
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.max_inflight_messages_set(MAX_INFLIGHT_MESSAGES)
+        client.reconnect_delay_set(
+            min_delay=s.reconnect_min_delay_seconds, max_delay=s.reconnect_max_delay_seconds
+        )
+        # The will must be registered before connecting: the broker stores it with the session.
+        client.will_set(
+            self._topics.availability, Availability.OFFLINE.value, qos=AVAILABILITY_QOS, retain=True
+        )
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls_enabled:
+            _check_file("ca_file", s.ca_file)
+            _check_file("cert_file", s.cert_file)
+            _check_file("key_file", s.key_file)
+            if (s.cert_file is None) != (s.key_file is None):
+                raise PublisherError("mqtt cert_file and key_file: set both or neither")
+            try:
+                client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
+            except (OSError, ValueError) as exc:
+                raise PublisherError(
+                    f"mqtt TLS files (ca_file={s.ca_file}, cert_file={s.cert_file}, "
+                    f"key_file={s.key_file}) cannot be loaded: {exc}"
+                ) from exc
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # ----------------------------------------------------------------- public interface
+
+    @property
+    def topics(self) -> Topics:
+        """Topic names for this node (the daemon builds score/stats topics from them)."""
+        return self._topics
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Start the drain thread and connect in the background; never blocks on the broker."""
+        if self._started:
+            return
+        self._started = True
+        self._thread = threading.Thread(target=self._drain_loop, name="mqtt-publisher", daemon=True)
+        self._thread.start()
+        s = self._settings
+        _LOGGER.info(
+            "Connecting to MQTT broker %s:%d as %s (TLS %s)",
+            s.host,
+            s.port,
+            self._client_id,
+            "on" if s.tls_enabled else "off",
+        )
+        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_seconds)
+        self._client.loop_start()
+
+    def stop(self, timeout_seconds: float = DEFAULT_STOP_TIMEOUT_SECONDS) -> None:
+        """Deliver pending events (bounded), publish ``stopped``, disconnect without the will."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        deadline = time.monotonic() + timeout_seconds
+        self._wake.set()
+        while self.connected and self._outbox.depth() > 0 and time.monotonic() < deadline:
+            time.sleep(_STOP_POLL_SECONDS)
+        left = self._outbox.depth()
+        if left:
+            _LOGGER.warning(
+                "Stopping with %d event(s) still in the outbox; sent on next start", left
+            )
+        if self.connected:
+            info = self._client.publish(
+                self._topics.availability,
+                Availability.STOPPED.value,
+                qos=AVAILABILITY_QOS,
+                retain=True,
+            )
+            try:
+                info.wait_for_publish(max(deadline - time.monotonic(), _STOP_POLL_SECONDS))
+            except (RuntimeError, ValueError) as exc:
+                _LOGGER.warning("Could not publish availability 'stopped': %s", exc)
+        self._stop_drain.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(max(deadline - time.monotonic(), DRAIN_IDLE_WAKE_SECONDS))
+        # A clean DISCONNECT tells the broker to discard the will.
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+        _LOGGER.info("MQTT publisher stopped")
+
+    def publish_event(self, machine: str, message: EventMessage) -> None:
+        """Store the event in the outbox and wake the drain; never waits on the network."""
+        topic = self._topics.event(machine)
+        payload = message.to_json().encode("utf-8")
+        qos = self._settings.qos
+        if self._outbox.put(topic, payload, qos, retain=False) is not None:
+            self._wake.set()
+            return
+        with self._lock:
+            self._events_not_stored += 1
+        # Without durability, sending now is the best that is left.
+        if self.connected and self._client.publish(topic, payload, qos=qos).rc == 0:
+            return
+        with self._lock:
+            self._events_lost += 1
+        _LOGGER.error(
+            "Event %s seq %d for %s lost: outbox write failed and broker unavailable",
+            message.event_id,
+            message.seq,
+            machine,
+        )
+
+    def publish_state(self, machine: str, state: MachineState | str) -> None:
+        """Retained machine state; remembered and republished on every (re)connect."""
+        value = MachineState(state).value
+        topic = self._topics.state(machine)
+        with self._lock:
+            if self._states.get(machine) == value:
+                return
+            self._states[machine] = value
+        if self.connected:
+            self._client.publish(topic, value, qos=STATE_QOS, retain=True)
+
+    def publish_telemetry(self, topic: str, payload: bytes | str, qos: int = 0) -> bool:
+        """Best-effort, not retained; dropped (and counted) while the broker is away."""
+        if self.connected:
+            info = self._client.publish(topic, payload, qos=qos, retain=False)
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                with self._lock:
+                    self._telemetry_published += 1
+                return True
+        with self._lock:
+            self._telemetry_dropped += 1
+        return False
+
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            return PublisherStats(
+                connected=self.connected,
+                reconnects=self._reconnects,
+                published=self._published,
+                acked=self._acked,
+                telemetry_published=self._telemetry_published,
+                telemetry_dropped=self._telemetry_dropped,
+                events_not_stored=self._events_not_stored,
+                events_lost=self._events_lost,
+                last_connect_error=self._last_connect_error,
+            )
+
+    # ----------------------------------------------------------------- paho callbacks
+    # These run on paho's network thread: no blocking, no SQLite.
+
+    def _note_connect_problem(self, text: str) -> None:
+        """Log a connection problem once per change, not on every back-off retry."""
+        with self._lock:
+            changed = text != self._last_connect_error
+            self._last_connect_error = text
+        if changed:
+            s = self._settings
+            _LOGGER.warning(
+                "Cannot connect to MQTT broker %s:%d: %s; retrying every %d-%d s, "
+                "events are kept in the outbox",
+                s.host,
+                s.port,
+                text,
+                s.reconnect_min_delay_seconds,
+                s.reconnect_max_delay_seconds,
+            )
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: Any,
+        properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            self._note_connect_problem(f"broker refused the connection: {reason_code}")
+            return
+        with self._lock:
+            if self._connects:
+                self._reconnects += 1
+            self._connects += 1
+            self._last_connect_error = None
+            states = dict(self._states)
+        _LOGGER.info(
+            "Connected to MQTT broker %s:%d as %s",
+            self._settings.host,
+            self._settings.port,
+            self._client_id,
+        )
+        client.publish(
+            self._topics.availability, Availability.ONLINE.value, qos=AVAILABILITY_QOS, retain=True
+        )
+        for machine, state in states.items():
+            client.publish(self._topics.state(machine), state, qos=STATE_QOS, retain=True)
+        self._connected.set()
+        self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError`, so the cause is still at hand.
+        exc = sys.exc_info()[1]
+        self._note_connect_problem(str(exc) if exc is not None else "connection failed")
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: Any,
+        properties: Any,
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        with self._lock:
+            self._generation += 1
+        self._wake.set()
+        if self._stopping:
+            _LOGGER.debug("Disconnected from MQTT broker (%s)", reason_code)
+        elif was_connected:
+            _LOGGER.warning(
+                "Lost connection to MQTT broker %s:%d (%s); reconnecting, events are kept "
+                "in the outbox",
+                self._settings.host,
+                self._settings.port,
+                reason_code,
+            )
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            _LOGGER.warning("Broker rejected message %d: %s", mid, reason_code)
+            return
+        # Only a queue put here: the drain thread maps mid -> outbox id and deletes the row.
+        self._acks.put(mid)
+        self._wake.set()
+
+    # ----------------------------------------------------------------- drain thread
+
+    def _drain_loop(self) -> None:
+        with self._lock:
+            seen_generation = self._generation
+        while True:
+            self._wake.wait(DRAIN_IDLE_WAKE_SECONDS)
+            self._wake.clear()
+            # Acks first: a PUBACK received before a disconnect still counts.
+            self._process_acks()
+            if self._stop_drain.is_set():
+                break
+            with self._lock:
+                generation = self._generation
+            if generation != seen_generation:
+                seen_generation = generation
+                self._inflight.clear()
+                self._cursor = None
+            if self._connected.is_set():
+                self._submit(generation)
+        self._process_acks()
+
+    def _process_acks(self) -> None:
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            outbox_id = self._inflight.pop(mid, None)
+            if outbox_id is None:
+                continue  # availability/state/telemetry, or a copy from before a reconnect
+            self._outbox.ack(outbox_id)
+            with self._lock:
+                self._acked += 1
+
+    def _submit(self, generation: int) -> None:
+        room = MAX_INFLIGHT_MESSAGES - len(self._inflight)
+        if room <= 0:
+            return
+        try:
+            batch = self._outbox.pending(room, after_id=self._cursor)
+        except OutboxError as exc:
+            if str(exc) != self._last_outbox_error:
+                _LOGGER.error("%s; retrying", exc)
+            self._last_outbox_error = str(exc)
+            return
+        self._last_outbox_error = None
+        for message in batch:
+            with self._lock:
+                current = self._generation
+            if current != generation or not self._connected.is_set():
+                return
+            info = self._client.publish(
+                message.topic, message.payload, qos=message.qos, retain=message.retain
+            )
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                _LOGGER.debug("Outbox message %d not handed over: rc=%s", message.id, info.rc)
+                return
+            self._inflight[info.mid] = message.id
+            self._cursor = message.id
+            with self._lock:
+                self._published += 1

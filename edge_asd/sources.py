@@ -1,0 +1,516 @@
+"""Audio sources: WAV files and live PortAudio devices, both delivering 16 kHz float32 blocks.
+
+The PortAudio callback only copies the selected channels into a preallocated `RingBuffer`
+and records overflow flags; resampling happens in the reader's thread. Stopping a stream runs
+in a helper thread with a bounded join, because PortAudio's stop can block forever (for example
+on a PulseAudio pipe source whose writer went away) and shutdown must never hang on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Protocol, Self, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_asd.audio_file import AudioFileError, read_wav_channels
+from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.resampler import StreamResampler
+from edge_asd.ring_buffer import RingBuffer
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_WAV_BLOCK_FRAMES: Final = 1600
+"""WavSource block: 0.1 s at 16 kHz."""
+
+STREAM_STOP_TIMEOUT_SECONDS: Final = 2.0
+"""How long stop() waits for PortAudio abort/close before abandoning the helper thread."""
+
+DEFAULT_RING_SECONDS: Final = 10.0
+"""Capture ring length: how far the reader may fall behind before audio is overwritten."""
+
+SCRATCH_FRAMES: Final = 8192
+"""Initial callback scratch for non-contiguous channel selections (grown if PortAudio asks)."""
+
+
+class EndOfStream(Exception):  # noqa: N818 - name fixed by docs/architecture.md
+    """A finite source (files) has delivered everything."""
+
+
+class AudioDeviceError(Exception):
+    """A capture device is missing, cannot be opened, or failed; the message names it."""
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    """Counters of one source since start()."""
+
+    frames_delivered: int
+    """16 kHz frames returned by read()."""
+    overruns: int
+    """PortAudio callbacks flagged input_overflow (audio lost before it reached us)."""
+    overwritten_frames: int
+    """Device-rate frames overwritten in the ring because the reader fell behind."""
+
+
+@runtime_checkable
+class AudioSource(Protocol):
+    """Delivers float32 [frames, channels] blocks at SAMPLE_RATE_HZ."""
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def channels(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def read(self, timeout_seconds: float) -> npt.NDArray[np.float32] | None:
+        """Next block, None if none within the timeout; raises EndOfStream, AudioDeviceError."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def stats(self) -> SourceStats: ...
+
+
+class _ContextSource:
+    """Context-manager support shared by the concrete sources."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _wav_files(paths: Path | str | Sequence[Path | str]) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() == ".wav" and p.is_file())
+            if not found:
+                raise AudioFileError(path, "directory contains no .wav files")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise AudioFileError(path, "file does not exist")
+    if not files:
+        raise AudioFileError(Path("."), "no WAV files given")
+    return files
+
+
+class WavSource(_ContextSource):
+    """WAV files (or directories of them, sorted) as a source, in real time or flat out.
+
+    Blocks are `block_frames` at 16 kHz; the last block of each file may be shorter, so no
+    block mixes two files. A file that cannot be read is logged and skipped.
+    """
+
+    def __init__(
+        self,
+        paths: Path | str | Sequence[Path | str],
+        *,
+        channels: Sequence[int] = (0,),
+        realtime: bool = False,
+        block_frames: int = DEFAULT_WAV_BLOCK_FRAMES,
+        loop: bool = False,
+    ) -> None:
+        if block_frames <= 0:
+            raise ValueError(f"WavSource block_frames must be positive, got {block_frames}")
+        if not channels:
+            raise ValueError("WavSource needs at least one channel")
+        self.files = _wav_files(paths)
+        self._channel_list = tuple(int(c) for c in channels)
+        self.realtime = realtime
+        self.block_frames = int(block_frames)
+        self.loop = loop
+        self._file_index = 0
+        self._current: npt.NDArray[np.float32] | None = None
+        self._position = 0
+        self._frames_delivered = 0
+        self._good_in_pass = 0
+        self._started = False
+        self._t0 = 0.0
+
+    @property
+    def description(self) -> str:
+        first = self.files[0]
+        more = f" (+{len(self.files) - 1} more)" if len(self.files) > 1 else ""
+        return f"wav:{first}{more}"
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE_HZ
+
+    @property
+    def channels(self) -> int:
+        return len(self._channel_list)
+
+    def start(self) -> None:
+        self._started = True
+        self._t0 = time.monotonic()
+
+    def stop(self) -> None:
+        self._started = False
+
+    def stats(self) -> SourceStats:
+        return SourceStats(self._frames_delivered, 0, 0)
+
+    def _next_file(self) -> npt.NDArray[np.float32]:
+        """Load the next readable file, or raise EndOfStream."""
+        while True:
+            if self._file_index >= len(self.files):
+                if not self.loop:
+                    raise EndOfStream(self.description)
+                if self._good_in_pass == 0:
+                    raise AudioFileError(self.files[0], "no readable WAV file in this source")
+                self._file_index = 0
+                self._good_in_pass = 0
+            path = self.files[self._file_index]
+            self._file_index += 1
+            try:
+                audio = read_wav_channels(path, channels=self._channel_list)
+            except AudioFileError as exc:
+                _LOGGER.error("skipping %s", exc)
+                continue
+            self._good_in_pass += 1
+            return audio
+
+    def read(self, timeout_seconds: float) -> npt.NDArray[np.float32] | None:
+        if not self._started:
+            raise RuntimeError(f"{self.description}: read() before start()")
+        if self._current is None or self._position >= self._current.shape[0]:
+            self._current = self._next_file()
+            self._position = 0
+        block = self._current[self._position : self._position + self.block_frames]
+        if self.realtime:
+            # Deliver a block when its last sample would have been captured live.
+            due = self._t0 + (self._frames_delivered + block.shape[0]) / SAMPLE_RATE_HZ
+            wait = due - time.monotonic()
+            if wait > timeout_seconds:
+                time.sleep(max(0.0, timeout_seconds))
+                return None
+            if wait > 0:
+                time.sleep(wait)
+        self._position += block.shape[0]
+        self._frames_delivered += block.shape[0]
+        return block.copy()
+
+
+def _describe_inputs(devices: Sequence[dict[str, Any]]) -> str:
+    inputs = [
+        f"{d['index']}: '{d['name']}' ({d['max_input_channels']} ch, "
+        f"{d['default_samplerate']:.0f} Hz)"
+        for d in devices
+        if d["max_input_channels"] > 0
+    ]
+    return "; ".join(inputs) if inputs else "none"
+
+
+def find_input_device(device: str | int, devices: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Pick an input device by index, exact name, or unique case-insensitive name substring."""
+    inputs = [d for d in devices if d["max_input_channels"] > 0]
+    if isinstance(device, int) or (isinstance(device, str) and device.strip().isdigit()):
+        index = int(device)
+        for d in inputs:
+            if d["index"] == index:
+                return d
+        raise AudioDeviceError(
+            f"audio input device {index} not found; available input devices: "
+            f"{_describe_inputs(devices)}"
+        )
+    exact = [d for d in inputs if d["name"] == device]
+    if exact:
+        return exact[0]
+    needle = device.lower()
+    partial = [d for d in inputs if needle in d["name"].lower()]
+    if len(partial) == 1:
+        return partial[0]
+    if partial:
+        names = ", ".join(f"'{d['name']}'" for d in partial)
+        raise AudioDeviceError(f"audio input device '{device}' is ambiguous, matches {names}")
+    raise AudioDeviceError(
+        f"audio input device '{device}' not found; available input devices: "
+        f"{_describe_inputs(devices)}"
+    )
+
+
+def _import_sounddevice() -> Any:
+    try:
+        import sounddevice
+    except OSError as exc:  # the PortAudio shared library is missing
+        raise AudioDeviceError(f"PortAudio is not available: {exc}") from exc
+    return sounddevice
+
+
+def _query_devices(sd: Any) -> list[dict[str, Any]]:
+    try:
+        return [dict(d) for d in sd.query_devices()]
+    except sd.PortAudioError as exc:
+        raise AudioDeviceError(f"cannot list audio devices: {exc}") from exc
+
+
+# PortAudio enumerates devices once, at initialisation; a USB microphone plugged in later is
+# invisible until it is re-initialised, which is only safe while no stream of ours is open.
+class _PortAudioState:
+    """Process-wide PortAudio bookkeeping: a lock for open/rescan and the open-stream count."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open_streams = 0
+
+
+_PORTAUDIO = _PortAudioState()
+
+
+def _find_with_rescan(sd: Any, device: str | int) -> dict[str, Any]:
+    """find_input_device, re-enumerating PortAudio once if the device is missing and it is safe.
+
+    Call with _PORTAUDIO.lock held.
+    """
+    try:
+        return find_input_device(device, _query_devices(sd))
+    except AudioDeviceError:
+        terminate = getattr(sd, "_terminate", None)
+        initialize = getattr(sd, "_initialize", None)
+        if _PORTAUDIO.open_streams or terminate is None or initialize is None:
+            raise
+    _LOGGER.info("audio input device %r not found; re-enumerating PortAudio devices", device)
+    try:
+        terminate()
+        initialize()
+    except sd.PortAudioError as exc:
+        raise AudioDeviceError(
+            f"cannot re-initialise PortAudio to look for {device!r}: {exc}"
+        ) from exc
+    return find_input_device(device, _query_devices(sd))
+
+
+def _channel_slice(selected: Sequence[int]) -> slice | None:
+    """The selection as a slice (a view in the callback, no copy), if it is evenly spaced."""
+    if len(selected) == 1:
+        return slice(selected[0], selected[0] + 1)
+    step = selected[1] - selected[0]
+    if step <= 0 or any(b - a != step for a, b in itertools.pairwise(selected)):
+        return None
+    return slice(selected[0], selected[-1] + 1, step)
+
+
+def _stream_closed() -> None:
+    # An abandoned (hung) stream stays counted: PortAudio must not be re-initialised under it.
+    with _PORTAUDIO.lock:
+        _PORTAUDIO.open_streams = max(0, _PORTAUDIO.open_streams - 1)
+
+
+class SoundDeviceSource(_ContextSource):
+    """Live capture from a PortAudio input device (name substring or index), resampled to 16 kHz."""
+
+    def __init__(
+        self,
+        device: str | int,
+        *,
+        channels: Sequence[int] = (0,),
+        block_frames: int = 0,
+        ring_seconds: float = DEFAULT_RING_SECONDS,
+        samplerate: int | None = None,
+    ) -> None:
+        if not channels or min(channels) < 0:
+            raise ValueError(f"SoundDeviceSource {device!r}: invalid channels {channels!r}")
+        if ring_seconds <= 0:
+            raise ValueError(f"SoundDeviceSource {device!r}: ring_seconds must be > 0")
+        self.device = device
+        self._channel_list = tuple(int(c) for c in channels)
+        self.block_frames = int(block_frames)
+        self.ring_seconds = float(ring_seconds)
+        self._requested_rate = samplerate
+        self._stream: Any = None
+        self._ring: RingBuffer | None = None
+        self._resampler: StreamResampler | None = None
+        self._device_name = str(device)
+        self.device_rate_hz = 0
+        """Rate the device is opened at, Hz (known after start())."""
+        self._slice = _channel_slice(self._channel_list)
+        self._index = np.asarray(self._channel_list, dtype=np.intp)
+        self._scratch = np.zeros((SCRATCH_FRAMES, len(self._channel_list)), dtype=np.float32)
+        self._overruns = 0
+        self._frames_delivered = 0
+        self._last_block_time = 0.0
+        self._started_time = 0.0
+        self._stopping = False
+
+    @property
+    def description(self) -> str:
+        return f"sounddevice:{self._device_name} ch{list(self._channel_list)}"
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE_HZ
+
+    @property
+    def channels(self) -> int:
+        return len(self._channel_list)
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        # Runs on PortAudio's thread: copy, count, timestamp; nothing that can block or log.
+        if status.input_overflow:
+            self._overruns += 1
+        ring = self._ring
+        if ring is None:
+            return
+        if self._slice is not None:
+            ring.write(indata[:, self._slice])
+        else:
+            if frames > self._scratch.shape[0]:
+                self._scratch = np.zeros((frames, self._index.shape[0]), dtype=np.float32)
+            out = self._scratch[:frames]
+            np.take(indata, self._index, axis=1, out=out)
+            ring.write(out)
+        self._last_block_time = time.monotonic()
+
+    def start(self) -> None:
+        """Open and start the device stream; AudioDeviceError names the device if it fails."""
+        if self._stream is not None:
+            return
+        sd = _import_sounddevice()
+        with _PORTAUDIO.lock:
+            self._open(sd)
+
+    def _open(self, sd: Any) -> None:
+        info = _find_with_rescan(sd, self.device)
+        self._device_name = f"{info['name']} (#{info['index']})"
+        needed = max(self._channel_list) + 1
+        if needed > info["max_input_channels"]:
+            raise AudioDeviceError(
+                f"audio input device {self._device_name} has {info['max_input_channels']} "
+                f"input channel(s), channel {needed - 1} was selected"
+            )
+        rate = int(self._requested_rate or round(info["default_samplerate"]))
+        self.device_rate_hz = rate
+        self._ring = RingBuffer(max(1, round(self.ring_seconds * rate)), len(self._channel_list))
+        self._resampler = StreamResampler(rate, SAMPLE_RATE_HZ)
+        self._overruns = 0
+        self._frames_delivered = 0
+        self._stopping = False
+        self._started_time = time.monotonic()
+        self._last_block_time = 0.0
+        stream = None
+        try:
+            stream = sd.InputStream(
+                device=info["index"],
+                channels=needed,
+                samplerate=rate,
+                blocksize=self.block_frames,
+                dtype="float32",
+                callback=self._callback,
+            )
+            stream.start()
+        except (sd.PortAudioError, ValueError) as exc:
+            self._ring = None
+            if stream is not None:
+                with contextlib.suppress(sd.PortAudioError):
+                    stream.close()
+            raise AudioDeviceError(
+                f"cannot open audio input device {self._device_name} at {rate} Hz "
+                f"with {needed} channel(s): {exc}"
+            ) from exc
+        self._stream = stream
+        _PORTAUDIO.open_streams += 1
+        _LOGGER.info(
+            "capturing from %s at %d Hz, channels %s, resampling to %d Hz",
+            self._device_name,
+            rate,
+            list(self._channel_list),
+            SAMPLE_RATE_HZ,
+        )
+
+    def read(self, timeout_seconds: float) -> npt.NDArray[np.float32] | None:
+        """Next 16 kHz block [frames, channels], or None if none within the timeout."""
+        ring, resampler, stream = self._ring, self._resampler, self._stream
+        if ring is None or resampler is None or stream is None:
+            raise AudioDeviceError(f"{self.description}: read() before start() or after stop()")
+        deadline = time.monotonic() + max(0.0, timeout_seconds)
+        while True:
+            remaining = deadline - time.monotonic()
+            if ring.wait(max(0.0, remaining)):
+                out = resampler.process(ring.read())
+                if out.shape[0]:
+                    self._frames_delivered += out.shape[0]
+                    return out
+            elif not stream.active and not self._stopping:
+                raise AudioDeviceError(f"audio input device {self._device_name} stream stopped")
+            if time.monotonic() >= deadline:
+                return None
+
+    def seconds_since_last_block(self) -> float:
+        """Seconds since the callback last delivered audio (since start() if it never did)."""
+        last = self._last_block_time or self._started_time
+        return time.monotonic() - last if last else 0.0
+
+    @property
+    def active(self) -> bool:
+        """Whether PortAudio reports the stream as running."""
+        return bool(self._stream is not None and self._stream.active)
+
+    def stats(self) -> SourceStats:
+        ring = self._ring
+        return SourceStats(
+            frames_delivered=self._frames_delivered,
+            overruns=self._overruns,
+            overwritten_frames=ring.overwritten_frames if ring is not None else 0,
+        )
+
+    def stop(self) -> None:
+        """Abort and close the stream; never waits longer than STREAM_STOP_TIMEOUT_SECONDS."""
+        stream = self._stream
+        if stream is None:
+            return
+        self._stopping = True
+        self._stream = None
+
+        def _close() -> None:
+            try:
+                stream.abort()
+                stream.close()
+            except Exception:  # shutdown path: report, never raise into the daemon's teardown
+                _LOGGER.exception("error closing audio input device %s", self._device_name)
+
+        closer = threading.Thread(target=_close, name="audio-stream-close", daemon=True)
+        closer.start()
+        closer.join(STREAM_STOP_TIMEOUT_SECONDS)
+        if closer.is_alive():
+            _LOGGER.warning(
+                "audio input device %s did not stop within %.1f s; abandoning its stream",
+                self._device_name,
+                STREAM_STOP_TIMEOUT_SECONDS,
+            )
+        else:
+            _stream_closed()
+            _LOGGER.info("stopped capture from %s", self._device_name)

@@ -1,0 +1,346 @@
+"""Synthetic rotating-machine sound and additive fault generators (16 kHz float32, numpy only).
+
+Used by the demo assets, the tests and `benchmarks/make_devset.py`. Every random draw comes
+from the caller's seeded `np.random.Generator`, so a seed reproduces the audio exactly.
+
+Fault generators ADD a fault component to any signal so that the power of the added
+component relative to the power of the input (whole-signal averages) equals `level_db`:
+`10 * log10(mean(fault**2) / mean(x**2)) == level_db`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_asd.constants import SAMPLE_RATE_HZ
+
+_LOGGER = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+NOMINAL_SHAFT_HZ: Final = 50.0
+"""Shaft/motor rotation rate of the default machine (a 2-pole motor on 50 Hz mains), Hertz."""
+
+NORMAL_RMS: Final = 0.05
+"""RMS of `machine_sound` output (about -26 dBFS): loud enough, far from clipping."""
+
+_NYQUIST_MARGIN: Final = 0.9
+"""Harmonics are kept below this fraction of Nyquist so none alias."""
+_HARMONIC_MAX_HZ: Final = 6_000.0
+_JITTER_STD: Final = 0.004
+"""Relative standard deviation of the slow speed wander (0.4 %)."""
+_JITTER_COMPONENTS: Final = 4
+_JITTER_MAX_HZ: Final = 0.5
+"""Slowest-to-fastest speed wander rates are below this, Hertz."""
+_HARMONIC_LEVEL_SPREAD_DB: Final = 6.0
+_HARMONIC_SHARE: Final = 0.6
+"""Share of the normal sound's power in the harmonic series; the rest is broadband noise."""
+_TEXTURE_DEPTH: Final = 0.3
+"""Depth of the periodic amplitude texture of the noise (blade/teeth pass)."""
+_BLADES: Final = 7
+_NOISE_BANDS_HZ: Final = ((300.0, 250.0), (1_200.0, 600.0), (3_500.0, 1_500.0))
+"""Centre and width (Hertz) of the broadband noise resonances, at nominal condition."""
+_EPS: Final = 1e-12
+
+
+class FaultFunction(Protocol):
+    """Signature shared by every fault generator."""
+
+    def __call__(
+        self,
+        x: npt.ArrayLike,
+        *,
+        rng: np.random.Generator,
+        level_db: float,
+        shaft_hz: float = NOMINAL_SHAFT_HZ,
+    ) -> FloatArray: ...
+
+
+def _power(x: npt.NDArray[np.floating]) -> float:
+    return float(np.mean(np.square(x, dtype=np.float64)))
+
+
+def _as_signal(x: npt.ArrayLike, what: str) -> npt.NDArray[np.float64]:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{what}: expected a non-empty 1-D signal, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what}: signal contains NaN or inf")
+    return arr
+
+
+def _shaped_noise(
+    n: int, rng: np.random.Generator, bands_hz: tuple[tuple[float, float], ...]
+) -> npt.NDArray[np.float64]:
+    """White noise coloured in the frequency domain by Gaussian resonances (centre, width Hz)."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE_HZ)
+    shape = np.zeros_like(freqs)
+    for centre, width in bands_hz:
+        shape += np.exp(-0.5 * ((freqs - centre) / width) ** 2)
+    out = np.fft.irfft(spectrum * shape, n)
+    return np.asarray(out / np.sqrt(_power(out) + _EPS))
+
+
+def _slow_wander(n: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
+    """Zero-mean relative speed wander of unit std, made of a few slow sinusoids."""
+    t = np.arange(n) / SAMPLE_RATE_HZ
+    wander = np.zeros(n)
+    for _ in range(_JITTER_COMPONENTS):
+        rate = rng.uniform(0.05, _JITTER_MAX_HZ)
+        wander += np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi))
+    return wander / np.sqrt(_JITTER_COMPONENTS / 2)
+
+
+def machine_sound(
+    seconds: float,
+    *,
+    rng: np.random.Generator,
+    fundamental_hz: float = NOMINAL_SHAFT_HZ,
+    condition: float = 1.0,
+) -> FloatArray:
+    """A normal rotating-machine sound, RMS `NORMAL_RMS`, 16 kHz float32.
+
+    A harmonic series of the shaft rate with slow speed wander, broadband resonant noise and a
+    blade-pass amplitude texture. `condition` is the relative operating speed/load (1.0 =
+    nominal): it scales the shaft rate and the noise resonances and tilts the harmonic levels,
+    which is how source and target domains differ.
+    """
+    if seconds <= 0:
+        raise ValueError(f"machine_sound: seconds must be > 0, got {seconds}")
+    if condition <= 0 or fundamental_hz <= 0:
+        raise ValueError(
+            f"machine_sound: fundamental_hz ({fundamental_hz}) and condition ({condition}) "
+            "must be > 0"
+        )
+    n = round(seconds * SAMPLE_RATE_HZ)
+    f0 = fundamental_hz * condition
+    inst_hz = f0 * (1.0 + _JITTER_STD * _slow_wander(n, rng))
+    phase = 2 * np.pi * np.cumsum(inst_hz) / SAMPLE_RATE_HZ
+    max_hz = min(_HARMONIC_MAX_HZ, _NYQUIST_MARGIN * SAMPLE_RATE_HZ / 2)
+    n_harmonics = max(1, int(max_hz // f0))
+    # Heavier load (higher condition) puts relatively more energy in the upper harmonics.
+    tilt = 1.2 / condition
+    harmonics = np.zeros(n)
+    for h in range(1, n_harmonics + 1):
+        level_db = rng.uniform(-_HARMONIC_LEVEL_SPREAD_DB, _HARMONIC_LEVEL_SPREAD_DB)
+        amp = 10 ** (level_db / 20) / h**tilt
+        harmonics += amp * np.sin(h * phase + rng.uniform(0, 2 * np.pi))
+    harmonics /= np.sqrt(_power(harmonics) + _EPS)
+    bands = tuple((c * condition, w * condition) for c, w in _NOISE_BANDS_HZ)
+    noise = _shaped_noise(n, rng, bands)
+    texture = 1.0 + _TEXTURE_DEPTH * np.cos(_BLADES * phase)
+    noise = noise * texture
+    noise /= np.sqrt(_power(noise) + _EPS)
+    x = np.sqrt(_HARMONIC_SHARE) * harmonics + np.sqrt(1 - _HARMONIC_SHARE) * noise
+    x *= NORMAL_RMS / np.sqrt(_power(x) + _EPS)
+    return x.astype(np.float32)
+
+
+def _add_at_ratio(
+    x: npt.NDArray[np.float64], component: npt.NDArray[np.float64], level_db: float, name: str
+) -> FloatArray:
+    """x + component scaled so that power(component) / power(x) is `level_db`."""
+    px = _power(x)
+    pc = _power(component)
+    if px <= _EPS:
+        raise ValueError(f"{name}: the input signal is silent; a fault-to-signal ratio needs power")
+    if pc <= _EPS:
+        raise ValueError(f"{name}: generated an empty fault component (signal too short?)")
+    gain = np.sqrt(px * 10 ** (level_db / 10) / pc)
+    return (x + gain * component).astype(np.float32)
+
+
+def _decaying_kernel(
+    rng: np.random.Generator, resonance_hz: float, decay_s: float
+) -> npt.NDArray[np.float64]:
+    length = max(2, round(5 * decay_s * SAMPLE_RATE_HZ))
+    t = np.arange(length) / SAMPLE_RATE_HZ
+    return np.exp(-t / decay_s) * np.sin(2 * np.pi * resonance_hz * t + rng.uniform(0, 2 * np.pi))
+
+
+def bearing_impacts(
+    x: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add periodic short resonant impulses at a ball-pass frequency (outer/inner race defect).
+
+    Ball-pass rate 3-5.5 x shaft, a 2-5 kHz structural resonance ringing for ~1 ms, and a
+    once-per-revolution amplitude modulation (the defect passing through the load zone).
+    """
+    sig = _as_signal(x, "bearing_impacts")
+    n = sig.size
+    bpf = shaft_hz * rng.uniform(3.0, 5.5)
+    period = SAMPLE_RATE_HZ / bpf
+    # Rolling elements slip a little, so impacts are not perfectly periodic.
+    times = np.arange(rng.uniform(0, period), n, period)
+    times = times + rng.normal(0.0, 0.01 * period, times.size)
+    idx = np.clip(np.round(times).astype(np.int64), 0, n - 1)
+    train = np.zeros(n)
+    t_imp = idx / SAMPLE_RATE_HZ
+    train[idx] = 1.0 + 0.5 * np.cos(2 * np.pi * shaft_hz * t_imp + rng.uniform(0, 2 * np.pi))
+    kernel = _decaying_kernel(rng, rng.uniform(2_000.0, 5_000.0), rng.uniform(0.5e-3, 1.5e-3))
+    component = np.convolve(train, kernel)[:n]
+    return _add_at_ratio(sig, component, level_db, "bearing_impacts")
+
+
+def whine(
+    x: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add a narrow tone (gear mesh, electrical whine, failing fan) that may glide slowly.
+
+    1-4 kHz, gliding up or down by up to 5 % over the signal, with a slight wobble at shaft rate.
+    """
+    sig = _as_signal(x, "whine")
+    n = sig.size
+    t = np.arange(n) / SAMPLE_RATE_HZ
+    start_hz = rng.uniform(1_000.0, 4_000.0)
+    glide = rng.uniform(-0.05, 0.05)
+    duration = max(t[-1], 1.0 / SAMPLE_RATE_HZ)
+    inst_hz = start_hz * (1.0 + glide * t / duration)
+    phase = 2 * np.pi * np.cumsum(inst_hz) / SAMPLE_RATE_HZ + rng.uniform(0, 2 * np.pi)
+    wobble = 1.0 + 0.1 * np.sin(2 * np.pi * shaft_hz * t)
+    component = wobble * np.sin(phase)
+    return _add_at_ratio(sig, component, level_db, "whine")
+
+
+def imbalance_modulation(
+    x: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add amplitude modulation of the signal at shaft rate plus the 1x shaft tone it excites.
+
+    The added part is x * cos(2 pi f_shaft t) (sidebands at +-f_shaft) and a 1x tone: an
+    unbalanced rotor shakes the whole machine once per revolution.
+    """
+    sig = _as_signal(x, "imbalance_modulation")
+    n = sig.size
+    t = np.arange(n) / SAMPLE_RATE_HZ
+    phi = rng.uniform(0, 2 * np.pi)
+    modulated = sig * np.cos(2 * np.pi * shaft_hz * t + phi)
+    tone = np.sin(2 * np.pi * shaft_hz * t + phi)
+    modulated /= np.sqrt(_power(modulated) + _EPS)
+    component = modulated + 0.5 * tone
+    return _add_at_ratio(sig, component, level_db, "imbalance_modulation")
+
+
+def rub_bursts(
+    x: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add intermittent broadband scraping bursts (rotor touching a stator or seal).
+
+    Bursts of 50-300 ms, about 1.5 per second, of high-frequency noise chopped at shaft rate
+    (contact once per revolution), each with a smooth envelope.
+    """
+    sig = _as_signal(x, "rub_bursts")
+    n = sig.size
+    t = np.arange(n) / SAMPLE_RATE_HZ
+    noise = _shaped_noise(n, rng, ((4_000.0, 2_000.0), (6_500.0, 1_000.0)))
+    chop = np.clip(np.cos(2 * np.pi * shaft_hz * t + rng.uniform(0, 2 * np.pi)), 0.0, None) ** 2
+    envelope = np.zeros(n)
+    seconds = n / SAMPLE_RATE_HZ
+    n_bursts = max(1, rng.poisson(1.5 * seconds))
+    for _ in range(n_bursts):
+        length = max(2, round(rng.uniform(0.05, 0.3) * SAMPLE_RATE_HZ))
+        length = min(length, n)
+        start = int(rng.integers(0, n - length + 1))
+        envelope[start : start + length] += rng.uniform(0.5, 1.0) * np.hanning(length)
+    component = noise * chop * envelope
+    return _add_at_ratio(sig, component, level_db, "rub_bursts")
+
+
+def looseness(
+    x: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add a rattle: irregular impacts near half the shaft rate with bounces (loose mounting).
+
+    Sub-harmonic (0.5x) impact rate with strong timing jitter, random strengths, a 400-1500 Hz
+    resonance with a longer ring than a bearing impact, and 1-3 bounces per impact.
+    """
+    sig = _as_signal(x, "looseness")
+    n = sig.size
+    period = SAMPLE_RATE_HZ / (0.5 * shaft_hz)
+    times = np.arange(rng.uniform(0, period), n, period)
+    times = times + rng.normal(0.0, 0.15 * period, times.size)
+    # Loose parts miss some revolutions.
+    times = times[rng.random(times.size) > 0.2]
+    train = np.zeros(n)
+    for t0 in times:
+        strength = rng.uniform(0.3, 1.0)
+        bounce_at = t0
+        for _ in range(int(rng.integers(1, 4))):
+            i = round(bounce_at)
+            if 0 <= i < n:
+                train[i] += strength
+            strength *= 0.5
+            bounce_at += rng.uniform(0.003, 0.012) * SAMPLE_RATE_HZ
+    kernel = _decaying_kernel(rng, rng.uniform(400.0, 1_500.0), rng.uniform(3e-3, 8e-3))
+    component = np.convolve(train, kernel)[:n]
+    return _add_at_ratio(sig, component, level_db, "looseness")
+
+
+FAULTS: Final[dict[str, FaultFunction]] = {
+    "bearing_impacts": bearing_impacts,
+    "whine": whine,
+    "imbalance_modulation": imbalance_modulation,
+    "rub_bursts": rub_bursts,
+    "looseness": looseness,
+}
+"""Fault name -> generator with the `FaultFunction` signature."""
+
+
+def apply_fault(
+    x: npt.ArrayLike,
+    name: str,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add the fault `name` (a key of `FAULTS`) at fault-to-signal ratio `level_db` (dB)."""
+    try:
+        fault = FAULTS[name]
+    except KeyError:
+        raise ValueError(f"unknown fault {name!r}; expected one of {sorted(FAULTS)}") from None
+    _LOGGER.debug("adding fault %s at %.1f dB", name, level_db)
+    return fault(x, rng=rng, level_db=level_db, shaft_hz=shaft_hz)
+
+
+def mix_at_snr(signal: npt.ArrayLike, noise: npt.ArrayLike, snr_db: float) -> FloatArray:
+    """signal + noise scaled so that power(signal) / power(noise) is `snr_db` (dB).
+
+    A longer noise is cut to the signal's length; a shorter one is repeated.
+    """
+    sig = _as_signal(signal, "mix_at_snr signal")
+    noi = _as_signal(noise, "mix_at_snr noise")
+    if noi.size < sig.size:
+        noi = np.tile(noi, -(-sig.size // noi.size))
+    noi = noi[: sig.size]
+    ps = _power(sig)
+    pn = _power(noi)
+    if ps <= _EPS or pn <= _EPS:
+        raise ValueError("mix_at_snr: signal and noise must both have non-zero power")
+    gain = np.sqrt(ps / (pn * 10 ** (snr_db / 10)))
+    return (sig + gain * noi).astype(np.float32)

@@ -1,0 +1,103 @@
+"""Config validation: errors name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge_asd.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _machine(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {"name": "pump-1", "device": "pulse", "bundle": "/tmp/b"}
+    base.update(overrides)
+    return base
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(REPO / "deploy" / "config.example.yaml")
+    assert config.machines, "the example should show at least one machine"
+    assert config.mqtt.topic_prefix == "edge-asd"
+
+
+def test_calibration_example_is_valid() -> None:
+    config = load_config(REPO / "calibration" / "calibration.example.yaml")
+    assert config.calibration.min_windows >= 10
+
+
+def test_defaults() -> None:
+    config = parse_config({"machines": [_machine()]}, source=Path("x.yaml"))
+    machine = config.machines[0]
+    assert machine.window_seconds == 1.0 and machine.hop_seconds == 0.5
+    assert config.mqtt.qos == 1 and config.calibration.scoring == "density"
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "reason"),
+    [
+        ({"machines": [_machine()], "bogus": 1}, "bogus", "unknown key"),
+        ({"machines": [_machine(window_seconds=-1)]}, "machines.0.window_seconds", "greater"),
+        ({"machines": [_machine(name="a/b")]}, "machines.0.name", "pattern"),
+        ({"mqtt": {"port": 70000}}, "mqtt.port", "less than"),
+        ({"mqtt": {"qos": 3}}, "mqtt.qos", "Input should be"),
+        ({"calibration": {"scoring": "cosine"}}, "calibration.scoring", "density"),
+        ({"machines": [_machine(hop_seconds=2.0)]}, "machines.0", "hop_seconds"),
+        ({"machines": [_machine(), _machine(channel=1)]}, "(top level)", "unique"),
+        ({"mqtt": {"password_file": "/a", "password_env": "B"}}, "mqtt", "not both"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path: Path, data: object, key: str, reason: str) -> None:
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"  {key}:" in message
+    assert reason in message
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("machines: [\n  - name: x\n  oops", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        load_config(tmp_path / "missing.yaml")
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n- 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(top)
+
+
+def test_password_from_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    config = parse_config({"mqtt": {"password_file": str(secret)}}, source=Path("c"))
+    assert config.mqtt.resolve_password() == "s3cret"
+    monkeypatch.setenv("EDGE_PW", "fromenv")
+    config = parse_config({"mqtt": {"password_env": "EDGE_PW"}}, source=Path("c"))
+    assert config.mqtt.resolve_password() == "fromenv"
+    config = parse_config({"mqtt": {"password_env": "EDGE_PW_MISSING"}}, source=Path("c"))
+    with pytest.raises(ConfigError, match="EDGE_PW_MISSING"):
+        config.mqtt.resolve_password()
+
+
+def test_machine_lookup() -> None:
+    config = parse_config(
+        {"machines": [_machine(), _machine(name="fan", channel=1)]}, source=Path("c")
+    )
+    assert config.machine("fan").channel == 1
+    with pytest.raises(ConfigError, match="--machine"):
+        config.machine(None)
+    with pytest.raises(ConfigError, match="no machine named 'x'"):
+        config.machine("x")

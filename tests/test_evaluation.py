@@ -1,0 +1,328 @@
+"""Tests for edge_asd.evaluation on small DCASE-layout trees made with edge_asd.synth."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_asd import synth
+from edge_asd.audio_file import write_wav
+from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.encoder import ModelInfo
+from edge_asd.evaluation import (
+    EvaluationError,
+    LabelledClip,
+    count_alarms,
+    discover_sections,
+    evaluate,
+    format_table,
+    operating_point,
+    parse_test_name,
+    train_domain,
+)
+
+CLIP_SECONDS = 2.0
+WINDOW = SAMPLE_RATE_HZ  # 1 s
+HOP = SAMPLE_RATE_HZ // 2  # 0.5 s -> 3 windows per 2 s clip
+N_BANDS = 32
+TARGET_CONDITION = 1.15
+FAULT_LEVEL_DB = 0.0
+
+
+class FakeEncoder:
+    """Log band energies of the window's spectrum: a tiny stand-in for the ONNX encoder."""
+
+    def __init__(self) -> None:
+        self.info = ModelInfo(
+            path="/fake/bands.onnx",
+            sha256="0" * 64,
+            name="fake-bands",
+            version="1",
+            sample_rate=SAMPLE_RATE_HZ,
+            window_samples=WINDOW,
+            embedding_dim=N_BANDS,
+        )
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        power = np.abs(np.fft.rfft(np.asarray(windows, dtype=np.float64), axis=1)) ** 2
+        bands = np.array_split(power, N_BANDS, axis=1)
+        return np.log(np.stack([b.sum(axis=1) for b in bands], axis=1) + 1e-9).astype(np.float32)
+
+
+def _normal(seed: int, condition: float = 1.0) -> np.ndarray:
+    return synth.machine_sound(CLIP_SECONDS, rng=np.random.default_rng(seed), condition=condition)
+
+
+def _anomalous(seed: int, condition: float = 1.0) -> np.ndarray:
+    rng = np.random.default_rng(seed + 10_000)
+    return synth.whine(_normal(seed, condition), rng=rng, level_db=FAULT_LEVEL_DB)
+
+
+def _make_dcase2023_section(section_dir: Path) -> None:
+    train = section_dir / "train"
+    test = section_dir / "test"
+    train.mkdir(parents=True)
+    test.mkdir(parents=True)
+    seed = 0
+    for i in range(8):
+        write_wav(train / f"section_00_source_train_normal_{i:04d}_a_1.wav", _normal(seed))
+        seed += 1
+    for i in range(2):
+        x = _normal(seed, TARGET_CONDITION)
+        write_wav(train / f"section_00_target_train_normal_{i:04d}_a_2.wav", x)
+        seed += 1
+    for domain, condition in (("source", 1.0), ("target", TARGET_CONDITION)):
+        for i in range(3):
+            x = _normal(seed, condition)
+            write_wav(test / f"section_00_{domain}_test_normal_{i:04d}_a.wav", x)
+            seed += 1
+        for i in range(3):
+            x = _anomalous(seed, condition)
+            write_wav(test / f"section_00_{domain}_test_anomaly_{i:04d}_a.wav", x)
+            seed += 1
+
+
+@pytest.fixture(scope="module")
+def dcase_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dev")
+    _make_dcase2023_section(root / "fan")
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(dcase_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("out")
+    results = evaluate(
+        dcase_root, out, FakeEncoder(), window_samples=WINDOW, hop_samples=HOP, progress=False
+    )
+    return out, results
+
+
+def test_results_structure_and_metrics(evaluated: tuple[Path, dict]) -> None:
+    out, results = evaluated
+    section = results["sections"]["fan"]
+    # A 0 dB whine is obvious: both domains separate well.
+    assert section["auc_source"] > 0.9
+    assert section["auc_target"] > 0.9
+    assert 0.5 <= section["pauc"] <= 1.0
+    assert 0.0 <= results["official_score"] <= 1.0
+    assert section["n_train_windows"] == 10 * 3
+    assert (section["n_train_clips_source"], section["n_train_clips_target"]) == (8, 2)
+    assert (section["n_test_source_normal"], section["n_test_target_normal"]) == (3, 3)
+    assert section["n_test_anomaly"] == 6
+    assert results["model"] == {
+        "name": "fake-bands",
+        "version": "1",
+        "sha256": "0" * 64,
+        "path": "/fake/bands.onnx",
+    }
+    assert results["scoring"] == {
+        "method": "density",
+        "k": 1,
+        "window_seconds": 1.0,
+        "hop_seconds": 0.5,
+        "aggregate": "mean",
+    }
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["official_score"] == pytest.approx(results["official_score"])
+    assert on_disk["sections"]["fan"]["auc_source"] == pytest.approx(section["auc_source"])
+
+
+def test_score_csv_is_dcase_submission_format(evaluated: tuple[Path, dict]) -> None:
+    out, _ = evaluated
+    path = out / "anomaly_score_fan_section_00_test.csv"
+    rows = list(csv.reader(path.open()))
+    assert len(rows) == 12  # no header
+    names = {row[0] for row in rows}
+    assert "section_00_target_test_anomaly_0002_a.wav" in names
+    scores = {row[0]: float(row[1]) for row in rows}
+    normal = [v for n, v in scores.items() if "_normal_" in n]
+    anomaly = [v for n, v in scores.items() if "_anomaly_" in n]
+    # Higher = more anomalous.
+    assert np.mean(anomaly) > np.mean(normal)
+
+
+def test_operating_point_is_reported(evaluated: tuple[Path, dict]) -> None:
+    _, results = evaluated
+    op = results["sections"]["fan"]["operating_point"]
+    assert op["trigger_windows"] == 2
+    assert op["normal_hours"] == pytest.approx(6 * CLIP_SECONDS / 3600)
+    assert op["false_alarms_per_hour"] >= 0.0
+    assert op["false_alarms_per_hour"] == pytest.approx(op["false_alarms"] * 3600 / 12.0)
+    assert 0.0 <= op["anomalous_clips_caught"] <= 1.0
+    # The whine sits far above normal variation: the held-out threshold catches most faults.
+    assert op["anomalous_clips_caught"] >= 0.5
+    assert np.isfinite(op["threshold"])
+
+
+def test_format_table(evaluated: tuple[Path, dict]) -> None:
+    _, results = evaluated
+    table = format_table(results)
+    assert "| fan | 8/2 |" in table
+    assert f"{100 * results['official_score']:.2f} %" in table
+    assert "fake-bands" in table
+
+
+def test_raw_and_difference_methods_run(dcase_root: Path, tmp_path: Path) -> None:
+    for method in ("raw", "difference"):
+        results = evaluate(
+            dcase_root,
+            tmp_path / method,
+            FakeEncoder(),
+            method=method,
+            window_samples=WINDOW,
+            hop_samples=HOP,
+            aggregate="max",
+            progress=False,
+        )
+        assert results["scoring"]["method"] == method
+        assert results["scoring"]["aggregate"] == "max"
+        assert results["sections"]["fan"]["auc_source"] > 0.8
+
+
+def test_dcase2020_names_are_source_only(tmp_path: Path) -> None:
+    section = tmp_path / "root" / "valve"
+    (section / "train").mkdir(parents=True)
+    (section / "test").mkdir(parents=True)
+    for i in range(6):
+        write_wav(section / "train" / f"normal_id_00_{i:08d}.wav", _normal(100 + i))
+    for i in range(3):
+        write_wav(section / "test" / f"normal_id_00_{i:08d}.wav", _normal(200 + i))
+        write_wav(section / "test" / f"anomaly_id_00_{i:08d}.wav", _anomalous(300 + i))
+    results = evaluate(
+        tmp_path / "root",
+        tmp_path / "out",
+        FakeEncoder(),
+        window_samples=WINDOW,
+        hop_samples=HOP,
+        progress=False,
+    )
+    sec = results["sections"]["valve"]
+    assert sec["auc_target"] is None
+    assert sec["n_train_clips_target"] == 0
+    expected = 2 / (1 / sec["auc_source"] + 1 / sec["pauc"])
+    assert results["official_score"] == pytest.approx(expected)
+    assert "| valve | 6/0 |" in format_table(results)
+
+
+def test_unreadable_test_file_is_skipped_and_named(
+    dcase_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    section = tmp_path / "root" / "pump"
+    shutil.copytree(dcase_root / "fan", section)
+    bad = section / "test" / "section_00_source_test_normal_0099_a.wav"
+    bad.write_bytes(b"this is not a RIFF file at all")
+    results = evaluate(
+        tmp_path / "root",
+        tmp_path / "out",
+        FakeEncoder(),
+        window_samples=WINDOW,
+        hop_samples=HOP,
+        progress=False,
+    )
+    sec = results["sections"]["pump"]
+    assert any(str(bad) in message for message in sec["skipped_files"])
+    assert any(str(bad) in record.getMessage() for record in caplog.records)
+    rows = list(csv.reader((tmp_path / "out" / "anomaly_score_pump_section_00_test.csv").open()))
+    assert len(rows) == 12
+    assert sec["n_test_source_normal"] == 3
+
+
+def test_layout_errors_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(EvaluationError, match="not a directory"):
+        discover_sections(tmp_path / "missing")
+    (tmp_path / "flat").mkdir()
+    write_wav(tmp_path / "flat" / "a.wav", _normal(1)[:100])
+    with pytest.raises(EvaluationError, match=r"flat: no section folders with train/ and test/"):
+        evaluate(tmp_path / "flat", tmp_path / "out", FakeEncoder(), progress=False)
+    empty = tmp_path / "root" / "gearbox"
+    (empty / "train").mkdir(parents=True)
+    (empty / "test").mkdir(parents=True)
+    with pytest.raises(EvaluationError, match=r"gearbox/train: no \.wav files"):
+        discover_sections(tmp_path / "root")
+
+
+def test_root_may_be_a_single_section(dcase_root: Path) -> None:
+    sections = discover_sections(dcase_root / "fan")
+    assert [s.name for s in sections] == ["fan"]
+    assert len(sections[0].train) == 10
+    assert len(sections[0].test) == 12
+
+
+def test_window_must_match_model(dcase_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="takes windows of 16000 samples"):
+        evaluate(dcase_root, tmp_path, FakeEncoder(), window_samples=8000, progress=False)
+
+
+def test_parse_names() -> None:
+    assert parse_test_name("section_00_source_test_normal_0001_car_A1.wav") == (
+        "source",
+        False,
+        "00",
+    )
+    assert parse_test_name("section_03_target_test_anomaly_0049.wav") == ("target", True, "03")
+    assert parse_test_name("anomaly_id_04_00000012.wav") == ("source", True, "00")
+    assert parse_test_name("section_00_0001.wav") is None  # evaluation-set names: no label
+    assert train_domain("section_00_target_train_normal_0003_a.wav") == "target"
+    assert train_domain("section_00_source_train_normal_0003_a.wav") == "source"
+    assert train_domain("normal_id_00_00000001.wav") == "source"
+
+
+def test_count_alarms_hysteresis() -> None:
+    # Threshold 1, trigger 2, release 2. Over-threshold windows marked X:
+    # idx:    0  1  2  3  4  5  6  7  8  9
+    # score: .5  2 .5  2  2  2 .5  2 .5 .5 -> single overs (1, 7 after one under) never
+    # re-trigger; the run 3-4 starts an alarm at 4; one under (6) does not release.
+    scores = np.array([0.5, 2, 0.5, 2, 2, 2, 0.5, 2, 0.5, 0.5])
+    assert count_alarms(scores, 1.0, 2, 2) == [4]
+    # Release after 2 unders (8, 9), then a new run of 2 starts a second alarm at 11.
+    more = np.concatenate([scores, [2, 2]])
+    assert count_alarms(more, 1.0, 2, 2) == [4, 11]
+    # Trigger 1: every over window after a release starts one.
+    assert count_alarms(np.array([2, 0, 0, 2]), 1.0, 1, 2) == [0, 3]
+    assert count_alarms(np.array([0.5, 0.9]), 1.0, 1, 1) == []
+
+
+def test_operating_point_by_hand() -> None:
+    # Two normal 10 s clips (source, target), one with one alarm; two anomalous clips, one caught
+    # at window 3 -> known at (3 * 8000 + 16000) / 16000 = 2.5 s.
+    clips = [
+        LabelledClip(Path("a.wav"), "source", False),
+        LabelledClip(Path("b.wav"), "target", False),
+        LabelledClip(Path("c.wav"), "source", True),
+        LabelledClip(Path("d.wav"), "target", True),
+    ]
+    scores = [
+        np.array([0, 0, 0, 0]),
+        np.array([0, 5, 5, 0]),
+        np.array([0, 0, 5, 5]),
+        np.array([5, 0, 5, 0]),
+    ]
+    op = operating_point(
+        clips, scores, [10.0, 10.0, 10.0, 10.0], 1.0, window_samples=16000, hop_samples=8000
+    )
+    assert op["false_alarms"] == 1
+    assert op["false_alarms_per_hour"] == pytest.approx(1 * 3600 / 20)
+    assert op["false_alarms_per_hour_source"] == pytest.approx(0.0)
+    assert op["false_alarms_per_hour_target"] == pytest.approx(360.0)
+    assert op["normal_clips_with_alarm"] == pytest.approx(0.5)
+    assert op["anomalous_clips_caught"] == pytest.approx(0.5)
+    assert op["median_seconds_to_alarm"] == pytest.approx(2.5)
+
+
+def test_real_bundled_encoder(dcase_root: Path, tmp_path: Path) -> None:
+    """The shipped log-mel statistics model runs through the same evaluation."""
+    from edge_asd.encoder import Encoder, ModelError, resolve_model
+
+    try:
+        encoder = Encoder(resolve_model("logmel-stats"))
+    except ModelError as exc:  # the model file is generated at build time
+        pytest.skip(f"bundled model not available: {exc}")
+    results = evaluate(dcase_root, tmp_path, encoder, progress=False)
+    assert results["model"]["name"] == "logmel-stats"
+    assert results["sections"]["fan"]["auc_source"] > 0.8

@@ -1,0 +1,156 @@
+"""Tests for edge_asd.synth: determinism, level control, and that each fault is audible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_asd import synth
+from edge_asd.constants import SAMPLE_RATE_HZ
+
+SECONDS = 2.0
+LEVEL_TOLERANCE_DB = 0.5
+FFT_SIZE = 1024
+
+
+def _power_db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.square(x, dtype=np.float64))))
+
+
+def _avg_spectrum_db(x: np.ndarray) -> np.ndarray:
+    """Welch-style averaged power spectrum in dB (Hann, 50 % overlap)."""
+    hop = FFT_SIZE // 2
+    n_frames = (x.size - FFT_SIZE) // hop + 1
+    frames = np.stack([x[i * hop : i * hop + FFT_SIZE] for i in range(n_frames)])
+    spec = np.abs(np.fft.rfft(frames * np.hanning(FFT_SIZE), axis=1)) ** 2
+    return 10 * np.log10(spec.mean(axis=0) + 1e-20)
+
+
+def _envelope_spectrum(x: np.ndarray, highpass_hz: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Spectrum of the squared (optionally high-passed) signal, i.e. its envelope; Hz."""
+    spec = np.fft.rfft(x.astype(np.float64))
+    spec[np.fft.rfftfreq(x.size, 1 / SAMPLE_RATE_HZ) < highpass_hz] = 0.0
+    env = np.square(np.fft.irfft(spec, x.size))
+    env -= env.mean()
+    spec = np.abs(np.fft.rfft(env))
+    return np.fft.rfftfreq(env.size, 1 / SAMPLE_RATE_HZ), spec
+
+
+@pytest.fixture(scope="module")
+def normal() -> np.ndarray:
+    return synth.machine_sound(SECONDS, rng=np.random.default_rng(123))
+
+
+def test_machine_sound_format_and_level(normal: np.ndarray) -> None:
+    assert normal.dtype == np.float32
+    assert normal.shape == (round(SECONDS * SAMPLE_RATE_HZ),)
+    assert np.all(np.isfinite(normal))
+    assert np.sqrt(np.mean(normal.astype(np.float64) ** 2)) == pytest.approx(synth.NORMAL_RMS)
+    assert np.max(np.abs(normal)) < 1.0
+
+
+def test_machine_sound_is_deterministic_per_seed() -> None:
+    a = synth.machine_sound(0.5, rng=np.random.default_rng(7))
+    b = synth.machine_sound(0.5, rng=np.random.default_rng(7))
+    c = synth.machine_sound(0.5, rng=np.random.default_rng(8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_machine_sound_has_shaft_harmonics(normal: np.ndarray) -> None:
+    spec = _avg_spectrum_db(normal)
+    bin_hz = SAMPLE_RATE_HZ / FFT_SIZE
+    # The first harmonics (50, 100, 150 Hz) stand out from the bins halfway between them.
+    for h in (2, 3):
+        peak = spec[round(h * synth.NOMINAL_SHAFT_HZ / bin_hz)]
+        trough = spec[round((h + 0.5) * synth.NOMINAL_SHAFT_HZ / bin_hz)]
+        assert peak > trough + 6.0
+
+
+def test_condition_shifts_the_sound() -> None:
+    """A different operating condition moves the spectrum (it is what makes a target domain)."""
+    src = synth.machine_sound(SECONDS, rng=np.random.default_rng(1), condition=1.0)
+    tgt = synth.machine_sound(SECONDS, rng=np.random.default_rng(1), condition=1.2)
+    src_again = synth.machine_sound(SECONDS, rng=np.random.default_rng(2), condition=1.0)
+    shift = np.mean(np.abs(_avg_spectrum_db(src) - _avg_spectrum_db(tgt)))
+    same = np.mean(np.abs(_avg_spectrum_db(src) - _avg_spectrum_db(src_again)))
+    assert shift > same + 1.0
+
+
+@pytest.mark.parametrize("name", sorted(synth.FAULTS))
+@pytest.mark.parametrize("level_db", [-20.0, -6.0, 3.0])
+def test_fault_level_is_controlled(normal: np.ndarray, name: str, level_db: float) -> None:
+    faulty = synth.apply_fault(normal, name, rng=np.random.default_rng(5), level_db=level_db)
+    added = faulty.astype(np.float64) - normal
+    measured = _power_db(added) - _power_db(normal)
+    assert abs(measured - level_db) < LEVEL_TOLERANCE_DB
+    assert faulty.dtype == np.float32
+    assert faulty.shape == normal.shape
+
+
+@pytest.mark.parametrize("name", sorted(synth.FAULTS))
+def test_fault_is_deterministic_per_seed(normal: np.ndarray, name: str) -> None:
+    a = synth.apply_fault(normal, name, rng=np.random.default_rng(3), level_db=-10)
+    b = synth.apply_fault(normal, name, rng=np.random.default_rng(3), level_db=-10)
+    c = synth.apply_fault(normal, name, rng=np.random.default_rng(4), level_db=-10)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("name", sorted(synth.FAULTS))
+def test_fault_changes_the_spectrum(normal: np.ndarray, name: str) -> None:
+    """Some part of the spectrum or of the envelope moves by more than normal variation does."""
+    other_normal = synth.machine_sound(SECONDS, rng=np.random.default_rng(124))
+    faulty = synth.apply_fault(normal, name, rng=np.random.default_rng(9), level_db=-10)
+    base = _avg_spectrum_db(normal)
+    band_change = np.max(np.abs(_avg_spectrum_db(faulty) - base))
+    normal_change = np.max(np.abs(_avg_spectrum_db(other_normal) - base))
+    freqs, env_normal = _envelope_spectrum(normal)
+    _, env_faulty = _envelope_spectrum(faulty)
+    # Envelope energy below 300 Hz: impacts, bursts and modulation all live there.
+    low = (freqs > 1.0) & (freqs < 300.0)
+    env_ratio = np.sum(env_faulty[low] ** 2) / np.sum(env_normal[low] ** 2)
+    assert band_change > normal_change + 3.0 or env_ratio > 2.0
+
+
+def test_whine_adds_a_narrow_peak(normal: np.ndarray) -> None:
+    faulty = synth.whine(normal, rng=np.random.default_rng(0), level_db=-10)
+    diff = _avg_spectrum_db(faulty) - _avg_spectrum_db(normal)
+    # A tone (even gliding by a few %) is concentrated in a few bins.
+    assert np.max(diff) > 10.0
+    assert np.sum(diff > 3.0) < 0.05 * diff.size
+
+
+def test_bearing_impacts_show_ball_pass_rate_in_envelope(normal: np.ndarray) -> None:
+    faulty = synth.bearing_impacts(normal, rng=np.random.default_rng(0), level_db=-6)
+    # Demodulate the resonance band, as a vibration analyst would.
+    freqs, env = _envelope_spectrum(faulty, highpass_hz=1_500.0)
+    band = (freqs > 3.0 * synth.NOMINAL_SHAFT_HZ * 0.95) & (freqs < 5.5 * synth.NOMINAL_SHAFT_HZ)
+    _, env_normal = _envelope_spectrum(normal, highpass_hz=1_500.0)
+    assert np.max(env[band]) > 3.0 * np.max(env_normal[band])
+
+
+def test_imbalance_adds_shaft_rate_modulation(normal: np.ndarray) -> None:
+    faulty = synth.imbalance_modulation(normal, rng=np.random.default_rng(0), level_db=-6)
+    freqs, env = _envelope_spectrum(faulty)
+    _, env_normal = _envelope_spectrum(normal)
+    at_shaft = np.abs(freqs - synth.NOMINAL_SHAFT_HZ) < 1.0
+    assert np.max(env[at_shaft]) > 3.0 * np.max(env_normal[at_shaft])
+
+
+def test_unknown_fault_and_silent_input_are_clear_errors(normal: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="unknown fault 'gremlins'"):
+        synth.apply_fault(normal, "gremlins", rng=np.random.default_rng(0), level_db=0)
+    with pytest.raises(ValueError, match="silent"):
+        synth.whine(np.zeros(1000), rng=np.random.default_rng(0), level_db=0)
+    with pytest.raises(ValueError, match="NaN"):
+        synth.whine(np.full(10, np.nan), rng=np.random.default_rng(0), level_db=0)
+
+
+@pytest.mark.parametrize("snr_db", [10.0, 0.0, -10.0])
+def test_mix_at_snr(normal: np.ndarray, snr_db: float) -> None:
+    noise = np.random.default_rng(0).standard_normal(normal.size // 3)  # shorter: repeated
+    mixed = synth.mix_at_snr(normal, noise, snr_db)
+    added = mixed.astype(np.float64) - normal
+    assert mixed.shape == normal.shape
+    assert abs(_power_db(normal) - _power_db(added) - snr_db) < LEVEL_TOLERANCE_DB
