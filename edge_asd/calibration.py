@@ -66,32 +66,72 @@ class CalibrationError(Exception):
     """Calibration audio or settings cannot give a usable bundle (message says why)."""
 
 
-@dataclass(frozen=True)
+DEFAULT_WINDOW_SAMPLES: Final = seconds_to_samples(DEFAULT_WINDOW_SECONDS)
+DEFAULT_HOP_SAMPLES: Final = seconds_to_samples(DEFAULT_HOP_SECONDS)
+DEFAULT_K: Final = 1
+DEFAULT_THRESHOLD_METHOD: Final = "gamma"
+DEFAULT_THRESHOLD_PERCENTILE: Final = 0.995
+DEFAULT_FOLDS: Final = 5
+DEFAULT_MIN_WINDOWS: Final = 60
+
+
+@dataclass(frozen=True, init=False)
 class CalibrationSettings:
     """How to cut, score and threshold the calibration material.
 
-    The other fields mirror the `calibration` section of the config, so
-    ``CalibrationSettings(window_samples=w, hop_samples=h, **cfg.calibration.model_dump())``
-    works.
+    Keyword-only. The fields after the framing mirror the `calibration` section of the config,
+    so ``CalibrationSettings(window_samples=w, hop_samples=h, **cfg.calibration.model_dump())``
+    works; `method=` is accepted as another name for `scoring` (the name Bundle and ClipScorer
+    use).
     """
 
-    window_samples: int = seconds_to_samples(DEFAULT_WINDOW_SECONDS)
+    window_samples: int
     """Samples at 16 kHz."""
-    hop_samples: int = seconds_to_samples(DEFAULT_HOP_SECONDS)
+    hop_samples: int
     """Samples at 16 kHz."""
-    scoring: str = DEFAULT_SCORE_METHOD
+    scoring: str
     """Scoring method: density, difference or raw (memory_bank)."""
-    k: int = 1
+    k: int
     """Neighbours for the local density rho_K."""
-    threshold_method: str = "gamma"
-    threshold_percentile: float = 0.995
+    threshold_method: str
+    """gamma or quantile."""
+    threshold_percentile: float
     """Fraction of held-out normal windows under the threshold."""
-    folds: int = 5
-    min_windows: int = 60
+    folds: int
+    min_windows: int
+
+    def __init__(
+        self,
+        *,
+        window_samples: int = DEFAULT_WINDOW_SAMPLES,
+        hop_samples: int = DEFAULT_HOP_SAMPLES,
+        scoring: str | None = None,
+        k: int = DEFAULT_K,
+        threshold_method: str = DEFAULT_THRESHOLD_METHOD,
+        threshold_percentile: float = DEFAULT_THRESHOLD_PERCENTILE,
+        folds: int = DEFAULT_FOLDS,
+        min_windows: int = DEFAULT_MIN_WINDOWS,
+        method: str | None = None,
+    ) -> None:
+        if scoring is not None and method is not None and scoring != method:
+            raise CalibrationError(f"scoring {scoring!r} and method {method!r} disagree")
+        chosen = scoring if scoring is not None else method
+        values = {
+            "window_samples": int(window_samples),
+            "hop_samples": int(hop_samples),
+            "scoring": chosen if chosen is not None else DEFAULT_SCORE_METHOD,
+            "k": int(k),
+            "threshold_method": threshold_method,
+            "threshold_percentile": float(threshold_percentile),
+            "folds": int(folds),
+            "min_windows": int(min_windows),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # frozen: the dataclass way around it
 
     @property
     def method(self) -> str:
-        """Alias of `scoring`, the name Bundle and ClipScorer use."""
+        """Alias of `scoring`."""
         return self.scoring
 
     @property

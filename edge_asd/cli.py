@@ -107,7 +107,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     settings = CalibrationSettings(
         window_samples=_samples(window_seconds),
         hop_samples=_samples(hop_seconds),
-        method=cal.scoring,
+        scoring=cal.scoring,
         k=cal.k,
         threshold_method=cal.threshold_method,
         threshold_percentile=cal.threshold_percentile,
@@ -248,7 +248,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _load_config(args.config)
     try:
-        return run_daemon(config)
+        return run_daemon(config, log_level=args.log_level)
     except StartupError as exc:
         raise UsageError(str(exc)) from None
 
@@ -362,10 +362,10 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:  # type: ignore
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.log_level:
-        logging.basicConfig(level=args.log_level)
-    elif args.command != "run":
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command != "run":  # the daemon configures journald-friendly logging itself
+        logging.basicConfig(
+            level=args.log_level or logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
     handler: Handler = args.handler
     try:
         return handler(args)

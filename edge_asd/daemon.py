@@ -568,9 +568,9 @@ class Daemon:
         )
 
 
-def run_daemon(config: Config) -> int:
-    """Entry point of `edge-asd run`; returns the exit code."""
-    configure_logging(config.log_level)
+def run_daemon(config: Config, *, log_level: str | None = None) -> int:
+    """Entry point of `edge-asd run`; `log_level` overrides the config's. Returns the exit code."""
+    configure_logging(log_level or config.log_level)
     daemon = Daemon(config)
     return daemon.run()
 

@@ -315,8 +315,8 @@ class Encoder:
         if expected_window_samples is not None and info.window_samples != expected_window_samples:
             raise ModelError(
                 f"model {self._path} ({info.name}) expects {info.window_samples}-sample windows "
-                f"({info.window_samples / info.sample_rate:g} s) but the config asks for "
-                f"{expected_window_samples / expected_sample_rate:g} s = "
+                f"({info.window_samples / info.sample_rate} s) but the config asks for "
+                f"{expected_window_samples / expected_sample_rate} s = "
                 f"{expected_window_samples} samples"
             )
 

@@ -33,7 +33,10 @@ DEFAULT_PORT: Final = 1883
 DEFAULT_KEEPALIVE_SECONDS: Final = 60
 DEFAULT_QOS: Final = 1
 AVAILABILITY_QOS: Final = 1
-STATE_QOS: Final = 1
+STATE_QOS: Final = 0
+"""QoS 0 on purpose: paho keeps unacknowledged QoS 1 messages and re-sends them after a
+reconnect, which could overwrite the fresher state republished on connect with a stale one.
+Retained QoS 0 plus a republish on every connect always converges to the current state."""
 RECONNECT_MIN_DELAY_SECONDS: Final = 1
 RECONNECT_MAX_DELAY_SECONDS: Final = 60
 MAX_INFLIGHT_MESSAGES: Final = 20
@@ -134,7 +137,9 @@ class MqttPublisher:
         self._topics = Topics(settings.topic_prefix, node_id)
         self._client_id = settings.client_id or f"edge-asd-{node_id}"
         self._lock = threading.Lock()
-        """Guards the counters and states below; never held while calling into paho."""
+        """Guards the counters below; never held while calling into paho."""
+        self._state_lock = threading.Lock()
+        """Orders state publishes between on_connect and publish_state (held across publish)."""
         self._states: dict[str, str] = {}
         self._connected = threading.Event()
         self._generation = 0
@@ -288,12 +293,12 @@ class MqttPublisher:
         """Retained machine state; remembered and republished on every (re)connect."""
         value = MachineState(state).value
         topic = self._topics.state(machine)
-        with self._lock:
+        with self._state_lock:
             if self._states.get(machine) == value:
                 return
             self._states[machine] = value
-        if self.connected:
-            self._client.publish(topic, value, qos=STATE_QOS, retain=True)
+            if self.connected:
+                self._client.publish(topic, value, qos=STATE_QOS, retain=True)
 
     def publish_telemetry(self, topic: str, payload: bytes | str, qos: int = 0) -> bool:
         """Best-effort, not retained; dropped (and counted) while the broker is away."""
@@ -357,19 +362,23 @@ class MqttPublisher:
                 self._reconnects += 1
             self._connects += 1
             self._last_connect_error = None
-            states = dict(self._states)
         _LOGGER.info(
             "Connected to MQTT broker %s:%d as %s",
             self._settings.host,
             self._settings.port,
             self._client_id,
         )
-        client.publish(
-            self._topics.availability, Availability.ONLINE.value, qos=AVAILABILITY_QOS, retain=True
-        )
-        for machine, state in states.items():
-            client.publish(self._topics.state(machine), state, qos=STATE_QOS, retain=True)
-        self._connected.set()
+        # Under the state lock, so a concurrent publish_state cannot be overtaken by a stale value.
+        with self._state_lock:
+            client.publish(
+                self._topics.availability,
+                Availability.ONLINE.value,
+                qos=AVAILABILITY_QOS,
+                retain=True,
+            )
+            for machine, state in self._states.items():
+                client.publish(self._topics.state(machine), state, qos=STATE_QOS, retain=True)
+            self._connected.set()
         self._wake.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -430,7 +439,12 @@ class MqttPublisher:
                 self._inflight.clear()
                 self._cursor = None
             if self._connected.is_set():
-                self._submit(generation)
+                try:
+                    self._submit(generation)
+                except Exception:
+                    # Must outlive any surprise: it runs unattended for months.
+                    _LOGGER.exception("Outbox drain failed; retrying")
+                    self._stop_drain.wait(DRAIN_IDLE_WAKE_SECONDS)
         self._process_acks()
 
     def _process_acks(self) -> None:
@@ -442,9 +456,9 @@ class MqttPublisher:
             outbox_id = self._inflight.pop(mid, None)
             if outbox_id is None:
                 continue  # availability/state/telemetry, or a copy from before a reconnect
-            self._outbox.ack(outbox_id)
-            with self._lock:
-                self._acked += 1
+            if self._outbox.ack(outbox_id):
+                with self._lock:
+                    self._acked += 1
 
     def _submit(self, generation: int) -> None:
         room = MAX_INFLIGHT_MESSAGES - len(self._inflight)
@@ -463,9 +477,18 @@ class MqttPublisher:
                 current = self._generation
             if current != generation or not self._connected.is_set():
                 return
-            info = self._client.publish(
-                message.topic, message.payload, qos=message.qos, retain=message.retain
-            )
+            try:
+                info = self._client.publish(
+                    message.topic, message.payload, qos=message.qos, retain=message.retain
+                )
+            except ValueError as exc:
+                # A row paho can never send (bad topic, oversized) would block the queue forever.
+                _LOGGER.error(
+                    "Dropping outbox message %d for %r: %s", message.id, message.topic, exc
+                )
+                self._outbox.ack(message.id)
+                self._cursor = message.id
+                continue
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 _LOGGER.debug("Outbox message %d not handed over: rc=%s", message.id, info.rc)
                 return

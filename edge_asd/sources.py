@@ -38,6 +38,10 @@ STREAM_STOP_TIMEOUT_SECONDS: Final = 2.0
 DEFAULT_RING_SECONDS: Final = 10.0
 """Capture ring length: how far the reader may fall behind before audio is overwritten."""
 
+MIN_READ_SECONDS: Final = 0.1
+"""read() waits (within its timeout) for this much audio before resampling: 10 ms callback
+blocks would cost several times the CPU per second of audio, and 0.1 s is far below the hop."""
+
 SCRATCH_FRAMES: Final = 8192
 """Initial callback scratch for non-contiguous channel selections (grown if PortAudio asks)."""
 
@@ -304,8 +308,11 @@ def _find_with_rescan(sd: Any, device: str | int) -> dict[str, Any]:
         if _PORTAUDIO.open_streams or terminate is None or initialize is None:
             raise
     _LOGGER.info("audio input device %r not found; re-enumerating PortAudio devices", device)
-    try:
+    # A failed earlier re-initialisation leaves PortAudio terminated; terminating again then
+    # fails harmlessly, and initialising is what matters.
+    with contextlib.suppress(sd.PortAudioError):
         terminate()
+    try:
         initialize()
     except sd.PortAudioError as exc:
         raise AudioDeviceError(
@@ -457,9 +464,17 @@ class SoundDeviceSource(_ContextSource):
         if ring is None or resampler is None or stream is None:
             raise AudioDeviceError(f"{self.description}: read() before start() or after stop()")
         deadline = time.monotonic() + max(0.0, timeout_seconds)
+        min_frames = round(MIN_READ_SECONDS * self.device_rate_hz)
         while True:
             remaining = deadline - time.monotonic()
             if ring.wait(max(0.0, remaining)):
+                # Gather a reasonable block first: resampling tiny callback-sized blocks
+                # costs several times more CPU per second of audio.
+                missing = min_frames - ring.available_frames
+                if missing > 0:
+                    time.sleep(
+                        max(0.0, min(missing / self.device_rate_hz, deadline - time.monotonic()))
+                    )
                 out = resampler.process(ring.read())
                 if out.shape[0]:
                     self._frames_delivered += out.shape[0]

@@ -317,3 +317,10 @@ def test_settings_accept_the_config_section() -> None:
     s.check()
     assert (s.scoring, s.method, s.k, s.folds) == ("difference", "difference", 3, 4)
     assert (s.window_seconds, s.hop_seconds) == (1.0, 0.5)
+    # `method` is another name for `scoring`; both survive dataclasses.replace.
+    m = CalibrationSettings(window_samples=WINDOW, hop_samples=HOP, method="raw")
+    assert m.scoring == "raw" and dataclasses.replace(m, k=2).scoring == "raw"
+    assert m == CalibrationSettings(window_samples=WINDOW, hop_samples=HOP, scoring="raw")
+    assert CalibrationSettings().scoring == "density"
+    with pytest.raises(CalibrationError, match="disagree"):
+        CalibrationSettings(scoring="raw", method="density")

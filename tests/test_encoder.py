@@ -287,8 +287,8 @@ def test_window_different_from_config_says_both(tmp_path: Path) -> None:
         Encoder(path, expected_window_samples=16_000)
     message = str(excinfo.value)
     assert "short.onnx" in message
-    assert "expects 15600-sample windows" in message
-    assert "config asks for 1 s = 16000 samples" in message
+    assert "expects 15600-sample windows (0.975 s)" in message
+    assert "config asks for 1.0 s = 16000 samples" in message
     assert Encoder(path, expected_window_samples=15_600).window_samples == 15_600
 
 

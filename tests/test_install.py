@@ -30,7 +30,7 @@ OFFLINE_ARGS = [
     "--python",
     sys.executable,
     "--pip-args",
-    "--no-deps --no-build-isolation --no-index",
+    "--no-deps --no-build-isolation --no-index --no-compile",
 ]
 
 EXPECTED_EXAMPLE = """

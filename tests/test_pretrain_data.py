@@ -350,3 +350,27 @@ def test_teacher_cache_computes_once_and_reuses_across_runs(dataset: Path) -> No
     fourth = CountingTeacher(OnnxTeacher(other))
     TeacherCache(dataset / "cache", fourth).get(corpus.clean_files, segments[:2])
     assert fourth.calls == 2
+
+
+def test_devset_test_recordings_and_excluded_files_are_never_trained_on(dataset: Path) -> None:
+    dev = dataset / "dev"
+    dev.mkdir()
+    (dev / "manifest.json").write_text('{"split": {"test_recordings": ["1"]}}')
+    recipe = _recipe(dataset).model_copy(
+        update={
+            "validation": _recipe(dataset).validation.model_copy(update={"devset": "dev"}),
+            "data": _recipe(dataset).data.model_copy(
+                update={"exclude": ["loose"], "holdout_fraction": 0.0}
+            ),
+        }
+    )
+    corpus = build_corpus(recipe)
+    held = sorted(
+        corpus.clean_files[i].path.relative_to(dataset).as_posix() for i in corpus.holdout_files
+    )
+    assert held == ["clean/fan/1.wav", "clean/loose.wav", "clean/pump/1.wav"]
+    trained = {corpus.clean_files[g[0].file_index].path.stem for g in corpus.train_segments}
+    assert trained == {"0", "2"}
+    (dev / "manifest.json").write_text('{"nothing": 1}')
+    with pytest.raises(RecipeError, match=r"split\.test_recordings"):
+        build_corpus(recipe)

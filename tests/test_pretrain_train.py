@@ -258,3 +258,21 @@ def test_cli_train_and_missing_torch_message(
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     assert args.handler(args) == 2
     assert "pip install 'edge-asd[train]'" in capsys.readouterr().err
+
+
+def test_centre_crop_student_sees_what_the_teacher_sees() -> None:
+    from edge_asd.pretrain.compact import CompactStudent
+    from edge_asd.pretrain.teacher import YAMNET_INPUT_SAMPLES, centre_crop
+    from edge_asd.pretrain.train import CentreCropStudent
+
+    inner = CompactStudent(embedding_dim=8, width=4, window_samples=YAMNET_INPUT_SAMPLES).eval()
+    wrapped = CentreCropStudent(inner, SAMPLE_RATE_HZ).eval()
+    assert wrapped.window_samples == SAMPLE_RATE_HZ and wrapped.embedding_dim == 8
+    x = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE_HZ)).astype(np.float32) * 0.1
+    cropped = np.ascontiguousarray(centre_crop(x, YAMNET_INPUT_SAMPLES))
+    with torch.no_grad():
+        a = wrapped(torch.from_numpy(x)).embedding
+        b = inner(torch.from_numpy(cropped)).embedding
+        c = inner(torch.from_numpy(x[:, :YAMNET_INPUT_SAMPLES].copy())).embedding
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)

@@ -27,7 +27,7 @@ from edge_asd.events import (
     stats_schema,
 )
 from edge_asd.outbox import Outbox
-from edge_asd.publisher import MqttPublisher, MqttSettings, PublisherError
+from edge_asd.publisher import MAX_INFLIGHT_MESSAGES, MqttPublisher, MqttSettings, PublisherError
 from tests.mqtt_fixture import (
     MosquittoBroker,
     ReceivedMessage,
@@ -172,11 +172,19 @@ def test_online_retained_for_late_subscriber(
     publisher_factory: Callable[..., MqttPublisher],
     subscriber_factory: Callable[..., Subscriber],
 ) -> None:
+    early = subscriber_factory(mosquitto_broker)
     publisher = publisher_factory(mosquitto_broker.port)
     publisher.start()
     assert wait_until(lambda: publisher.connected)
     publisher.publish_state(MACHINE, MachineState.CALIBRATING)
     publisher.publish_state(MACHINE, "normal")
+    # Once the broker has routed the last state, it holds both retained values: a subscriber
+    # arriving earlier could get them live, with the retain flag off.
+    assert early.wait_for_payload(topic(f"{MACHINE}/state"), "normal", WAIT_SECONDS)
+    assert [m.payload for m in early.messages(topic(f"{MACHINE}/state"))] == [
+        b"calibrating",
+        b"normal",
+    ]
     late = subscriber_factory(mosquitto_broker)
     assert late.wait_for_payload(topic("availability"), "online", WAIT_SECONDS)
     assert late.wait_for_payload(topic(f"{MACHINE}/state"), "normal", WAIT_SECONDS)
@@ -326,6 +334,38 @@ def test_events_while_broker_down_delivered_in_order_after_restart(
         broker.stop()
 
 
+def test_many_events_survive_a_broker_restart_in_the_middle_of_the_drain(
+    tmp_path: Path,
+    publisher_factory: Callable[..., MqttPublisher],
+    subscriber_factory: Callable[..., Subscriber],
+    outbox: Outbox,
+) -> None:
+    """More events than the in-flight window, and the broker goes away while draining."""
+    total = 10 * MAX_INFLIGHT_MESSAGES
+    broker = MosquittoBroker(tmp_path / "broker", persistence=True)
+    broker.start()
+    try:
+        sub = subscriber_factory(broker, client_id="watcher", clean_session=False)
+        broker.stop()
+        publisher = publisher_factory(broker.port)
+        publisher.start()
+        for _ in range(total):
+            publisher.publish_event(MACHINE, make_event(outbox.next_seq()))
+        assert outbox.depth() == total
+        broker.start()
+        assert sub.wait_for(lambda m: len(first_seqs(sub)) >= 1, WAIT_SECONDS)
+        broker.stop()  # mid-drain (or just after): nothing may be lost either way
+        broker.start()
+        expected = list(range(1, total + 1))
+        assert sub.wait_for(lambda m: first_seqs(sub) == expected, WAIT_SECONDS), first_seqs(sub)[
+            :50
+        ]
+        assert wait_until(lambda: outbox.depth() == 0)
+        assert publisher.stats().acked == total
+    finally:
+        broker.stop()
+
+
 def test_outbox_of_crashed_run_is_drained_at_start(
     mosquitto_broker: MosquittoBroker,  # noqa: F811
     publisher_factory: Callable[..., MqttPublisher],
@@ -352,6 +392,22 @@ def test_outbox_of_crashed_run_is_drained_at_start(
     finally:
         box.close()
         crashed.close()
+
+
+def test_unsendable_outbox_row_does_not_block_the_queue(
+    mosquitto_broker: MosquittoBroker,  # noqa: F811
+    publisher_factory: Callable[..., MqttPublisher],
+    subscriber_factory: Callable[..., Subscriber],
+    outbox: Outbox,
+) -> None:
+    outbox.put(f"{PREFIX}/{NODE}/+/event", b"{}", 1)  # a wildcard topic paho refuses to publish
+    good = make_event(outbox.next_seq())
+    sub = subscriber_factory(mosquitto_broker)
+    publisher = publisher_factory(mosquitto_broker.port)
+    publisher.start()
+    publisher.publish_event(MACHINE, good)
+    assert sub.wait_for(lambda m: first_seqs(sub) == [good.seq], WAIT_SECONDS)
+    assert wait_until(lambda: outbox.depth() == 0)
 
 
 def test_broker_down_at_start(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -443,7 +444,7 @@ def test_real_capture_follows_a_source_swap(virtual_mic: VirtualMic) -> None:
     low, high = TONE_HZ, 3 * TONE_HZ
     phase = {"n": 0}
 
-    def tone(freq: float):  # type: ignore[no-untyped-def]
+    def tone(freq: float) -> Callable[[int], np.ndarray]:
         def provide(frames: int) -> np.ndarray:
             n = phase["n"] + np.arange(frames)
             phase["n"] += frames

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -103,6 +104,10 @@ class DataSpec(_Strict):
     holdout_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of clean FILES held out for validation."
     )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Clean file stems never trained on (they join the held-out files).",
+    )
     label_tags: dict[str, list[str | int]] = Field(
         default_factory=dict,
         description="Dataset label -> teacher class names (from the class map) or indices.",
@@ -183,6 +188,12 @@ class ValidationSpec(_Strict):
     score_method: Literal["density", "difference", "raw"] = "density"
     k: int = Field(1, ge=1)
     max_train_clips: int | None = Field(None, gt=0, description="Per section; bank size cap.")
+    sections: list[str] | None = Field(None, description="Dev-set sections to score (all).")
+    exclude_devset_test: bool = Field(
+        True,
+        description="Never train on the recordings the dev set tests on (its manifest.json "
+        "split.test_recordings); they join the held-out files.",
+    )
     holdout_batches: int = Field(4, ge=0, description="Mixture batches for the held-out loss.")
 
 
@@ -491,13 +502,38 @@ class Corpus:
         return [s for group in self.train_segments for s in group] + self.holdout_segments
 
 
+def devset_test_recordings(recipe: Recipe) -> list[str]:
+    """Stems of the recordings the dev set tests on (from its manifest.json), if any."""
+    if not (recipe.validation.devset and recipe.validation.exclude_devset_test):
+        return []
+    root = recipe.resolve(recipe.validation.devset)
+    assert root is not None
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        _LOGGER.warning("%s: no manifest; cannot keep its test recordings out", manifest)
+        return []
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        return [str(x) for x in data["split"]["test_recordings"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RecipeError(f"{manifest}: no split.test_recordings list: {exc}") from exc
+
+
 def build_corpus(recipe: Recipe, reader: AudioReader | None = None) -> Corpus:
-    """Load the recipe's files and cut them into fixed segments (held-out files by hash)."""
+    """Load the recipe's files and cut them into fixed segments.
+
+    Held out (never trained on): a seeded `holdout_fraction` of the clean files, the files named
+    in `data.exclude`, and the recordings the dev set tests on.
+    """
     clean = load_files(recipe.data.clean, recipe, reader)
     noise = load_files(recipe.data.noise, recipe, reader)
     length = recipe.segment_samples
     hop = max(1, round(recipe.data.hop_seconds * SAMPLE_RATE_HZ))
-    holdout = choose_holdout(clean, recipe.data.holdout_fraction, recipe.seed)
+    excluded = set(recipe.data.exclude) | set(devset_test_recordings(recipe))
+    forced = [i for i, f in enumerate(clean) if f.path.stem in excluded]
+    rest = [i for i in range(len(clean)) if i not in set(forced)]
+    sampled = choose_holdout([clean[i] for i in rest], recipe.data.holdout_fraction, recipe.seed)
+    holdout = sorted(forced + [rest[i] for i in sampled])
     train_idx = [i for i in range(len(clean)) if i not in set(holdout)]
     if not train_idx:
         raise RecipeError("data.holdout_fraction leaves no clean file for training")

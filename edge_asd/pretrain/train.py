@@ -170,7 +170,8 @@ def build_student(recipe: Recipe, teacher_dim: int, num_classes: int) -> nn.Modu
             layer = int(layer)
         # truncate=False: the tagging head needs the final layer even when the embedding is
         # read from an earlier one.
-        return YamnetPort.from_tflite(path, embedding_layer=layer, truncate=False)
+        port = YamnetPort.from_tflite(path, embedding_layer=layer, truncate=False)
+        return CentreCropStudent(port, recipe.segment_samples)
     return CompactStudent(
         embedding_dim=spec.embedding_dim,
         num_classes=num_classes,
@@ -178,6 +179,39 @@ def build_student(recipe: Recipe, teacher_dim: int, num_classes: int) -> nn.Modu
         width=spec.width,
         window_samples=recipe.segment_samples,
     )
+
+
+class CentreCropStudent(nn.Module):
+    """Feeds `inner` the centre `inner.window_samples` of each `window_samples` window.
+
+    YAMNet's embedding depends on the exact input length (its stride-2 layers and SAME padding
+    put a 98-frame input on another grid than the 96 frames of 15 600 samples: cosine 0.5-0.8
+    between the two on machine audio). The teacher sees the centre 15 600 samples of a 1.0 s
+    segment, so the student must see the same samples, in training and in the exported model;
+    the crop is inside the module, so the ONNX file still takes the contract's 1.0 s windows.
+    """
+
+    def __init__(self, inner: nn.Module, window_samples: int) -> None:
+        super().__init__()
+        s = as_student(inner)
+        if window_samples < s.window_samples:
+            raise RecipeError(
+                f"data.segment_seconds: {window_samples} samples is shorter than the student's "
+                f"input ({s.window_samples})"
+            )
+        self.inner = inner
+        self.window_samples = window_samples
+        self.crop_samples = s.window_samples
+        self.num_classes = s.num_classes
+        self.embedding_dim = s.embedding_dim
+
+    def set_embedding_layer(self, layer: Any) -> None:
+        self.inner.set_embedding_layer(layer)  # type: ignore[operator]
+        self.embedding_dim = as_student(self.inner).embedding_dim
+
+    def forward(self, waveform: Tensor) -> Any:
+        start = (waveform.shape[1] - self.crop_samples) // 2
+        return self.inner(waveform[:, start : start + self.crop_samples])
 
 
 class TrainModule(nn.Module):
@@ -384,7 +418,8 @@ class Trainer:
                 f"data.segment_seconds: {recipe.segment_samples} samples is shorter than the "
                 f"student's window ({s.window_samples})"
             )
-        self.frozen = freeze(student, recipe.optim.freeze_prefixes)
+        # Prefixes name the bare student's parameters (e.g. the port's `layers.0.`).
+        self.frozen = freeze(getattr(student, "inner", student), recipe.optim.freeze_prefixes)
         self.model = TrainModule(student, self.teacher.embedding_dim).to(self.device)
         self.student: Student = as_student(self.model.student)
         self.net: nn.Module = self.model
@@ -692,7 +727,7 @@ class Trainer:
         if self._devset is None:
             root = self.recipe.resolve(spec.devset)
             assert root is not None
-            self._devset = load_devset(root, spec.max_train_clips)
+            self._devset = load_devset(root, spec.max_train_clips, spec.sections)
         window = round(spec.window_seconds * SAMPLE_RATE_HZ)
         hop = round(spec.hop_seconds * SAMPLE_RATE_HZ)
         encoder = TorchEncoder(self.model.student, self.device)
@@ -738,14 +773,25 @@ class _DevSection:
     domains: list[str]
 
 
-def load_devset(root: Path, max_train_clips: int | None = None) -> list[_DevSection]:
+def load_devset(
+    root: Path, max_train_clips: int | None = None, names: Sequence[str] | None = None
+) -> list[_DevSection]:
     """A DCASE 2023 Task 2 layout: <type>/train/*.wav (normal) and <type>/test/*.wav."""
     from edge_asd.audio_file import read_wav
 
     if not root.is_dir():
-        raise RecipeError(f"validation.devset: {root} is not a directory")
+        raise RecipeError(
+            f"validation.devset: {root} is not a directory; build it with "
+            f"`python benchmarks/make_devset.py --out {root}` or set validation.devset: null"
+        )
+    dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if names is not None:
+        missing = sorted(set(names) - {p.name for p in dirs})
+        if missing:
+            raise RecipeError(f"validation.sections: {root} has no section {missing[0]!r}")
+        dirs = [p for p in dirs if p.name in set(names)]
     sections = []
-    for type_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for type_dir in dirs:
         train_files = sorted((type_dir / "train").glob("*.wav"))
         test_files = sorted((type_dir / "test").glob("*.wav"))
         if not train_files or not test_files:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -77,9 +76,8 @@ YAMNET_BLOCKS: tuple[tuple[int, int], ...] = (
     (1024, 1),
 )
 
-EQUALIZE_STRENGTH = 0.5
-"""Share of a channel's range moved into the weights (0: none, 1: all)."""
-EQUALIZE_MAX_FACTOR = 100.0
+INT8_WIDE_LAST_LAYERS = 3
+"""Layers at the end of the network whose activations get 16 bits in int8 export."""
 
 INT8_MIN = -128
 INT8_MAX = 127
@@ -381,12 +379,6 @@ class YamnetPort(nn.Module):
             )
             channels = out_channels
         self.layers = nn.ModuleList(layers)
-        # Per-channel factors between a layer's stored activation and its true value (all ones
-        # unless `equalize_activation_ranges` moved range between layers for int8 export).
-        for index in range(1, cfg.num_layers + 1):
-            self.register_buffer(
-                _scale_name(index), torch.ones(cfg.layer_channels(index)), persistent=True
-            )
         self.classifier = nn.Linear(channels, cfg.num_classes)
         self.num_classes = cfg.num_classes
         self.window_samples = cfg.frame_samples + (cfg.patch_frames - 1) * cfg.hop_samples
@@ -412,6 +404,21 @@ class YamnetPort(nn.Module):
         """The 1-based layer the embedding is read from."""
         return self.config.num_layers if self.embedding_layer == "final" else self.embedding_layer
 
+    def int8_sensitive_scopes(self) -> tuple[str, ...]:
+        """ONNX node-name scopes whose activations need more than 8 bits in int8 export.
+
+        In YAMNet's last three layers a few channels reach 50 while most stay below 0.2 (the
+        per-channel maxima spread by up to 1000x); one uint8 range per tensor rounds the small
+        ones to zero (int8/fp32 cosine 0.56 with the final layer). Measured: 16-bit activations
+        in those three layers give 0.996; the last layer alone is not enough (0.32). Embeddings
+        read from layer 12 or earlier quantise fine in 8 bits (>= 0.9996).
+        """
+        last = self.config.num_layers
+        if self.embedding_index < last - 1:
+            return ()
+        first = last - INT8_WIDE_LAST_LAYERS + 1
+        return tuple(f"/layers.{i - 1}/" for i in range(first, self.embedding_index + 1))
+
     def log_mel(self, waveform: Tensor) -> Tensor:
         """[B, S] -> [B, T, mel_bands]."""
         return self.front_end(waveform)
@@ -426,9 +433,9 @@ class YamnetPort(nn.Module):
         x = self.front_end(waveform).unsqueeze(1)  # [B, 1, T, M]: time is the height
         stop = self.embedding_index if self.truncate else self.config.num_layers
         pooled: list[Tensor] = []
-        for index, layer in enumerate(self.layers[:stop], start=1):
+        for layer in self.layers[:stop]:
             x = layer(x)
-            pooled.append(x.mean(dim=(2, 3)) * self.layer_scale(index))
+            pooled.append(x.mean(dim=(2, 3)))
         embedding = pooled[self.embedding_index - 1]
         logits = None
         if stop == self.config.num_layers:
@@ -436,84 +443,6 @@ class YamnetPort(nn.Module):
                 fake_quantize_dynamic(pooled[-1], (1,), self.classifier_hybrid)
             )
         return StudentOutput(embedding=embedding, logits=logits, layers=pooled)
-
-    def layer_scale(self, index: int) -> Tensor:
-        """[C] factors from layer `index`'s stored activations to their true values."""
-        scale = getattr(self, _scale_name(index))
-        assert isinstance(scale, Tensor)
-        return scale
-
-    @torch.no_grad()
-    def equalize_activation_ranges(
-        self,
-        windows: Tensor,
-        *,
-        strength: float = EQUALIZE_STRENGTH,
-        max_factor: float = EQUALIZE_MAX_FACTOR,
-    ) -> dict[str, float]:
-        """Even out per-channel activation ranges without changing any output (for int8).
-
-        YAMNet's last blocks have a few channels reaching 50 while most stay below 0.2: one
-        8-bit range per tensor zeroes the small ones. ReLU commutes with positive scaling, so
-        each channel c of an activation is stored divided by r_c = (max_c / median max) **
-        strength (producer weights and bias / r_c, consumer weights * r_c, pooled outputs * r_c
-        through the layer-scale buffers). `windows` [N, S] are calibration audio.
-        Returns the largest per-tensor range ratio (max / median channel max) before and after.
-        """
-        if self.config.activation == "RELU6":
-            raise ValueError("equalisation needs ReLU or no activation; ReLU6 clips")
-        was_training = self.training
-        self.eval()
-        convs = self.convs()
-        maxima = [torch.zeros(c.conv.out_channels) for c in convs]
-
-        def recorder(k: int) -> Callable[[nn.Module, object, Tensor], None]:
-            def hook(_module: nn.Module, _inputs: object, out: Tensor) -> None:
-                maxima[k] = torch.maximum(maxima[k], out.amax(dim=(0, 2, 3)))
-
-            return hook
-
-        hooks = [conv.register_forward_hook(recorder(k)) for k, conv in enumerate(convs)]
-        saved_truncate, self.truncate = self.truncate, False
-        try:
-            self(windows)
-        finally:
-            self.truncate = saved_truncate
-            for hook in hooks:
-                hook.remove()
-
-        def spread(m: Tensor) -> float:
-            positive = m[m > 0]
-            return float(m.max() / positive.median()) if positive.numel() else 1.0
-
-        before = max(spread(m) for m in maxima)
-        factors: list[Tensor] = []
-        for m in maxima:
-            positive = m[m > 0]
-            if positive.numel() == 0:
-                factors.append(torch.ones_like(m))
-                continue
-            ratio = torch.where(m > 0, m / positive.median(), torch.ones_like(m))
-            factors.append(torch.clamp(ratio**strength, 1.0 / max_factor, max_factor))
-        for k, conv in enumerate(convs):
-            r_out = factors[k]
-            weight, bias = conv.conv.weight, conv.conv.bias
-            weight.div_(r_out.view(-1, 1, 1, 1))
-            bias.div_(r_out)
-            if k + 1 < len(convs):
-                consumer = convs[k + 1].conv.weight
-                if convs[k + 1].depthwise:
-                    consumer.mul_(r_out.view(-1, 1, 1, 1))
-                else:
-                    consumer.mul_(r_out.view(1, -1, 1, 1))
-        # Layer outputs are the first conv and every pointwise conv: fold r into the buffers.
-        layer_convs = [0] + [2 * i for i in range(1, self.config.num_layers)]
-        for index, k in enumerate(layer_convs, start=1):
-            self.layer_scale(index).mul_(factors[k])
-        after = max(spread(m / r) for m, r in zip(maxima, factors, strict=True))
-        self.train(was_training)
-        _LOGGER.info("equalised activation ranges: worst max/median %.1f -> %.1f", before, after)
-        return {"spread_before": before, "spread_after": after}
 
     def convs(self) -> list[TfConv2d]:
         """The convolutions in the file's operator order."""
@@ -592,10 +521,6 @@ class YamnetPort(nn.Module):
             )
         except (TfliteWeightsError, ValueError) as exc:
             raise TfliteWeightsError(f"{path}: {exc}") from exc
-
-
-def _scale_name(index: int) -> str:
-    return f"layer{index}_scale"
 
 
 def _check_conv(index: int, src: ConvLayer, dst: TfConv2d) -> None:

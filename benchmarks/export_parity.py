@@ -1,0 +1,155 @@
+"""Export the un-fine-tuned YAMNet port to fp32 + int8 ONNX and measure parity, speed and size.
+
+    python benchmarks/export_parity.py --tflite ../shared/models/yamnet.tflite \
+        --audio ../shared/data --out /tmp/yamnet-port --layers final 12 10 8 6 \
+        --install final
+
+Calibration uses windows from every other recording, parity the windows of the others (both
+include machine sound and noise). For each embedding layer: fp32 and int8 files, int8/fp32
+embedding cosine, ms per 1 s window on 1 thread (batch 1), sizes. With --install LAYER, that
+layer's int8 file is copied to edge_asd/models/yamnet-port-int8.onnx if it is <= 5 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.pretrain.export import (
+    BYTES_PER_MB,
+    ParityError,
+    export_int8,
+    time_per_window_ms,
+    windows_from_signals,
+)
+from edge_asd.pretrain.yamnet import YamnetPort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verify_yamnet_port import load_wav
+
+_LOGGER = logging.getLogger("export_parity")
+
+MODEL_NAME = "yamnet-port"
+MODEL_VERSION = "1.0.0"
+INSTALL_PATH = Path(__file__).resolve().parents[1] / "edge_asd" / "models" / "yamnet-port-int8.onnx"
+MAX_INSTALL_MB = 5.0
+WINDOWS_PER_FILE = 4
+
+
+def front_end_ms(port: YamnetPort, out_dir: Path) -> dict[str, float]:
+    """Time of the log-mel front end alone, exported the same way (fp32, 1 thread)."""
+
+    class FrontEndOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.front_end = port.front_end
+
+        def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+            return self.front_end(waveform)
+
+    path = out_dir / "front-end.onnx"
+    torch.onnx.export(
+        FrontEndOnly().eval(),
+        (torch.zeros(1, SAMPLE_RATE_HZ),),
+        str(path),
+        input_names=["waveform"],
+        output_names=["embedding"],
+        opset_version=17,
+        dynamo=False,
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    return time_per_window_ms(session, (0.1 * rng.standard_normal(SAMPLE_RATE_HZ)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tflite", type=Path, required=True)
+    parser.add_argument("--audio", type=Path, required=True, help="folder searched for *.wav")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--layers", nargs="+", default=["final"], help="'final' or 1..14")
+    parser.add_argument("--install", help="layer whose int8 file goes to edge_asd/models")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(1)
+
+    paths = sorted(args.audio.rglob("*.wav"))
+    if not paths:
+        print(f"{args.audio}: no .wav files", file=sys.stderr)
+        return 2
+    signals = [load_wav(p) for p in paths]
+    calibration = windows_from_signals(signals[::2], SAMPLE_RATE_HZ, WINDOWS_PER_FILE)
+    parity = windows_from_signals(signals[1::2], SAMPLE_RATE_HZ, WINDOWS_PER_FILE)
+    _LOGGER.info("%d calibration, %d parity windows", len(calibration), len(parity))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, object]] = {}
+    status = 0
+    for layer_arg in args.layers:
+        layer: int | str = layer_arg if layer_arg == "final" else int(layer_arg)
+        port = YamnetPort.from_tflite(args.tflite, embedding_layer=layer)  # type: ignore[arg-type]
+        out_dir = args.out / f"layer-{layer_arg}"
+        try:
+            result = export_int8(
+                port,
+                out_dir,
+                name=MODEL_NAME,
+                version=MODEL_VERSION,
+                calibration_windows=calibration,
+                parity_windows=parity,
+            )
+            report: dict[str, object] = dict(result.report)
+        except ParityError as exc:
+            report = dict(exc.report)
+            report["failed"] = str(exc)
+            status = 1
+        if layer_arg == args.layers[0]:
+            report["front_end_ms"] = front_end_ms(port, out_dir)
+        results[layer_arg] = report
+        print(json.dumps({layer_arg: report}, indent=2), flush=True)
+
+    (args.out / "export-parity.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(
+        "| layer | D | cosine median | p5 | min | fp32 ms p50 (min) | int8 ms p50 (min) "
+        "| fp32 MB | int8 MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for layer_arg, r in results.items():
+        print(
+            f"| {layer_arg} | {r['embedding_dim']} | {r['cosine_median']:.4f} | "
+            f"{r['cosine_p5']:.4f} | {r['cosine_min']:.4f} | "
+            f"{r['fp32_ms_p50']:.2f} ({r['fp32_ms_min']:.2f}) | "
+            f"{r['int8_ms_p50']:.2f} ({r['int8_ms_min']:.2f}) | "
+            f"{r['fp32_size_mb']:.2f} | {r['int8_size_mb']:.2f} |"
+        )
+
+    if args.install:
+        report = results.get(args.install)
+        if report is None or "failed" in report:
+            print(f"not installing layer {args.install}: not exported or parity failed")
+            return 1
+        source = Path(str(report["int8_path"]))
+        size_mb = source.stat().st_size / BYTES_PER_MB
+        if size_mb > MAX_INSTALL_MB:
+            print(f"not installing {source}: {size_mb:.2f} MB > {MAX_INSTALL_MB} MB")
+            return 1
+        INSTALL_PATH.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, INSTALL_PATH)
+        print(f"installed {source} -> {INSTALL_PATH} ({size_mb:.2f} MB)")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
