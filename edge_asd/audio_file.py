@@ -48,8 +48,11 @@ def _load(path: Path, *, mmap: bool = False) -> tuple[int, np.ndarray]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             rate, data = wavfile.read(path, mmap=mmap)
-    except (ValueError, struct.error, EOFError, IndexError) as exc:
+    except (ValueError, struct.error, EOFError, IndexError, KeyError, TypeError) as exc:
         raise AudioFileError(path, f"not a readable WAV file ({exc})") from exc
+    except UnboundLocalError as exc:
+        # scipy trips over its own variables on a RIFF/WAVE header without a fmt chunk.
+        raise AudioFileError(path, "not a readable WAV file (no fmt chunk)") from exc
     except OSError as exc:
         raise AudioFileError(path, f"cannot read ({exc.strerror or exc})") from exc
     for warning in caught:

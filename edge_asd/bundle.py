@@ -97,6 +97,13 @@ class Bundle:
     def __post_init__(self) -> None:
         self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
         self.rho = np.asarray(self.rho, dtype=np.float32)
+        # numpy scalars (np.int64, np.float32) would not survive json.dump.
+        self.k = int(self.k)
+        self.threshold = float(self.threshold)
+        self.threshold_percentile = float(self.threshold_percentile)
+        self.window_samples = int(self.window_samples)
+        self.hop_samples = int(self.hop_samples)
+        self.sample_rate = int(self.sample_rate)
         if not self.bundle_id:
             self.bundle_id = make_bundle_id(self.embeddings, self.threshold, self.model.sha256)
 

@@ -57,7 +57,7 @@ TEST_DIR: Final = "test"
 WAV_GLOB: Final = "*.wav"
 RESULTS_FILE: Final = "results.json"
 SCORE_CSV_TEMPLATE: Final = "anomaly_score_{section}_section_{number}_test.csv"
-DEFAULT_SECTION_NUMBER: Final = "00"
+SCORE_CSV_2020_TEMPLATE: Final = "anomaly_score_{section}_id_{machine_id}.csv"
 
 DEFAULT_TRIGGER_WINDOWS: Final = 2
 """Consecutive windows over the threshold that start an alarm (the detector's default)."""
@@ -108,20 +108,25 @@ class Section:
 
     name: str
     number: str
-    """The two-digit section number in the file names ("00")."""
+    """The two-digit section number in the file names ("00"); the machine ID for DCASE 2020."""
+    csv_name: str
+    """The score file's name, as the challenge's submission format names it."""
     train: list[TrainClip]
     test: list[LabelledClip]
     unlabelled: list[Path] = field(default_factory=list)
 
 
 def parse_test_name(filename: str) -> tuple[str, bool, str] | None:
-    """(domain, is_anomaly, section number) from a test file name, or None if unlabelled."""
+    """(domain, is_anomaly, section number) from a test file name, or None if unlabelled.
+
+    DCASE 2020 names give the machine ID as the number (source domain only).
+    """
     match = _DCASE2023_TEST.search(filename)
     if match:
         return match["domain"], match["label"] == "anomaly", match["number"]
     match = _DCASE2020_TEST.search(filename)
     if match:
-        return SOURCE, match["label"] == "anomaly", DEFAULT_SECTION_NUMBER
+        return SOURCE, match["label"] == "anomaly", match["number"]
     return None
 
 
@@ -130,7 +135,8 @@ def train_domain(filename: str) -> str:
     return TARGET if _TARGET_TOKEN.search(Path(filename).stem) else SOURCE
 
 
-def _section_from_dir(path: Path, name: str) -> Section:
+def _section_from_dir(path: Path, name: str) -> list[Section]:
+    """The section(s) of one folder: one for DCASE 2023 names, one per machine ID for 2020."""
     train_files = sorted((path / TRAIN_DIR).glob(WAV_GLOB))
     test_files = sorted((path / TEST_DIR).glob(WAV_GLOB))
     if not train_files:
@@ -160,11 +166,52 @@ def _section_from_dir(path: Path, name: str) -> Section:
             f"{path / TEST_DIR}: none of the {len(test_files)} .wav files has a label in its "
             f"name; {LAYOUT_HELP}"
         )
-    number = min(numbers) if numbers else DEFAULT_SECTION_NUMBER
+    train = [TrainClip(wav, train_domain(wav.name)) for wav in train_files]
+    if all(_DCASE2020_TEST.search(c.path.name) for c in test):
+        return _split_machine_ids(path, name, train, test, unlabelled)
+    number = min(numbers)
     if len(numbers) > 1:
         _LOGGER.warning("%s: several section numbers %s; using %s", path, sorted(numbers), number)
-    train = [TrainClip(wav, train_domain(wav.name)) for wav in train_files]
-    return Section(name=name, number=number, train=train, test=test, unlabelled=unlabelled)
+    csv_name = SCORE_CSV_TEMPLATE.format(section=name, number=number)
+    return [Section(name, number, csv_name, train, test, unlabelled)]
+
+
+def _split_machine_ids(
+    path: Path,
+    name: str,
+    train: list[TrainClip],
+    test: list[LabelledClip],
+    unlabelled: list[Path],
+) -> list[Section]:
+    """DCASE 2020: one bank and one set of metrics per machine ID, as that challenge scored."""
+    by_id: dict[str, list[LabelledClip]] = {}
+    for clip in test:
+        match = _DCASE2020_TEST.search(clip.path.name)
+        assert match is not None  # checked by the caller
+        by_id.setdefault(match["number"], []).append(clip)
+    if len(by_id) == 1:
+        (machine_id,) = by_id
+        csv_name = SCORE_CSV_2020_TEMPLATE.format(section=name, machine_id=machine_id)
+        return [Section(name, machine_id, csv_name, train, test, unlabelled)]
+    sections = []
+    for machine_id, clips in sorted(by_id.items()):
+        id_train = [c for c in train if f"_id_{machine_id}_" in c.path.name]
+        if not id_train:
+            raise EvaluationError(
+                f"{path / TRAIN_DIR}: no train files for machine ID {machine_id} "
+                f"(expected names like normal_id_{machine_id}_00000000.wav)"
+            )
+        sections.append(
+            Section(
+                f"{name}_id_{machine_id}",
+                machine_id,
+                SCORE_CSV_2020_TEMPLATE.format(section=name, machine_id=machine_id),
+                id_train,
+                clips,
+                unlabelled,
+            )
+        )
+    return sections
 
 
 def discover_sections(root: Path | str) -> list[Section]:
@@ -173,7 +220,7 @@ def discover_sections(root: Path | str) -> list[Section]:
     if not root_path.is_dir():
         raise EvaluationError(f"{root_path}: not a directory; {LAYOUT_HELP}")
     if (root_path / TRAIN_DIR).is_dir() and (root_path / TEST_DIR).is_dir():
-        return [_section_from_dir(root_path, root_path.resolve().name)]
+        return _section_from_dir(root_path, root_path.resolve().name)
     candidates = sorted(
         p for p in root_path.iterdir() if (p / TRAIN_DIR).is_dir() and (p / TEST_DIR).is_dir()
     )
@@ -181,7 +228,7 @@ def discover_sections(root: Path | str) -> list[Section]:
         raise EvaluationError(
             f"{root_path}: no section folders with train/ and test/; {LAYOUT_HELP}"
         )
-    return [_section_from_dir(p, p.name) for p in candidates]
+    return [section for p in candidates for section in _section_from_dir(p, p.name)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,11 +434,14 @@ def _evaluate_section(
             bar.update(1)
     if not scored:
         raise EvaluationError(f"section {section.name}: no test clip could be scored")
-    csv_path = out_dir / SCORE_CSV_TEMPLATE.format(section=section.name, number=section.number)
+    csv_path = out_dir / section.csv_name
     _write_scores(csv_path, [c.path.name for c in scored], clip_scores)
-    section_metrics = dcase_section_metrics(
-        [c.is_anomaly for c in scored], clip_scores, [c.domain for c in scored]
-    )
+    try:
+        section_metrics = dcase_section_metrics(
+            [c.is_anomaly for c in scored], clip_scores, [c.domain for c in scored]
+        )
+    except ValueError as exc:
+        raise EvaluationError(f"section {section.name}: {exc}") from exc
     result_dict: dict[str, Any] = {
         "auc_source": section_metrics.auc_source,
         "auc_target": section_metrics.auc_target,

@@ -143,3 +143,10 @@ def test_write_wav_roundtrip_and_clipping(tmp_path: Path) -> None:
 def test_write_wav_rejects_nan(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="NaN"):
         write_wav(tmp_path / "bad.wav", np.array([np.nan]), SAMPLE_RATE_HZ)
+
+
+def test_riff_header_without_fmt_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "nofmt.wav"
+    path.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    with pytest.raises(AudioFileError, match="nofmt.wav"):
+        read_wav(path)

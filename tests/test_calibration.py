@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_hyp
+from hypothesis import strategies as st
 
+from edge_asd.bundle import load_bundle, save_bundle
 from edge_asd.calibration import (
     CalibrationError,
     CalibrationSettings,
@@ -324,3 +329,44 @@ def test_settings_accept_the_config_section() -> None:
     assert CalibrationSettings().scoring == "density"
     with pytest.raises(CalibrationError, match="disagree"):
         CalibrationSettings(scoring="raw", method="density")
+
+
+def test_progress_bar_goes_to_stderr(
+    normal_clips: list[Clip], capsys: pytest.CaptureFixture[str]
+) -> None:
+    calibrate(normal_clips[:4], FakeEncoder(), settings(), progress=True)
+    captured = capsys.readouterr()
+    assert "embedding" in captured.err and "76/76" in captured.err
+    assert captured.out == ""
+    calibrate(normal_clips[:4], FakeEncoder(), settings(), progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_saved_bundle_scores_like_the_fresh_one(normal_clips: list[Clip], tmp_path: Path) -> None:
+    enc = FakeEncoder()
+    fresh = calibrate(normal_clips, enc, settings(k=2), progress=False)
+    loaded = load_bundle(save_bundle(fresh, tmp_path / "b"), model=enc.info)
+    assert loaded.bundle_id == fresh.bundle_id and loaded.threshold == fresh.threshold
+    x = with_burst(machine(5.0, np.random.default_rng(11)), 1.0, 1.0)
+    a = ClipScorer.from_bundle(fresh, enc).score_clip(x).window_scores
+    b = ClipScorer.from_bundle(loaded, enc).score_clip(x).window_scores
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+@settings_hyp(max_examples=60, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 40), min_size=1, max_size=4),
+    hop=st.integers(1_000, 20_000),
+    n_folds=st.integers(2, 6),
+)
+def test_heldout_windows_never_overlap_bank_windows_property(
+    counts: list[int], hop: int, n_folds: int
+) -> None:
+    s = settings(hop_samples=hop, folds=n_folds)
+    folds, mask, _ = assign_folds(counts, s)
+    assert folds.shape == mask.shape == (sum(counts),)
+    clip_id = np.repeat(np.arange(len(counts)), counts)
+    starts = np.concatenate([np.arange(c) * hop for c in counts]) if counts else np.zeros(0)
+    for i in np.flatnonzero(mask):
+        others = (folds != folds[i]) & (clip_id == clip_id[i])
+        assert np.all(np.abs(starts[others] - starts[i]) >= WINDOW)

@@ -208,6 +208,56 @@ def test_dcase2020_names_are_source_only(tmp_path: Path) -> None:
     expected = 2 / (1 / sec["auc_source"] + 1 / sec["pauc"])
     assert results["official_score"] == pytest.approx(expected)
     assert "| valve | 6/0 |" in format_table(results)
+    assert (tmp_path / "out" / "anomaly_score_valve_id_00.csv").is_file()
+
+
+def test_dcase2020_machine_ids_are_separate_sections(tmp_path: Path) -> None:
+    section = tmp_path / "root" / "slider"
+    (section / "train").mkdir(parents=True)
+    (section / "test").mkdir(parents=True)
+    # ID 02 is a different machine (another operating speed); it gets its own bank.
+    for machine_id, condition, seed in (("00", 1.0, 400), ("02", 1.3, 500)):
+        for i in range(5):
+            x = _normal(seed + i, condition)
+            write_wav(section / "train" / f"normal_id_{machine_id}_{i:08d}.wav", x)
+        for i in range(2):
+            x = _normal(seed + 10 + i, condition)
+            write_wav(section / "test" / f"normal_id_{machine_id}_{i:08d}.wav", x)
+            x = _anomalous(seed + 20 + i, condition)
+            write_wav(section / "test" / f"anomaly_id_{machine_id}_{i:08d}.wav", x)
+    sections = discover_sections(tmp_path / "root")
+    assert [s.name for s in sections] == ["slider_id_00", "slider_id_02"]
+    assert all(len(s.train) == 5 and len(s.test) == 4 for s in sections)
+    assert all(f"_id_{s.number}_" in c.path.name for s in sections for c in s.train)
+    results = evaluate(
+        tmp_path / "root",
+        tmp_path / "out",
+        FakeEncoder(),
+        window_samples=WINDOW,
+        hop_samples=HOP,
+        progress=False,
+    )
+    assert set(results["sections"]) == {"slider_id_00", "slider_id_02"}
+    assert results["sections"]["slider_id_02"]["n_train_windows"] == 5 * 3
+    assert (tmp_path / "out" / "anomaly_score_slider_id_02.csv").is_file()
+
+
+def test_section_without_anomalies_is_a_clear_error(tmp_path: Path) -> None:
+    section = tmp_path / "root" / "belt"
+    (section / "train").mkdir(parents=True)
+    (section / "test").mkdir(parents=True)
+    for i in range(3):
+        write_wav(section / "train" / f"section_00_source_train_normal_{i:04d}.wav", _normal(i))
+        write_wav(section / "test" / f"section_00_source_test_normal_{i:04d}.wav", _normal(9 + i))
+    with pytest.raises(EvaluationError, match="section belt: section has no anomalous clips"):
+        evaluate(
+            tmp_path / "root",
+            tmp_path / "out",
+            FakeEncoder(),
+            window_samples=WINDOW,
+            hop_samples=HOP,
+            progress=False,
+        )
 
 
 def test_unreadable_test_file_is_skipped_and_named(
@@ -266,7 +316,7 @@ def test_parse_names() -> None:
         "00",
     )
     assert parse_test_name("section_03_target_test_anomaly_0049.wav") == ("target", True, "03")
-    assert parse_test_name("anomaly_id_04_00000012.wav") == ("source", True, "00")
+    assert parse_test_name("anomaly_id_04_00000012.wav") == ("source", True, "04")
     assert parse_test_name("section_00_0001.wav") is None  # evaluation-set names: no label
     assert train_domain("section_00_target_train_normal_0003_a.wav") == "target"
     assert train_domain("section_00_source_train_normal_0003_a.wav") == "source"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -525,6 +526,58 @@ def test_password_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     finally:
         wrong.stop(timeout_seconds=1)
         right.stop(timeout_seconds=1)
+        box.close()
+        broker.stop()
+
+
+def _make_tls_files(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1; returns (ca, cert, key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = directory / f"{name}-ca.key", directory / f"{name}-ca.crt"
+    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    commands = [
+        ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_crt, "-days", "2"]
+        + ["-subj", f"/CN={name}-test-ca"],
+        ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key]
+        + ["-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext],
+    ]
+    for command in commands:
+        subprocess.run([str(c) for c in command], check=True, capture_output=True, timeout=30)
+    return ca_crt, crt, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_tls_connection_verifies_the_broker(tmp_path: Path) -> None:
+    ca, crt, key = _make_tls_files(tmp_path / "tls", "good")
+    other_ca, _, _ = _make_tls_files(tmp_path / "other", "other")
+    broker = MosquittoBroker(
+        tmp_path / "broker", extra_config=[f"cafile {ca}", f"certfile {crt}", f"keyfile {key}"]
+    )
+    broker.start()
+    box = Outbox(tmp_path / "o.sqlite")
+    trusted = MqttPublisher(
+        settings_for(broker.port, tls_enabled=True, ca_file=str(ca)), box, node_id=NODE
+    )
+    untrusted = MqttPublisher(
+        settings_for(broker.port, tls_enabled=True, ca_file=str(other_ca)), box, node_id="gw-x"
+    )
+    try:
+        untrusted.start()
+        assert wait_until(lambda: untrusted.stats().last_connect_error is not None)
+        assert "certificate" in (untrusted.stats().last_connect_error or "").lower()
+        assert not untrusted.connected
+        untrusted.stop(timeout_seconds=1)
+        trusted.start()
+        assert wait_until(lambda: trusted.connected)
+        trusted.publish_event(MACHINE, make_event(box.next_seq()))
+        assert wait_until(lambda: box.depth() == 0)  # acknowledged over TLS
+    finally:
+        trusted.stop(timeout_seconds=2)
+        untrusted.stop(timeout_seconds=1)
         box.close()
         broker.stop()
 
