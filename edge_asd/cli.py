@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -359,9 +360,17 @@ def _register_pretrain(sub: argparse._SubParsersAction) -> None:  # type: ignore
     register(sub)
 
 
+# The daemon's budget is one core's few percent: BLAS thread pools (which also spin after each
+# product) cost more than they save on one-window matrix products. Set before numpy loads.
+_SINGLE_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        for name in _SINGLE_THREAD_ENV:
+            os.environ.setdefault(name, "1")
     if args.command != "run":  # the daemon configures journald-friendly logging itself
         logging.basicConfig(
             level=args.log_level or logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

@@ -100,9 +100,6 @@ class Publisher(Protocol):
     """What the daemon needs from a publisher; tests can substitute a fake."""
 
     @property
-    def topics(self) -> Topics: ...
-
-    @property
     def connected(self) -> bool: ...
 
     def start(self) -> None: ...
@@ -278,7 +275,8 @@ class MqttPublisher:
         with self._lock:
             self._events_not_stored += 1
         # Without durability, sending now is the best that is left.
-        if self.connected and self._client.publish(topic, payload, qos=qos).rc == 0:
+        info = self._client.publish(topic, payload, qos=qos) if self.connected else None
+        if info is not None and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return
         with self._lock:
             self._events_lost += 1

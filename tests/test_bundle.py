@@ -94,7 +94,11 @@ def test_memory_bank_uses_stored_rho(tmp_path: Path) -> None:
 
 def test_numpy_scalars_are_saved_as_json_numbers(tmp_path: Path) -> None:
     original = dataclasses.replace(
-        _bundle(), k=np.int64(2), threshold=np.float32(1.5), window_samples=np.int32(16_000)
+        _bundle(),
+        k=np.int64(2),
+        threshold=np.float32(1.5),
+        window_samples=np.int32(16_000),
+        bundle_id="",
     )
     loaded = load_bundle(save_bundle(original, tmp_path / "b"))
     assert (loaded.k, loaded.threshold, loaded.window_samples) == (2, 1.5, 16_000)

@@ -276,3 +276,23 @@ def test_centre_crop_student_sees_what_the_teacher_sees() -> None:
         c = inner(torch.from_numpy(x[:, :YAMNET_INPUT_SAMPLES].copy())).embedding
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_yamnet_port_teacher_matches_the_cropped_port() -> None:
+    from edge_asd.pretrain.teacher import YamnetPortTeacher
+    from edge_asd.pretrain.train import CentreCropStudent
+    from edge_asd.pretrain.yamnet import YamnetPort
+
+    torch.manual_seed(0)
+    port = YamnetPort(truncate=False)  # random weights: the test needs no YAMNet file
+    teacher = YamnetPortTeacher(port=port)
+    assert (teacher.embedding_dim, teacher.num_classes) == (1024, 521)
+    x = np.random.default_rng(1).standard_normal((2, SAMPLE_RATE_HZ)).astype(np.float32) * 0.1
+    emb, scores = teacher.embed_and_scores(x)
+    student = CentreCropStudent(port, SAMPLE_RATE_HZ).eval()
+    with torch.no_grad():
+        out = student(torch.from_numpy(x))
+    # The default student (an exact copy) starts exactly on this teacher's targets.
+    assert np.allclose(out.embedding.numpy(), emb, atol=1e-6)
+    assert np.allclose(torch.sigmoid(out.logits).numpy(), scores, atol=1e-6)
+    assert teacher.cache_id == YamnetPortTeacher(port=port).cache_id

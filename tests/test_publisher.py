@@ -411,6 +411,28 @@ def test_unsendable_outbox_row_does_not_block_the_queue(
     assert wait_until(lambda: outbox.depth() == 0)
 
 
+def test_outbox_write_failure_falls_back_to_direct_publish(
+    mosquitto_broker: MosquittoBroker,  # noqa: F811
+    publisher_factory: Callable[..., MqttPublisher],
+    subscriber_factory: Callable[..., Subscriber],
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sub = subscriber_factory(mosquitto_broker)
+    publisher = publisher_factory(mosquitto_broker.port)
+    publisher.start()
+    assert wait_until(lambda: publisher.connected)
+    monkeypatch.setattr(outbox, "put", lambda *args, **kwargs: None)  # disk full
+    event = make_event(outbox.next_seq())
+    publisher.publish_event(MACHINE, event)
+    assert sub.wait_for(lambda m: first_seqs(sub) == [event.seq], WAIT_SECONDS)
+    assert publisher.stats().events_not_stored == 1 and publisher.stats().events_lost == 0
+    mosquitto_broker.stop()
+    assert wait_until(lambda: not publisher.connected)
+    publisher.publish_event(MACHINE, make_event(outbox.next_seq()))  # must not raise
+    assert publisher.stats().events_not_stored == 2 and publisher.stats().events_lost == 1
+
+
 def test_broker_down_at_start(
     tmp_path: Path,
     publisher_factory: Callable[..., MqttPublisher],
@@ -539,11 +561,15 @@ def _make_tls_files(directory: Path, name: str) -> tuple[Path, Path, Path]:
     ext.write_text("subjectAltName=IP:127.0.0.1\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     commands = [
-        ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_crt, "-days", "2"]
-        + ["-subj", f"/CN={name}-test-ca"],
+        [
+            *("openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_crt),
+            *("-days", "2", "-subj", f"/CN={name}-test-ca"),
+        ],
         ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
-        ["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key]
-        + ["-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext],
+        [
+            *("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key),
+            *("-CAcreateserial", "-out", crt, "-days", "2", "-extfile", ext),
+        ],
     ]
     for command in commands:
         subprocess.run([str(c) for c in command], check=True, capture_output=True, timeout=30)

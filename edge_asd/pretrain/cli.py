@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Final
@@ -172,6 +173,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except _errors() as exc:
         print(f"edge-asd pretrain train: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if int(os.environ.get("RANK", "0")) != 0:
+        return EXIT_OK  # under torchrun only rank 0 reports
     summary = {
         "out": str(result.out_dir),
         "epochs_done": result.epochs_done,

@@ -144,7 +144,7 @@ class MixingSpec(_Strict):
 
 
 class TeacherSpec(_Strict):
-    kind: Literal["yamnet_tflite", "onnx"] = "yamnet_tflite"
+    kind: Literal["yamnet_tflite", "yamnet_port", "onnx"] = "yamnet_tflite"
     path: str = Field(description="Teacher model file (.tflite or .onnx).")
     class_map: str | None = Field(None, description="CSV of class names (index,mid,name).")
     cache_dir: str = Field("build/teacher-cache", description="Where teacher outputs are kept.")

@@ -63,6 +63,8 @@ FRONT_END_SCOPE: Final = "front_end"
 TIMING_WARMUP_RUNS: Final = 5
 TIMING_RUNS: Final = 100
 PERCENTILE_LOW: Final = 5
+DEFAULT_CALIBRATION_PERCENTILE: Final = 99.999
+"""For CalibrationMethod.Percentile: the share of |activation| values the range covers."""
 _FLOAT_TAIL_OPS: Final = ("ReduceMean", "GlobalAveragePool", "Mul", "Add", "Div")
 MS_PER_S: Final = 1000.0
 BYTES_PER_MB: Final = 1_000_000
@@ -134,7 +136,7 @@ def export_onnx(
     finally:
         module.train(was_training)
 
-    model = onnx.load(str(out_path))
+    model = _fuse_zero_pads(_fold_constants(out_path))
     embedding_dim = int(expected.shape[1])
     _set_metadata(
         model,
@@ -168,6 +170,70 @@ def export_onnx(
         err,
     )
     return out_path
+
+
+def _fold_constants(path: Path) -> onnx.ModelProto:
+    """The model at `path` after onnxruntime's basic (hardware-independent) optimisations.
+
+    The exporter leaves F.pad's pad amounts as an unfolded subgraph; constant folding turns
+    them into initializers, which `_fuse_zero_pads` needs.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with tempfile.TemporaryDirectory() as tmp:
+        folded = Path(tmp) / "folded.onnx"
+        options.optimized_model_filepath = str(folded)
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return onnx.load(str(folded))
+
+
+def _fuse_zero_pads(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Move zero Pad nodes that feed one Conv into the Conv's own (asymmetric) pads.
+
+    TF 'SAME' padding is asymmetric; PyTorch convs only pad symmetrically, so the port pads
+    with F.pad. A separate Pad costs a copy (and a float detour in a quantised graph).
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    removed: list[onnx.NodeProto] = []
+    for pad in [n for n in graph.node if n.op_type == "Pad"]:
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        users = consumers.get(pad.output[0], [])
+        if mode != b"constant" or len(users) != 1 or users[0].op_type != "Conv":
+            continue
+        if pad.output[0] in outputs or len(pad.input) < 2 or pad.input[1] not in inits:
+            continue
+        if len(pad.input) > 2 and pad.input[2]:
+            value = inits.get(pad.input[2])
+            if value is None or np.any(onnx.numpy_helper.to_array(value) != 0):
+                continue
+        pads = onnx.numpy_helper.to_array(inits[pad.input[1]]).astype(np.int64)
+        rank = pads.size // 2
+        begin, end = pads[:rank], pads[rank:]
+        if np.any(pads < 0) or np.any(begin[:2]) or np.any(end[:2]):
+            continue  # only spatial zero padding folds into a Conv
+        conv = users[0]
+        attr = next((a for a in conv.attribute if a.name == "pads"), None)
+        spatial = rank - 2
+        old = np.array(attr.ints if attr is not None else [0] * 2 * spatial, np.int64)
+        new = old + np.concatenate([begin[2:], end[2:]])
+        if attr is not None:
+            conv.attribute.remove(attr)
+        conv.attribute.append(onnx.helper.make_attribute("pads", [int(v) for v in new]))
+        conv.input[0] = pad.input[0]
+        removed.append(pad)
+    for pad in removed:
+        graph.node.remove(pad)
+    used = {name for node in graph.node for name in node.input}
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
+    _LOGGER.debug("fused %d Pad nodes into convolutions", len(removed))
+    return model
 
 
 def _example_windows(batch: int, samples: int) -> Tensor:
@@ -257,6 +323,7 @@ def quantize_int8(
     exclude_front_end: bool = True,
     per_channel: bool = True,
     method: CalibrationMethod = CalibrationMethod.MinMax,
+    percentile: float = DEFAULT_CALIBRATION_PERCENTILE,
     wide_activation_scopes: Sequence[str] = (),
 ) -> Path:
     """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations).
@@ -294,7 +361,10 @@ def quantize_int8(
             calibrate_method=method,
             nodes_to_exclude=excluded,
             extra_options={
-                "TensorQuantOverrides": {name: [{"quant_type": QuantType.QUInt16}] for name in wide}
+                "TensorQuantOverrides": {
+                    name: [{"quant_type": QuantType.QUInt16}] for name in wide
+                },
+                "CalibPercentile": percentile,
             },
         )
     model = onnx.load(str(int8_path))

@@ -15,7 +15,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -198,6 +198,45 @@ class OnnxTeacher:
         return emb, scores
 
 
+class YamnetPortTeacher:
+    """The float PyTorch port of YAMNet as the teacher (`teacher.kind: yamnet_port`).
+
+    The TFLite runtime quantises activations on the fly (docs/model-card.md, "Teacher port
+    parity"), so its targets carry that noise and the un-fine-tuned student does not start
+    exactly on them; the float port is the same network without it: the default student starts
+    with zero clean-audio alignment loss. Same centre crop as `YamnetTFLiteTeacher`.
+    """
+
+    def __init__(self, path: Path | None = None, *, port: Any = None) -> None:
+        import torch
+
+        from edge_asd.pretrain.yamnet import YamnetPort
+
+        if port is None:
+            if path is None or not Path(path).is_file():
+                raise TeacherError(f"{path}: teacher model not found")
+            port = YamnetPort.from_tflite(path, truncate=False)
+            self.cache_id = f"yamnet-port-{_model_hash(Path(path))}-crop{YAMNET_INPUT_SAMPLES}"
+        else:
+            digest = hashlib.sha256()
+            for tensor in port.state_dict().values():
+                digest.update(tensor.detach().cpu().numpy().tobytes())
+            self.cache_id = f"yamnet-port-{digest.hexdigest()[:_ID_HASH_CHARS]}"
+        self._torch = torch
+        self._port = port.eval()
+        self.name = "yamnet-port"
+        self.embedding_dim = int(port.embedding_dim)
+        self.num_classes = int(port.num_classes)
+        self.input_samples = int(port.window_samples)
+
+    def embed_and_scores(self, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(centre_crop(np.asarray(segments, np.float32), self.input_samples))
+        with self._torch.no_grad():
+            out = self._port(self._torch.from_numpy(x))
+            scores = self._torch.sigmoid(out.logits)
+        return out.embedding.numpy().astype(np.float32), scores.numpy().astype(np.float32)
+
+
 def _static_dim(shape: Sequence[object], axis: int) -> int | None:
     if len(shape) <= axis:
         return None
@@ -211,7 +250,9 @@ def make_teacher(kind: str, path: Path) -> Teacher:
         return YamnetTFLiteTeacher(path)
     if kind == "onnx":
         return OnnxTeacher(path)
-    raise TeacherError(f"teacher.kind: unknown kind {kind!r} (yamnet_tflite, onnx)")
+    if kind == "yamnet_port":
+        return YamnetPortTeacher(path)
+    raise TeacherError(f"teacher.kind: unknown kind {kind!r} (yamnet_tflite, yamnet_port, onnx)")
 
 
 class TeacherCache:

@@ -664,7 +664,12 @@ class Trainer:
         )
 
     def _log(self, record: dict[str, Any]) -> None:
-        _LOGGER.info("epoch %s: %s", record.get("epoch"), record)
+        brief = {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in record.items()
+            if k != "dev_sections"
+        }
+        _LOGGER.info("epoch %s: %s", record.get("epoch"), brief)
         with (self.out_dir / HISTORY_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -838,9 +843,15 @@ def train(
         reader=reader,
         teacher=teacher,
     )
-    if resume:
-        trainer.resume()
-    return trainer.fit(stop_after_epoch=stop_after_epoch)
+    try:
+        if resume:
+            trainer.resume()
+        return trainer.fit(stop_after_epoch=stop_after_epoch)
+    finally:
+        if trainer.dist.enabled:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def load_student(checkpoint: Path, *, map_location: str = "cpu") -> tuple[nn.Module, Recipe]:

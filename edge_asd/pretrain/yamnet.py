@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -75,6 +76,12 @@ YAMNET_BLOCKS: tuple[tuple[int, int], ...] = (
     (1024, 2),
     (1024, 1),
 )
+
+EQUALIZE_LAYER_STRENGTH = 1.0
+"""Share of a layer output's channel range moved into the weights (free: per-channel both sides)."""
+EQUALIZE_DEPTHWISE_STRENGTH = 0.5
+"""Same for depthwise outputs, whose pointwise consumers pay for it in weight precision."""
+EQUALIZE_MAX_FACTOR = 100.0
 
 INT8_WIDE_LAST_LAYERS = 3
 """Layers at the end of the network whose activations get 16 bits in int8 export."""
@@ -379,6 +386,13 @@ class YamnetPort(nn.Module):
             )
             channels = out_channels
         self.layers = nn.ModuleList(layers)
+        # Per-channel factors from a layer's stored activations to their true values: ones
+        # unless `equalize_activation_ranges` moved range into the weights for int8 export.
+        # Not persistent: equalising is done on an export copy, never saved in checkpoints.
+        for index in range(1, cfg.num_layers + 1):
+            self.register_buffer(
+                _scale_name(index), torch.ones(cfg.layer_channels(index)), persistent=False
+            )
         self.classifier = nn.Linear(channels, cfg.num_classes)
         self.num_classes = cfg.num_classes
         self.window_samples = cfg.frame_samples + (cfg.patch_frames - 1) * cfg.hop_samples
@@ -433,9 +447,9 @@ class YamnetPort(nn.Module):
         x = self.front_end(waveform).unsqueeze(1)  # [B, 1, T, M]: time is the height
         stop = self.embedding_index if self.truncate else self.config.num_layers
         pooled: list[Tensor] = []
-        for layer in self.layers[:stop]:
+        for index, layer in enumerate(self.layers[:stop], start=1):
             x = layer(x)
-            pooled.append(x.mean(dim=(2, 3)))
+            pooled.append(x.mean(dim=(2, 3)) * self.layer_scale(index))
         embedding = pooled[self.embedding_index - 1]
         logits = None
         if stop == self.config.num_layers:
@@ -443,6 +457,87 @@ class YamnetPort(nn.Module):
                 fake_quantize_dynamic(pooled[-1], (1,), self.classifier_hybrid)
             )
         return StudentOutput(embedding=embedding, logits=logits, layers=pooled)
+
+    def layer_scale(self, index: int) -> Tensor:
+        """[C] factors from layer `index`'s stored activations to their true values."""
+        scale = getattr(self, _scale_name(index))
+        assert isinstance(scale, Tensor)
+        return scale
+
+    @torch.no_grad()
+    def equalize_activation_ranges(
+        self,
+        windows: Tensor,
+        *,
+        layer_strength: float = EQUALIZE_LAYER_STRENGTH,
+        depthwise_strength: float = EQUALIZE_DEPTHWISE_STRENGTH,
+        max_factor: float = EQUALIZE_MAX_FACTOR,
+    ) -> dict[str, float]:
+        """Even out per-channel activation ranges for int8, leaving every output unchanged.
+
+        ReLU commutes with positive scaling, so channel c of an activation can be stored
+        divided by r_c = (max_c / median channel max) ** strength: its producer's weights and
+        bias are divided by r_c, its consumer's weights multiplied by r_c, pooled outputs
+        multiplied back through the layer-scale buffers. For layer outputs (full/pointwise conv
+        -> depthwise conv) both sides are per-channel quantised weights, so it is free; for
+        depthwise outputs the pointwise consumer's columns absorb r_c and per-output-channel
+        weight quantisation pays for it, hence the smaller strength. Do this on a copy used for
+        export. `windows` [N, S]: calibration audio. Returns the worst max/median channel
+        spread before and after.
+        """
+        if self.config.activation == "RELU6":
+            raise ValueError("equalisation needs ReLU or no activation; ReLU6 clips")
+        was_training = self.training
+        self.eval()
+        convs = self.convs()
+        maxima = [torch.zeros(c.conv.out_channels) for c in convs]
+
+        def recorder(k: int) -> Callable[[nn.Module, object, Tensor], None]:
+            def hook(_module: nn.Module, _inputs: object, out: Tensor) -> None:
+                maxima[k] = torch.maximum(maxima[k], out.amax(dim=(0, 2, 3)))
+
+            return hook
+
+        hooks = [conv.register_forward_hook(recorder(k)) for k, conv in enumerate(convs)]
+        saved_truncate, self.truncate = self.truncate, False
+        try:
+            self(windows)
+        finally:
+            self.truncate = saved_truncate
+            for hook in hooks:
+                hook.remove()
+
+        def spread(m: Tensor) -> float:
+            positive = m[m > 0]
+            return float(m.max() / positive.median()) if positive.numel() else 1.0
+
+        factors: list[Tensor] = []
+        for conv, m in zip(convs, maxima, strict=True):
+            positive = m[m > 0]
+            strength = depthwise_strength if conv.depthwise else layer_strength
+            if positive.numel() == 0 or strength == 0:
+                factors.append(torch.ones_like(m))
+                continue
+            ratio = torch.where(m > 0, m / positive.median(), torch.ones_like(m))
+            factors.append(torch.clamp(ratio**strength, 1.0 / max_factor, max_factor))
+        for k, conv in enumerate(convs):
+            r_out = factors[k]
+            conv.conv.weight.div_(r_out.view(-1, 1, 1, 1))
+            conv.conv.bias.div_(r_out)
+            if k + 1 < len(convs):
+                consumer = convs[k + 1]
+                shape = (-1, 1, 1, 1) if consumer.depthwise else (1, -1, 1, 1)
+                consumer.conv.weight.mul_(r_out.view(shape))
+        # Layer outputs are the first conv and every pointwise conv.
+        for index, k in enumerate(range(0, len(convs), 2), start=1):
+            self.layer_scale(index).mul_(factors[k])
+        result = {
+            "spread_before": max(spread(m) for m in maxima),
+            "spread_after": max(spread(m / r) for m, r in zip(maxima, factors, strict=True)),
+        }
+        self.train(was_training)
+        _LOGGER.info("equalised activation ranges: %s", result)
+        return result
 
     def convs(self) -> list[TfConv2d]:
         """The convolutions in the file's operator order."""
@@ -521,6 +616,10 @@ class YamnetPort(nn.Module):
             )
         except (TfliteWeightsError, ValueError) as exc:
             raise TfliteWeightsError(f"{path}: {exc}") from exc
+
+
+def _scale_name(index: int) -> str:
+    return f"layer{index}_scale"
 
 
 def _check_conv(index: int, src: ConvLayer, dst: TfConv2d) -> None:
