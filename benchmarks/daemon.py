@@ -69,8 +69,20 @@ def _calibrate(work: Path) -> Path:
     for index in range(6):
         write_wav(normal / f"n{index}.wav", machine_sound(10.0, rng=rng), SAMPLE_RATE_HZ)
     bundle = work / "bundle"
-    subprocess.run([sys.executable, "-m", "edge_asd", "calibrate", "--from-dir", str(normal),
-                    "--out", str(bundle)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_asd",
+            "calibrate",
+            "--from-dir",
+            str(normal),
+            "--out",
+            str(bundle),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return bundle
 
 
@@ -91,18 +103,34 @@ def main() -> int:
         machine = Machine(seed=5)
         mic.set_source(machine)
         config = work / "config.yaml"
-        config.write_text(yaml.safe_dump({
-            "node_id": NODE, "stats_interval_seconds": 10,
-            "machines": [{"name": MACHINE_NAME, "device": mic.device, "bundle": str(bundle),
-                          "trigger_windows": TRIGGER_WINDOWS, "release_windows": 2}],
-            "mqtt": {"host": broker.host, "port": broker.port},
-            "outbox": {"path": str(work / "outbox.sqlite")},
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "node_id": NODE,
+                    "stats_interval_seconds": 10,
+                    "machines": [
+                        {
+                            "name": MACHINE_NAME,
+                            "device": mic.device,
+                            "bundle": str(bundle),
+                            "trigger_windows": TRIGGER_WINDOWS,
+                            "release_windows": 2,
+                        }
+                    ],
+                    "mqtt": {"host": broker.host, "port": broker.port},
+                    "outbox": {"path": str(work / "outbox.sqlite")},
+                }
+            )
+        )
         sub = Subscriber(broker.host, broker.port, f"edge-asd/{NODE}/#").start()
         env = {**os.environ, **mic.env}
         log = (work / "daemon.log").open("wb")
-        daemon = subprocess.Popen([sys.executable, "-m", "edge_asd", "run", "--config",
-                                   str(config)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "edge_asd", "run", "--config", str(config)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             if not sub.wait_for_payload(f"edge-asd/{NODE}/{MACHINE_NAME}/state", "normal", 60):
                 raise SystemExit("daemon did not reach state normal")
@@ -122,13 +150,20 @@ def main() -> int:
                     return any(json.loads(m.payload)["type"] == "start" for m in new)
 
                 if sub.wait_for(started, 20):
-                    msg = next(m for m in sub.messages(event_topic)[before:]
-                               if json.loads(m.payload)["type"] == "start")
+                    msg = next(
+                        m
+                        for m in sub.messages(event_topic)[before:]
+                        if json.loads(m.payload)["type"] == "start"
+                    )
                     latencies.append(msg.received_monotonic - onset)
                 machine.set_anomalous(False)
-                sub.wait_for(lambda _m, b=before: any(
-                    json.loads(m.payload)["type"] == "end"
-                    for m in sub.messages(event_topic)[b:]), 20)
+                sub.wait_for(
+                    lambda _m, b=before: any(
+                        json.loads(m.payload)["type"] == "end"
+                        for m in sub.messages(event_topic)[b:]
+                    ),
+                    20,
+                )
                 time.sleep(4)
             rss = _vm_hwm_mb(daemon.pid)
             torch = _torch_mapped(daemon.pid)
@@ -143,10 +178,16 @@ def main() -> int:
         ("steady-state CPU (% of one core)", f"{cpu_percent:.2f}", "<= 3"),
         ("peak RSS (MB, VmHWM)", f"{rss:.1f}", "<= 150"),
         ("torch loaded", "yes" if torch else "no", "no"),
-        ("event latency p50 (s)",
-         f"{np.median(latencies):.2f}" if latencies else "n/a", f"<= {target:.1f}"),
-        ("event latency max (s)", f"{max(latencies):.2f}" if latencies else "n/a",
-         f"<= {target:.1f}"),
+        (
+            "event latency p50 (s)",
+            f"{np.median(latencies):.2f}" if latencies else "n/a",
+            f"<= {target:.1f}",
+        ),
+        (
+            "event latency max (s)",
+            f"{max(latencies):.2f}" if latencies else "n/a",
+            f"<= {target:.1f}",
+        ),
         ("faults detected", f"{len(latencies)}/{args.faults}", "all"),
     ]
     if args.markdown:

@@ -167,10 +167,7 @@ class CaptureSupervisor(threading.Thread):
             now = time.monotonic()
             if block is None or len(block) == 0:
                 if now - last_data >= self._no_audio_seconds:
-                    return (
-                        f"no audio from device {self.device!r} for "
-                        f"{self._no_audio_seconds:g} s"
-                    )
+                    return f"no audio from device {self.device!r} for {self._no_audio_seconds:g} s"
                 continue
             last_data = now
             if float(np.max(np.abs(block))) < DIGITAL_SILENCE_PEAK:
@@ -255,7 +252,7 @@ class CaptureSupervisor(threading.Thread):
                 overruns += stats.overruns
                 overwritten += stats.overwritten_frames
             except Exception:  # noqa: BLE001 - a stream being torn down has no stats
-                pass
+                _LOGGER.debug("no stats from stream %r being torn down", self.device)
         return CaptureCounters(
             blocks=c.blocks,
             dropped_blocks=c.dropped_blocks,

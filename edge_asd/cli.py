@@ -13,9 +13,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_asd import __version__
 from edge_asd.constants import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SAMPLE_RATE_HZ
+
+if TYPE_CHECKING:
+    from edge_asd.config import Config
+    from edge_asd.encoder import Encoder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ def _positive_int(text: str) -> int:
 # ---------------------------------------------------------------- shared loading helpers
 
 
-def _load_config(path: Path | None):  # type: ignore[no-untyped-def]
+def _load_config(path: Path | None) -> Config:
     from edge_asd.config import Config, ConfigError, load_config
 
     if path is None:
@@ -60,7 +65,7 @@ def _load_config(path: Path | None):  # type: ignore[no-untyped-def]
         raise UsageError(str(exc)) from None
 
 
-def _open_encoder(model: str | None, window_seconds: float | None = None):  # type: ignore[no-untyped-def]
+def _open_encoder(model: str | None, window_seconds: float | None = None) -> Encoder:
     from edge_asd.encoder import Encoder, ModelError, resolve_model
 
     try:
@@ -264,9 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "then get MQTT alerts when a machine starts to sound wrong.",
     )
     parser.add_argument("--version", action="version", version=f"edge-asd {__version__}")
-    parser.add_argument(
-        "--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     cal = sub.add_parser(
@@ -350,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _register_pretrain(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _register_pretrain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # The pretrain CLI module imports torch only inside its handlers, so the runtime stays
     # torch-free even though the sub-command is always listed.
     try:

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -349,7 +350,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
-    def _health_callback(self, device_key: str):  # type: ignore[no-untyped-def]
+    def _health_callback(self, device_key: str) -> Callable[[bool, str], None]:
         def on_health(healthy: bool, message: str) -> None:
             with self._health_lock:
                 self._health[device_key] = (healthy, message)
@@ -365,9 +366,7 @@ class Daemon:
                 try:
                     block = self.queue.get(timeout=QUEUE_POLL_SECONDS)
                 except queue.Empty:
-                    if self.stop_event.is_set() and not any(
-                        s.is_alive() for s in self.supervisors
-                    ):
+                    if self.stop_event.is_set() and not any(s.is_alive() for s in self.supervisors):
                         break
                     self._maybe_watchdog()
                     continue
@@ -416,9 +415,8 @@ class Daemon:
             for window, score in zip(windows, scores, strict=True):
                 start_sample = machine.windows_since_gap * machine.hop_samples
                 machine.windows_since_gap += 1
-                end_ts = block.end_ts - (block_end_sample - start_sample - machine.window_samples) / (
-                    SAMPLE_RATE_HZ
-                )
+                samples_after_window = block_end_sample - start_sample - machine.window_samples
+                end_ts = block.end_ts - samples_after_window / SAMPLE_RATE_HZ
                 start_ts = end_ts - machine.window_samples / SAMPLE_RATE_HZ
                 self.counters.inference_ms.append(elapsed_ms)
                 self.counters.windows_processed += 1
@@ -477,8 +475,7 @@ class Daemon:
                 threshold=machine.threshold,
                 windows_over=transition.windows_over,
                 dbfs=transition.dbfs,
-                duration_seconds=(end if end is not None else transition.ts)
-                - transition.start_ts,
+                duration_seconds=(end if end is not None else transition.ts) - transition.start_ts,
                 model={"name": info.name, "version": info.version, "sha256": info.sha256},
                 bundle_id=machine.bundle.bundle_id,
             )

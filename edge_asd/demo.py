@@ -58,8 +58,10 @@ def run_demo(*, model: str | None = None, out: Path | None = None) -> int:
     windows = frame_signal(samples, window, hop)
     scores = bundle.memory_bank().score(encoder.embed(windows), bundle.method)
     detector = Detector(DetectorSettings(threshold=bundle.threshold))
-    print(f"\nscoring {TEST_ASSET} ({len(samples) / SAMPLE_RATE_HZ:.1f} s), window {window} "
-          f"samples, hop {hop}:")
+    print(
+        f"\nscoring {TEST_ASSET} ({len(samples) / SAMPLE_RATE_HZ:.1f} s), window {window} "
+        f"samples, hop {hop}:"
+    )
     print("   time (s)     score  ")
     stretches: list[tuple[float, float, float]] = []
     open_start: float | None = None
@@ -67,7 +69,7 @@ def run_demo(*, model: str | None = None, out: Path | None = None) -> int:
         start = index * hop / SAMPLE_RATE_HZ
         end = start + window / SAMPLE_RATE_HZ
         over = score > bundle.threshold
-        filled = min(BAR_WIDTH, int(round(BAR_WIDTH * score / (2 * bundle.threshold))))
+        filled = min(BAR_WIDTH, round(BAR_WIDTH * score / (2 * bundle.threshold)))
         bar = "#" * filled + " " * (BAR_WIDTH - filled)
         marker = "  <- over threshold" if over else ""
         print(f"  {start:5.1f}-{end:5.1f}  {score:8.3f}  |{bar}|{marker}")
@@ -82,9 +84,11 @@ def run_demo(*, model: str | None = None, out: Path | None = None) -> int:
     for transition in detector.close(len(samples) / SAMPLE_RATE_HZ):
         stretches.append((transition.start_ts, transition.end_ts or 0.0, transition.peak_score))
     truth = json.loads(_asset(TRUTH_ASSET).read_text(encoding="utf-8"))
-    print(f"\nthreshold {bundle.threshold:.3f}; the fault in this recording is at "
-          f"{truth['anomaly_start_seconds']:.1f}-{truth['anomaly_end_seconds']:.1f} s "
-          f"({', '.join(truth.get('faults', []))})")
+    print(
+        f"\nthreshold {bundle.threshold:.3f}; the fault in this recording is at "
+        f"{truth['anomaly_start_seconds']:.1f}-{truth['anomaly_end_seconds']:.1f} s "
+        f"({', '.join(truth.get('faults', []))})"
+    )
     if not stretches:
         print("no anomalous stretch detected")
         return EXIT_FAILURE

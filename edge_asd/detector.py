@@ -134,7 +134,9 @@ class Detector:
         self._run_scores.clear()
         return [self._transition("start", end_ts, score, dbfs, end_ts=None)]
 
-    def _active(self, score: float, over: bool, end_ts: float, dbfs: float) -> list[EventTransition]:
+    def _active(
+        self, score: float, over: bool, end_ts: float, dbfs: float
+    ) -> list[EventTransition]:
         if over:
             self._run_under = 0
             self._windows_over += 1

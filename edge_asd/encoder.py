@@ -236,7 +236,7 @@ class Encoder:
             options.add_session_config_entry(key, _SPIN_OFF)
         try:
             return ort.InferenceSession(model_bytes, options, providers=[_CPU_PROVIDER])
-        except Exception as err:  # onnxruntime raises its own Exception subclasses
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own Exception subclasses
             raise ModelError(f"model {self._path} is not a loadable ONNX model: {err}") from None
 
     def _check_contract(self, sha256: str) -> ModelInfo:
@@ -326,7 +326,7 @@ class Encoder:
         silence = np.zeros((1, self.info.window_samples), dtype=np.float32)
         try:
             outputs = self._session.run([MODEL_OUTPUT_NAME], {MODEL_INPUT_NAME: silence})
-        except Exception as err:  # onnxruntime raises its own Exception subclasses
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own Exception subclasses
             raise ModelError(
                 f"model {self._path} failed on a {self.info.window_samples}-sample window: {err}"
             ) from None

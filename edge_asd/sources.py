@@ -475,7 +475,7 @@ class SoundDeviceSource(_ContextSource):
                 device=info["index"], channels=channels, samplerate=SAMPLE_RATE_HZ, dtype="float32"
             )
         except Exception:  # noqa: BLE001 - any refusal means: use the device's own rate
-            return int(round(info["default_samplerate"]))
+            return round(info["default_samplerate"])
         return SAMPLE_RATE_HZ
 
     def read(self, timeout_seconds: float) -> npt.NDArray[np.float32] | None:

@@ -148,5 +148,5 @@ def test_write_wav_rejects_nan(tmp_path: Path) -> None:
 def test_riff_header_without_fmt_chunk(tmp_path: Path) -> None:
     path = tmp_path / "nofmt.wav"
     path.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    with pytest.raises(AudioFileError, match="nofmt.wav"):
+    with pytest.raises(AudioFileError, match=r"nofmt\.wav"):
         read_wav(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -89,10 +90,8 @@ def _run(
     blocks: list[CapturedBlock] = []
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline and not until(health, blocks):
-        try:
+        with contextlib.suppress(queue.Empty):
             blocks.append(out.get(timeout=0.1))
-        except queue.Empty:
-            pass
     stop.set()
     sup.join(WAIT_SECONDS)
     assert not sup.is_alive()

@@ -35,8 +35,7 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
         shutil.which("pulseaudio") is None
-        or shutil.which("mosquitto") is None
-        and not Path("/usr/sbin/mosquitto").exists(),
+        or (shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists()),
         reason="needs pulseaudio and mosquitto (installed by the README's test command)",
     ),
 ]
@@ -275,7 +274,7 @@ def test_daemon_end_to_end(bundle: Path, tmp_path: Path) -> None:
         assert sub.wait_for(
             lambda m: len({e["event_id"] for e in _events(sub)}) >= 2, EVENT_TIMEOUT + 30
         ), daemon.log()
-        second_id = [e for e in _events(sub) if e["event_id"] != first[0]["event_id"]][0]
+        second_id = next(e for e in _events(sub) if e["event_id"] != first[0]["event_id"])
         assert second_id["type"] == "start"
         assert sub.wait_for(lambda m: _pending_in_outbox(outbox) == 0, 15)
         assert stored >= 1

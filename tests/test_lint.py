@@ -1,4 +1,4 @@
-"""ruff (lint + format) and mypy on the runtime package, as part of the test command."""
+"""ruff (lint + format) and mypy on the package, as part of the test command."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is installed by the test extra")
 def test_ruff_check() -> None:
     result = _run("ruff", "check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is installed by the test extra")
+def test_ruff_format() -> None:
+    result = _run("ruff", "format", "--check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
