@@ -5,7 +5,8 @@ Layout (DCASE 2023/2025 development sets)::
     ROOT/<section>/train/section_00_{source|target}_train_normal_NNNN_<attributes>.wav
     ROOT/<section>/test/section_00_{source|target}_test_{normal|anomaly}_NNNN_<attributes>.wav
 
-DCASE 2020 names (`normal_id_00_NNNNNNNN.wav`, `anomaly_id_00_...`) are read as source-only.
+DCASE 2020 names (`normal_id_00_NNNNNNNN.wav`, `anomaly_id_00_...`) are read as source-only,
+with one section per machine ID (`<folder>_id_00`, ...) when a folder holds several.
 ROOT may also be one section itself (it holds `train/` and `test/`).
 
 Per section: every train window is embedded into a memory bank (domain labels from the file
@@ -72,7 +73,6 @@ _DCASE2023_TEST = re.compile(
     r"section_(?P<number>\d+)_(?P<domain>source|target)_test_(?P<label>normal|anomaly)_"
 )
 _DCASE2020_TEST = re.compile(r"^(?P<label>normal|anomaly)_id_(?P<number>\d+)_")
-_SECTION_NUMBER = re.compile(r"section_(?P<number>\d+)_")
 _TARGET_TOKEN = re.compile(r"(^|_)target(_|$)")
 
 LAYOUT_HELP: Final = (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_asd import metrics
 
@@ -128,3 +130,31 @@ def test_section_errors() -> None:
         metrics.dcase_section_metrics([0, 1], [0.1, 0.2], ["source", "elsewhere"])
     with pytest.raises(ValueError, match="no source-domain normal"):
         metrics.dcase_section_metrics([0, 1], [0.1, 0.2], ["target", "target"])
+
+
+@st.composite
+def _labelled_scores(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    n = draw(st.integers(min_value=2, max_value=40))
+    labels = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    labels[0], labels[1] = False, True  # both classes present
+    # Few distinct values, so ties are common.
+    scores = draw(st.lists(st.integers(min_value=0, max_value=6), min_size=n, max_size=n))
+    return np.array(labels), np.array(scores, dtype=np.float64)
+
+
+@given(_labelled_scores())
+@settings(max_examples=200, deadline=None)
+def test_auc_properties(data: tuple[np.ndarray, np.ndarray]) -> None:
+    y, s = data
+    auc = metrics.roc_auc(y, s)
+    # Mann-Whitney: share of (positive, negative) pairs ranked right, ties one half.
+    pos, neg = s[y], s[~y]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert auc == pytest.approx(wins / (pos.size * neg.size))
+    # Flipping the labels mirrors the AUC; a monotone transform of the scores changes nothing.
+    assert metrics.roc_auc(~y, s) == pytest.approx(1 - auc)
+    assert metrics.roc_auc(y, np.exp(s / 3)) == pytest.approx(auc)
+    pauc = metrics.partial_auc(y, s)
+    assert metrics.partial_auc(y, 2 * s + 1) == pytest.approx(pauc)
+    # McClish range: the lowest possible area (all negatives first) gives 9/19, not 0.
+    assert 9 / 19 - 1e-12 <= pauc <= 1 + 1e-12

@@ -94,6 +94,15 @@ def test_fp32_export_meets_the_encoder_contract(exported, windows) -> None:
     model = onnx.load(str(fp32))
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"STFT", "DFT"}  # the front end is one Conv, not the slow STFT op
+    assert "Pad" not in ops  # TF-SAME pads are folded into the convolutions
+    conv_pads = [
+        list(onnx.helper.get_attribute_value(a))
+        for n in model.graph.node
+        if n.op_type == "Conv"
+        for a in n.attribute
+        if a.name == "pads"
+    ]
+    assert [0, 0, 1, 1] in conv_pads  # stride 2 on an even size: nothing before, 1 after
     assert front_end_nodes(model) and "Log" in ops
 
 

@@ -406,3 +406,37 @@ def test_hybrid_emulation_changes_little_and_only_where_flagged() -> None:
     assert not torch.equal(a, b)
     cos = torch.nn.functional.cosine_similarity(a, b)
     assert (cos > 0.99).all()
+
+
+def test_equalization_keeps_every_output_and_narrows_channel_ranges() -> None:
+    torch.manual_seed(5)
+    port = YamnetPort(TINY).eval()
+    with torch.no_grad():  # make the channel ranges very uneven, as in YAMNet's last layers
+        port.convs()[-2].conv.weight.mul_(torch.logspace(-2, 1, 8).view(-1, 1, 1, 1))
+    x = torch.randn(4, 16_000) * 0.1
+    with torch.no_grad():
+        before = port(x)
+    prepared = port.prepare_int8_export(x)
+    stats = prepared.equalize_activation_ranges(x)  # a second pass: already even
+    with torch.no_grad():
+        after = prepared(x)
+        again = port(x)
+    assert stats["spread_after"] <= stats["spread_before"]
+    torch.testing.assert_close(after.embedding, before.embedding, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(after.logits, before.logits, rtol=1e-4, atol=1e-5)
+    for a, b in zip(after.layers, before.layers, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again.embedding, before.embedding)  # the original is untouched
+    assert not any(k.endswith("_scale") for k in prepared.state_dict())  # never checkpointed
+    relu6 = YamnetPort(
+        YamnetConfig(
+            first_channels=4, blocks=((8, 1),), num_classes=2, mel_bands=8, activation="RELU6"
+        )
+    )
+    with pytest.raises(ValueError, match="ReLU6"):
+        relu6.equalize_activation_ranges(x)
+
+
+def test_int8_sensitive_scopes_cover_the_last_layers_only_for_the_final_embedding() -> None:
+    assert YamnetPort(TINY).int8_sensitive_scopes() == ("/layers.1/", "/layers.2/", "/layers.3/")
+    assert YamnetPort(TINY, embedding_layer=3).int8_sensitive_scopes() == ()

@@ -63,7 +63,7 @@ FRONT_END_SCOPE: Final = "front_end"
 TIMING_WARMUP_RUNS: Final = 5
 TIMING_RUNS: Final = 100
 PERCENTILE_LOW: Final = 5
-DEFAULT_CALIBRATION_PERCENTILE: Final = 99.999
+DEFAULT_CALIBRATION_PERCENTILE: Final = 99.99
 """For CalibrationMethod.Percentile: the share of |activation| values the range covers."""
 _FLOAT_TAIL_OPS: Final = ("ReduceMean", "GlobalAveragePool", "Mul", "Add", "Div")
 MS_PER_S: Final = 1000.0
@@ -322,9 +322,10 @@ def quantize_int8(
     *,
     exclude_front_end: bool = True,
     per_channel: bool = True,
-    method: CalibrationMethod = CalibrationMethod.MinMax,
+    method: CalibrationMethod = CalibrationMethod.Percentile,
     percentile: float = DEFAULT_CALIBRATION_PERCENTILE,
     wide_activation_scopes: Sequence[str] = (),
+    float_scopes: Sequence[str] = (),
 ) -> Path:
     """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations).
 
@@ -332,7 +333,8 @@ def quantize_int8(
     float because raw audio and spectra need more than 8 bits of range, and so do the pooled
     embedding and what follows it. Activations of nodes whose name contains one of
     `wide_activation_scopes` get 16-bit quantisation: their convs keep int8 weights (file size)
-    but run in float, for layers whose channels span ranges 8 bits cannot hold.
+    but run in float, for layers whose channels span ranges 8 bits cannot hold. Nodes under
+    `float_scopes` stay float altogether (weights too).
     """
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     windows = np.asarray(calibration_windows, dtype=np.float32)
@@ -349,6 +351,9 @@ def quantize_int8(
         prepared_model = onnx.load(str(prepared))
         excluded = front_end_nodes(prepared_model) if exclude_front_end else []
         excluded += pooling_tail_nodes(prepared_model)
+        excluded += [
+            n.name for n in prepared_model.graph.node if any(s in n.name for s in float_scopes)
+        ]
         wide = _wide_activations(prepared_model, wide_activation_scopes)
         quantize_static(
             str(prepared),
@@ -482,15 +487,26 @@ def export_int8(
     window_samples: int = DEFAULT_WINDOW_SAMPLES,
     min_cosine: float = MIN_MEDIAN_COSINE,
     wide_activation_scopes: Sequence[str] | None = None,
+    method: CalibrationMethod = CalibrationMethod.Percentile,
+    percentile: float = DEFAULT_CALIBRATION_PERCENTILE,
 ) -> ExportResult:
     """fp32 export, int8 quantisation and parity check; writes `<name>-parity.json` too.
 
-    `wide_activation_scopes` None asks the student (`int8_sensitive_scopes()`, if it has one).
-    Raises ParityError (after writing the report) when int8 parity is below `min_cosine`.
+    A student with `prepare_int8_export(windows)` (the YAMNet port: activation-range
+    equalisation, outputs unchanged) is exported through it, and fp32 and int8 files come
+    from the same prepared copy. `wide_activation_scopes` None asks the student
+    (`int8_sensitive_scopes()`, if it has one); so does the float-kept part
+    (`int8_float_scopes()`). Raises ParityError (after writing the
+    report) when int8 parity is below `min_cosine`.
     """
     if wide_activation_scopes is None:
         sensitive = getattr(student, "int8_sensitive_scopes", None)
         wide_activation_scopes = tuple(sensitive()) if callable(sensitive) else ()
+    float_hook = getattr(student, "int8_float_scopes", None)
+    float_scopes = tuple(float_hook()) if callable(float_hook) else ()
+    prepare = getattr(student, "prepare_int8_export", None)
+    if callable(prepare):
+        student = prepare(torch.from_numpy(np.asarray(calibration_windows, np.float32)))
     out_dir = Path(out_dir)
     fp32_path = export_onnx(
         student,
@@ -503,16 +519,28 @@ def export_int8(
         fp32_path,
         out_dir / f"{name}-int8.onnx",
         calibration_windows,
+        method=method,
+        percentile=percentile,
         wide_activation_scopes=wide_activation_scopes,
+        float_scopes=float_scopes,
     )
     report_path = out_dir / f"{name}-parity.json"
+    settings = {
+        "wide_activation_scopes": list(wide_activation_scopes),
+        "float_scopes": list(float_scopes),
+        "calibration": {
+            "method": method.name,
+            "percentile": percentile,
+            "windows": len(calibration_windows),
+        },
+    }
     try:
         report = parity_report(fp32_path, int8_path, parity_windows, min_cosine=min_cosine)
     except ParityError as exc:
-        exc.report["wide_activation_scopes"] = list(wide_activation_scopes)
+        exc.report.update(settings)
         report_path.write_text(json.dumps(exc.report, indent=2) + "\n")
         raise
-    report["wide_activation_scopes"] = list(wide_activation_scopes)
+    report.update(settings)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(fp32_path=fp32_path, int8_path=int8_path, report=report)
 
