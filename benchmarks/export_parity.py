@@ -1,8 +1,8 @@
 """Export the un-fine-tuned YAMNet port to fp32 + int8 ONNX and measure parity, speed and size.
 
     python benchmarks/export_parity.py --tflite ../shared/models/yamnet.tflite \
-        --audio ../shared/data --out /tmp/yamnet-port --layers final 12 10 8 6 \
-        --install final
+        --audio ../shared/data --out /tmp/yamnet-port --layers 6 final 13 12 10 8 4 \
+        --install 6
 
 Calibration uses windows from every other recording, parity the windows of the others (both
 include machine sound and noise). For each embedding layer: fp32 and int8 files, int8/fp32
@@ -40,6 +40,7 @@ _LOGGER = logging.getLogger("export_parity")
 
 MODEL_NAME = "yamnet-port"
 MODEL_VERSION = "1.0.0"
+"""Suffixed with the embedding layer: "1.0.0-layer6"."""
 INSTALL_PATH = Path(__file__).resolve().parents[1] / "edge_asd" / "models" / "yamnet-port-int8.onnx"
 MAX_INSTALL_MB = 5.0
 WINDOWS_PER_FILE = 4
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 port,
                 out_dir,
                 name=MODEL_NAME,
-                version=MODEL_VERSION,
+                version=f"{MODEL_VERSION}-layer{layer_arg}",
                 calibration_windows=calibration,
                 parity_windows=parity,
             )

@@ -3,8 +3,15 @@
 On disk a bundle is a directory with two files:
 
 - ``bank.npz``: ``embeddings`` float32 [N, D] (L2-normalised), ``rho`` float32 [N] and, when the
-  calibration had them, ``labels`` (unicode [N]). Loaded with ``allow_pickle=False``.
-- ``bundle.json``: every other field, human-readable.
+  calibration had them, ``labels`` (unicode [N]) and ``groups`` / ``positions`` (int64 [N]: the
+  clip or stretch each window came from and its window index there, which decided the
+  neighbours kept out of rho). Loaded with ``allow_pickle=False``.
+- ``bundle.json``: every other field, human-readable, including ``rho_scope`` and
+  ``exclusion_windows``.
+
+Bundles written before groups existed (no ``has_groups`` key) still load, as format_version 1:
+they read as rho_scope "all" without groups, which is what they were calibrated with. Scoring
+never recomputes rho (the stored one is used), so their scores do not change.
 
 Saving is crash-safe: both files are written and fsynced in a temporary directory next to the
 target, which is then renamed into place. An existing bundle is first renamed aside and only
@@ -30,11 +37,14 @@ from typing import Any, Final
 import numpy as np
 
 from edge_asd.encoder import ModelInfo
-from edge_asd.memory_bank import SCORE_METHODS, MemoryBank
+from edge_asd.memory_bank import NO_EXCLUSION, RHO_SCOPES, SCORE_METHODS, MemoryBank
 
 _LOGGER = logging.getLogger(__name__)
 
 FORMAT_VERSION: Final = 1
+"""Groups and positions were added without a bump: their absence reads as the old behaviour."""
+LEGACY_RHO_SCOPE: Final = "all"
+"""rho_scope of a bundle that predates groups (rho over every other window)."""
 BANK_FILE: Final = "bank.npz"
 META_FILE: Final = "bundle.json"
 BUNDLE_ID_HEX_CHARS: Final = 12
@@ -88,6 +98,14 @@ class Bundle:
     sample_rate: int
     """Hertz."""
     sources: list[str] = field(default_factory=list)
+    groups: np.ndarray | None = None
+    """int64 [N] clip (or contiguous stretch) of each entry, or None (older bundles)."""
+    positions: np.ndarray | None = None
+    """int64 [N] window index of each entry within its clip, or None."""
+    rho_scope: str = LEGACY_RHO_SCOPE
+    """Which same-clip entries were kept out of rho (memory_bank.RhoScope)."""
+    exclusion_windows: int = NO_EXCLUSION
+    """Same-group entries closer than this many windows were not neighbours for rho."""
     created: str = field(default_factory=utc_now_iso)
     """ISO 8601 UTC."""
     format_version: int = FORMAT_VERSION
@@ -104,6 +122,12 @@ class Bundle:
         self.window_samples = int(self.window_samples)
         self.hop_samples = int(self.hop_samples)
         self.sample_rate = int(self.sample_rate)
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups, dtype=np.int64)
+        if self.positions is not None:
+            self.positions = np.asarray(self.positions, dtype=np.int64)
+        self.rho_scope = str(self.rho_scope)
+        self.exclusion_windows = int(self.exclusion_windows)
         if not self.bundle_id:
             self.bundle_id = make_bundle_id(self.embeddings, self.threshold, self.model.sha256)
 
@@ -113,7 +137,15 @@ class Bundle:
 
     def memory_bank(self) -> MemoryBank:
         """The bank with the stored rho (no recomputation)."""
-        return MemoryBank(self.embeddings, k=self.k, labels=self.labels, rho=self.rho)
+        return MemoryBank(
+            self.embeddings,
+            k=self.k,
+            labels=self.labels,
+            rho=self.rho,
+            groups=self.groups,
+            positions=self.positions,
+            exclusion_windows=self.exclusion_windows,
+        )
 
     def metadata(self) -> dict[str, Any]:
         """Everything except the arrays, as JSON-ready values."""
@@ -134,6 +166,9 @@ class Bundle:
             "n_entries": self.size,
             "embedding_dim": int(self.embeddings.shape[1]) if self.embeddings.ndim == 2 else 0,
             "has_labels": self.labels is not None,
+            "has_groups": self.groups is not None,
+            "rho_scope": self.rho_scope,
+            "exclusion_windows": self.exclusion_windows,
             "sources": list(self.sources),
         }
 
@@ -167,6 +202,9 @@ def save_bundle(bundle: Bundle, out_dir: str | os.PathLike[str]) -> Path:
         arrays: dict[str, np.ndarray] = {"embeddings": bundle.embeddings, "rho": bundle.rho}
         if bundle.labels is not None:
             arrays["labels"] = np.asarray(bundle.labels, dtype=np.str_)
+        if bundle.groups is not None and bundle.positions is not None:
+            arrays["groups"] = bundle.groups
+            arrays["positions"] = bundle.positions
         with open(tmp / BANK_FILE, "wb") as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]
             fh.flush()
@@ -225,9 +263,16 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_bank(
-    directory: Path, has_labels: bool
-) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+@dataclass(frozen=True)
+class _BankArrays:
+    embeddings: np.ndarray
+    rho: np.ndarray
+    labels: list[str] | None
+    groups: np.ndarray | None
+    positions: np.ndarray | None
+
+
+def _read_bank(directory: Path, has_labels: bool, has_groups: bool) -> _BankArrays:
     bank_path = directory / BANK_FILE
     if not bank_path.is_file():
         raise BundleError(f"bundle {directory}: {BANK_FILE} is missing")
@@ -236,11 +281,16 @@ def _read_bank(
             embeddings = np.asarray(npz["embeddings"], dtype=np.float32)
             rho = np.asarray(npz["rho"], dtype=np.float32)
             labels = [str(x) for x in npz["labels"]] if has_labels else None
+            groups = np.asarray(npz["groups"]) if has_groups else None
+            positions = np.asarray(npz["positions"]) if has_groups else None
     except KeyError as exc:
         raise BundleError(f"bundle {directory}: {BANK_FILE} lacks array {exc}") from exc
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise BundleError(f"bundle {directory}: {BANK_FILE} is corrupt ({exc})") from exc
-    return embeddings, rho, labels
+    for name, arr in (("groups", groups), ("positions", positions)):
+        if arr is not None and not np.issubdtype(arr.dtype, np.integer):
+            raise BundleError(f"bundle {directory}: {name} in {BANK_FILE} are not integers")
+    return _BankArrays(embeddings, rho, labels, groups, positions)
 
 
 def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = None) -> Bundle:
@@ -258,11 +308,17 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
         has_labels = bool(meta["has_labels"])
         n_entries = int(meta["n_entries"])
         dim = int(meta["embedding_dim"])
-        embeddings, rho, labels = _read_bank(path, has_labels)
+        # Bundles from before groups existed lack these keys: the legacy behaviour.
+        has_groups = bool(meta.get("has_groups", False))
+        bank = _read_bank(path, has_labels, has_groups)
         bundle = Bundle(
-            embeddings=embeddings,
-            rho=rho,
-            labels=labels,
+            embeddings=bank.embeddings,
+            rho=bank.rho,
+            labels=bank.labels,
+            groups=bank.groups,
+            positions=bank.positions,
+            rho_scope=str(meta.get("rho_scope", LEGACY_RHO_SCOPE)),
+            exclusion_windows=int(meta.get("exclusion_windows", NO_EXCLUSION)),
             k=int(meta["k"]),
             method=str(meta["method"]),
             threshold=float(meta["threshold"]),
@@ -305,6 +361,17 @@ def _validate(bundle: Bundle, path: Path, n_entries: int, dim: int) -> None:
     if bundle.labels is not None and len(bundle.labels) != n_entries:
         raise BundleError(
             f"bundle {path}: {len(bundle.labels)} labels for {n_entries} bank entries"
+        )
+    for name, arr in (("groups", bundle.groups), ("positions", bundle.positions)):
+        if arr is not None and arr.shape != (n_entries,):
+            raise BundleError(
+                f"bundle {path}: {name} has shape {arr.shape}, expected ({n_entries},)"
+            )
+    if bundle.rho_scope not in RHO_SCOPES:
+        raise BundleError(f"bundle {path}: unknown rho_scope {bundle.rho_scope!r}")
+    if bundle.exclusion_windows < 0:
+        raise BundleError(
+            f"bundle {path}: exclusion_windows {bundle.exclusion_windows} is negative"
         )
     if not (np.all(np.isfinite(emb)) and np.all(np.isfinite(rho)) and np.all(rho >= 0)):
         raise BundleError(f"bundle {path}: bank contains NaN, inf or negative rho")

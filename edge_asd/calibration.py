@@ -9,6 +9,11 @@ neighbours would underestimate normal scores. Windows are split into folds
   a window of another fold in time are left out of the held-out scoring (they stay in the banks),
 
 and each fold is scored against a bank built, with its own rho, from the other folds.
+
+Every bank entry carries its group (the clip it came from; with contiguous folds, the part of a
+clip inside one stretch, so that a single long recording still has several groups) and its window
+index in the clip; `rho_scope` (memory_bank.RhoScope) decides which same-group entries are kept
+out of rho. The final bank and every held-out fold's bank follow the same rule.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ from edge_asd.constants import (
     SAMPLE_RATE_HZ,
     seconds_to_samples,
 )
-from edge_asd.memory_bank import DEFAULT_SCORE_METHOD, RHO_FLOOR, SCORE_METHODS, MemoryBank
+from edge_asd.memory_bank import (
+    DEFAULT_SCORE_METHOD,
+    RHO_FLOOR,
+    RHO_SCOPES,
+    SCORE_METHODS,
+    MemoryBank,
+    exclusion_windows_for,
+)
 from edge_asd.scoring import (
     EMBED_BATCH_WINDOWS,
     EmbeddingModel,
@@ -73,6 +85,8 @@ DEFAULT_THRESHOLD_METHOD: Final = "gamma"
 DEFAULT_THRESHOLD_PERCENTILE: Final = 0.995
 DEFAULT_FOLDS: Final = 5
 DEFAULT_MIN_WINDOWS: Final = 60
+DEFAULT_RHO_SCOPE: Final = "all"
+"""Chosen on the development set (docs/benchmarks.md, "Detection on the development sets")."""
 
 
 @dataclass(frozen=True, init=False)
@@ -99,6 +113,8 @@ class CalibrationSettings:
     """Fraction of held-out normal windows under the threshold."""
     folds: int
     min_windows: int
+    rho_scope: str
+    """Which same-clip bank entries are kept out of rho_K: all, non_overlapping, other_groups."""
 
     def __init__(
         self,
@@ -111,6 +127,7 @@ class CalibrationSettings:
         threshold_percentile: float = DEFAULT_THRESHOLD_PERCENTILE,
         folds: int = DEFAULT_FOLDS,
         min_windows: int = DEFAULT_MIN_WINDOWS,
+        rho_scope: str = DEFAULT_RHO_SCOPE,
         method: str | None = None,
     ) -> None:
         if scoring is not None and method is not None and scoring != method:
@@ -125,6 +142,7 @@ class CalibrationSettings:
             "threshold_percentile": float(threshold_percentile),
             "folds": int(folds),
             "min_windows": int(min_windows),
+            "rho_scope": str(rho_scope),
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)  # frozen: the dataclass way around it
@@ -133,6 +151,11 @@ class CalibrationSettings:
     def method(self) -> str:
         """Alias of `scoring`."""
         return self.scoring
+
+    @property
+    def exclusion_windows(self) -> int:
+        """memory_bank exclusion_windows for `rho_scope` at this window and hop."""
+        return exclusion_windows_for(self.rho_scope, self.window_samples, self.hop_samples)
 
     @property
     def window_seconds(self) -> float:
@@ -165,6 +188,8 @@ class CalibrationSettings:
             raise CalibrationError(f"k {self.k} must be at least 1")
         if self.min_windows < 1:
             raise CalibrationError(f"min_windows {self.min_windows} must be at least 1")
+        if self.rho_scope not in RHO_SCOPES:
+            raise CalibrationError(f"rho_scope {self.rho_scope!r} is not one of {RHO_SCOPES}")
 
 
 @dataclass(frozen=True)
@@ -243,15 +268,62 @@ def assign_folds(
     return folds, mask, "contiguous"
 
 
+def window_groups(
+    window_counts: Sequence[int], folds: np.ndarray, scheme: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(group, position) int64 per window, for the bank's rho exclusion.
+
+    position = window index within its clip. group = the clip index for whole-clip folds; for
+    contiguous folds, one group per (clip, stretch) pair, numbered in timeline order, so that a
+    single long recording is split into independent stretches. (The one overlapping pair at a
+    stretch boundary then counts as independent: a negligible leak.)
+    """
+    counts = np.asarray([int(c) for c in window_counts], dtype=np.int64)
+    clip_ids = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+    starts = np.cumsum(counts) - counts
+    positions = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
+    if scheme == "clips":
+        return clip_ids, positions
+    folds = np.asarray(folds, dtype=np.int64)
+    if clip_ids.size == 0:
+        return clip_ids, positions
+    # A new group wherever the clip or the stretch changes along the timeline.
+    change = np.ones(clip_ids.size, dtype=bool)
+    change[1:] = (clip_ids[1:] != clip_ids[:-1]) | (folds[1:] != folds[:-1])
+    return np.cumsum(change) - 1, positions
+
+
+def bank_for(
+    embeddings: np.ndarray,
+    settings: CalibrationSettings,
+    *,
+    groups: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    labels: Sequence[str] | None = None,
+) -> MemoryBank:
+    """A MemoryBank with `settings`' k and rho scope (no exclusion without groups)."""
+    return MemoryBank(
+        embeddings,
+        k=settings.k,
+        labels=labels,
+        groups=groups,
+        positions=positions,
+        exclusion_windows=settings.exclusion_windows if groups is not None else 0,
+    )
+
+
 def heldout_scores(
     embeddings: np.ndarray,
     folds: np.ndarray,
     settings: CalibrationSettings,
     *,
     score_mask: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scores float32 of the windows where `score_mask` is true (all when None), in window order,
-    each against a bank (own rho) of the windows of all OTHER folds."""
+    each against a bank (own rho, with `settings.rho_scope` applied through `groups` and
+    `positions` when given) of the windows of all OTHER folds."""
     folds = np.asarray(folds)
     if folds.shape != (embeddings.shape[0],):
         raise ValueError(f"folds has shape {folds.shape}, expected ({embeddings.shape[0]},)")
@@ -268,7 +340,17 @@ def heldout_scores(
                 f"fold {fold} leaves {n_bank} bank windows, too few for k={settings.k}; "
                 "give more audio or fewer folds"
             )
-        bank = MemoryBank(embeddings[~in_fold], k=settings.k)
+        try:
+            bank = bank_for(
+                embeddings[~in_fold],
+                settings,
+                groups=None if groups is None else np.asarray(groups)[~in_fold],
+                positions=None if positions is None else np.asarray(positions)[~in_fold],
+            )
+        except ValueError as exc:
+            raise CalibrationError(
+                f"fold {fold}: {exc} (rho_scope {settings.rho_scope!r})"
+            ) from exc
         out[held] = bank.score(embeddings[held], settings.scoring)
     return out[mask]
 
@@ -426,7 +508,10 @@ def calibrate(
 
     embeddings = _embed_all(checked, counts, encoder, settings, progress)
     folds, mask, scheme = assign_folds(counts, settings)
-    scores = heldout_scores(embeddings, folds, settings, score_mask=mask)
+    groups, positions = window_groups(counts, folds, scheme)
+    scores = heldout_scores(
+        embeddings, folds, settings, score_mask=mask, groups=groups, positions=positions
+    )
     threshold = fit_threshold(scores, settings.threshold_method, settings.threshold_percentile)
     normal_stats = normal_score_stats(scores)
     normal_stats.update(
@@ -452,7 +537,10 @@ def calibrate(
             for clip, count in zip(clips, counts, strict=True)
             for _ in range(count)
         ]
-    bank = MemoryBank(embeddings, k=settings.k, labels=labels)
+    try:
+        bank = bank_for(embeddings, settings, groups=groups, positions=positions, labels=labels)
+    except ValueError as exc:
+        raise CalibrationError(f"{exc} (rho_scope {settings.rho_scope!r})") from exc
     n_duplicates = int(np.count_nonzero(bank.rho < RHO_FLOOR))
     if n_duplicates:
         # Exact repeats (looped files, digital silence) make rho_K zero, which inflates the
@@ -468,6 +556,10 @@ def calibrate(
         embeddings=bank.embeddings,
         rho=bank.rho,
         labels=labels,
+        groups=groups,
+        positions=positions,
+        rho_scope=settings.rho_scope,
+        exclusion_windows=bank.exclusion_windows,
         k=settings.k,
         method=settings.scoring,
         threshold=threshold,

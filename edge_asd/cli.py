@@ -211,6 +211,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             encoder,
             method=args.scoring,
             k=args.k,
+            rho_scope=args.rho_scope,
             window_samples=_samples(args.window_seconds),
             hop_samples=_samples(args.hop_seconds),
             aggregate=args.aggregate,
@@ -316,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="encoder ONNX path or bundled name")
     ev.add_argument("--scoring", choices=["density", "raw", "difference"], default="density")
     ev.add_argument("--k", type=_positive_int, default=1, help="neighbours for rho_K")
+    ev.add_argument(
+        "--rho-scope",
+        choices=["all", "non_overlapping", "other_groups"],
+        default=None,
+        help="bank entries kept out of rho_K: none (all), the same clip's overlapping windows "
+        "(non_overlapping) or the whole clip (other_groups); default: calibration's",
+    )
     ev.add_argument("--aggregate", choices=["mean", "max"], default="mean")
     ev.add_argument("--window-seconds", type=_positive_float, default=1.0)
     ev.add_argument("--hop-seconds", type=_positive_float, default=0.5)

@@ -123,6 +123,15 @@ class CalibrationConfig(_Section):
     threshold_percentile: float = Field(0.995, gt=0.5, lt=1.0)
     folds: int = Field(5, ge=2, le=50)
     min_windows: int = Field(60, ge=10)
+    rho_scope: Literal["all", "non_overlapping", "other_groups"] = Field(
+        "all",
+        description=(
+            "Bank windows kept out of each window's local density rho_K: none (all), the "
+            "windows of the same clip that overlap it in time (non_overlapping), or every "
+            "window of the same clip or contiguous stretch (other_groups). Overlapping windows "
+            "are near-duplicates, so with them rho measures clip smoothness, not domain density."
+        ),
+    )
 
 
 class Config(_Section):

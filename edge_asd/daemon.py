@@ -301,8 +301,14 @@ class Daemon:
             self.encoder.info.name,
             self.encoder.info.version,
         )
-        self._main_loop()
-        return self._shutdown()
+        try:
+            self._main_loop()
+        finally:
+            # Whatever went wrong in the main loop, stop the workers and flush: never leave a
+            # process that systemd sees as alive with its threads half torn down.
+            self.stop_event.set()
+            code = self._shutdown()
+        return code
 
     def _main_loop(self) -> None:
         next_stats = time.monotonic() + self.config.stats_interval_seconds
@@ -533,6 +539,13 @@ class Daemon:
         return float(np.percentile(history, q))
 
     def _publish_stats(self) -> None:
+        try:
+            self._publish_stats_now()
+        except Exception:
+            # Telemetry must never take the daemon down.
+            _LOGGER.exception("could not publish stats")
+
+    def _publish_stats_now(self) -> None:
         totals = [s.totals() for s in self.supervisors]
         publisher_stats = self.publisher.stats()
         message = StatsMessage(

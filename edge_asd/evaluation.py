@@ -33,14 +33,17 @@ from tqdm import tqdm
 
 from edge_asd.audio_file import AudioFileError, read_wav
 from edge_asd.calibration import (
+    DEFAULT_RHO_SCOPE,
     CalibrationError,
     CalibrationSettings,
     assign_folds,
+    bank_for,
     fit_threshold,
     heldout_scores,
+    window_groups,
 )
 from edge_asd.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
-from edge_asd.memory_bank import SCORE_METHODS, MemoryBank
+from edge_asd.memory_bank import SCORE_METHODS
 from edge_asd.metrics import SOURCE, TARGET, dcase_section_metrics, harmonic_mean
 from edge_asd.scoring import (
     EMBED_BATCH_WINDOWS,
@@ -394,11 +397,32 @@ def _evaluate_section(
             raise EvaluationError(
                 f"section {section.name}: {n_windows} train windows, need more than k={settings.k}"
             )
-        bank = MemoryBank(train.embeddings, k=settings.k, labels=train.labels)
+        # Groups come from the fold assignment (clips, or stretches of one long clip), as in
+        # calibration, so the section's bank and the held-out banks exclude the same neighbours.
+        folds, mask, scheme = assign_folds(train.window_counts, settings)
+        groups, positions = window_groups(train.window_counts, folds, scheme)
+        try:
+            bank = bank_for(
+                train.embeddings,
+                settings,
+                groups=groups,
+                positions=positions,
+                labels=train.labels,
+            )
+        except ValueError as exc:
+            raise EvaluationError(
+                f"section {section.name}: {exc} (rho_scope {settings.rho_scope!r})"
+            ) from exc
         threshold: float | None = None
         try:
-            folds, mask, _ = assign_folds(train.window_counts, settings)
-            held = heldout_scores(train.embeddings, folds, settings, score_mask=mask)
+            held = heldout_scores(
+                train.embeddings,
+                folds,
+                settings,
+                score_mask=mask,
+                groups=groups,
+                positions=positions,
+            )
             threshold = fit_threshold(
                 held, settings.threshold_method, settings.threshold_percentile
             )
@@ -480,6 +504,7 @@ def evaluate(
     *,
     method: str = "density",
     k: int = 1,
+    rho_scope: str | None = None,
     window_samples: int | None = None,
     hop_samples: int | None = None,
     aggregate: str = "mean",
@@ -491,7 +516,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate `encoder` + memory bank on every section under ROOT; write CSVs and results.json.
 
-    `window_samples` defaults to the model's window, `hop_samples` to 0.5 s (16 kHz samples).
+    `window_samples` defaults to the model's window, `hop_samples` to 0.5 s (16 kHz samples);
+    `rho_scope` (memory_bank.RhoScope) to calibration's default.
     Returns the results dict that is also written to OUT_DIR/results.json.
     """
     if method not in SCORE_METHODS:
@@ -514,6 +540,7 @@ def evaluate(
         threshold_method=threshold_method,
         threshold_percentile=threshold_percentile,
         folds=DEFAULT_FOLDS,
+        rho_scope=DEFAULT_RHO_SCOPE if rho_scope is None else rho_scope,
     )
     try:
         settings.check()
@@ -551,6 +578,7 @@ def evaluate(
         "scoring": {
             "method": method,
             "k": k,
+            "rho_scope": settings.rho_scope,
             "window_seconds": window / SAMPLE_RATE_HZ,
             "hop_seconds": hop / SAMPLE_RATE_HZ,
             "aggregate": aggregate,
@@ -600,7 +628,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     lines.append(f"Official score (harmonic mean): {_pct(results['official_score'])} %")
     lines.append(
         f"Model {model['name']} v{model['version']} (sha256 {str(model['sha256'])[:12]}), "
-        f"scoring {scoring['method']} k={scoring['k']}, window {scoring['window_seconds']:g} s, "
+        f"scoring {scoring['method']} k={scoring['k']} "
+        f"rho_scope={scoring.get('rho_scope', 'all')}, window {scoring['window_seconds']:g} s, "
         f"hop {scoring['hop_seconds']:g} s, clip score = {scoring['aggregate']} of windows"
     )
     return "\n".join(lines)

@@ -8,11 +8,21 @@ The score of a query x against the reference set R (docs/method.md, section 1):
 
 with the cosine distance d(x, y) = (1 - x.y) / 2 on L2-normalised embeddings (in [0, 1]) and
 rho_K(y) the mean distance of y to its K nearest OTHER items of R.
+
+Which items count as "other" for rho: the paper computes rho over independent reference items,
+but a bank of 50 %-overlapping windows holds near-duplicates of every entry (its neighbours in
+time), so rho_1 would measure how smooth a clip is rather than how dense the domain is. With
+per-entry ``groups`` (the clip or contiguous stretch a window came from) and ``positions``
+(window index within it), entries of one group whose positions differ by less than
+``exclusion_windows`` are never each other's neighbours for rho (see ``RhoScope``). Exact
+duplicates in different groups still count, with distance 0. Query scoring is unaffected: a
+query is never in the bank.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Final, Literal, get_args
 
@@ -23,6 +33,20 @@ _LOGGER = logging.getLogger(__name__)
 ScoreMethod = Literal["density", "difference", "raw"]
 SCORE_METHODS: Final[tuple[str, ...]] = get_args(ScoreMethod)
 DEFAULT_SCORE_METHOD: Final = "density"
+
+RhoScope = Literal["all", "non_overlapping", "other_groups"]
+"""Which bank entries may be neighbours of an entry y for rho_K(y):
+
+- ``all``: every other entry (the original behaviour, and what a bank without groups does);
+- ``non_overlapping``: not the windows of y's group that overlap y in time;
+- ``other_groups``: only entries of other groups (clips / stretches).
+"""
+RHO_SCOPES: Final[tuple[str, ...]] = get_args(RhoScope)
+
+NO_EXCLUSION: Final = 0
+"""exclusion_windows for the ``all`` scope: only the entry itself is excluded (by index)."""
+WHOLE_GROUP: Final = np.iinfo(np.int64).max
+"""exclusion_windows for the ``other_groups`` scope: larger than any position difference."""
 
 RHO_FLOOR: Final = float(np.finfo(np.float32).eps)
 """Distance units. Exact duplicates in the bank have rho = 0; the floor keeps the ratio finite."""
@@ -56,16 +80,66 @@ def _cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d
 
 
-def compute_rho(normalised: np.ndarray, k: int) -> np.ndarray:
+def exclusion_windows_for(scope: str, window_samples: int, hop_samples: int) -> int:
+    """exclusion_windows that implements `scope` for windows of `window_samples` every
+    `hop_samples`: windows whose index differs by less than ceil(window / hop) overlap in time."""
+    if scope not in RHO_SCOPES:
+        raise ValueError(f"unknown rho scope {scope!r}; expected one of {RHO_SCOPES}")
+    if window_samples <= 0 or hop_samples <= 0:
+        raise ValueError(
+            f"window_samples ({window_samples}) and hop_samples ({hop_samples}) must be positive"
+        )
+    if scope == "all":
+        return NO_EXCLUSION
+    if scope == "other_groups":
+        return int(WHOLE_GROUP)
+    return math.ceil(window_samples / hop_samples)
+
+
+def _check_groups(
+    groups: np.ndarray | Sequence[int] | None,
+    positions: np.ndarray | Sequence[int] | None,
+    n: int,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """int64 copies of groups and positions, validated; both given or neither."""
+    if groups is None and positions is None:
+        return None, None
+    if groups is None or positions is None:
+        raise ValueError("groups and positions must be given together")
+    g = np.asarray(groups)
+    p = np.asarray(positions)
+    for name, arr in (("groups", g), ("positions", p)):
+        if arr.shape != (n,):
+            raise ValueError(f"{name} has shape {arr.shape} but the bank has {n} entries")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+    return g.astype(np.int64), p.astype(np.int64)
+
+
+def compute_rho(
+    normalised: np.ndarray,
+    k: int,
+    *,
+    groups: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    exclusion_windows: int = NO_EXCLUSION,
+) -> np.ndarray:
     """rho_K for every row of an L2-normalised [N, D] bank, float32 [N].
 
     Self-matches are excluded by index, not by distance, so exact duplicates count with distance
-    0. Rows are processed in chunks so that N x N is never materialised (N = 50 000 stays within
-    a few hundred MB).
+    0. With `groups` and `positions`, entries of the same group whose positions differ by less
+    than `exclusion_windows` are not neighbours either (0 or no groups: only the entry itself).
+    Rows are processed in chunks so that N x N is never materialised (N = 50 000 stays within
+    a few hundred MB). Raises ValueError when an entry has fewer than k allowed neighbours.
     """
     n = normalised.shape[0]
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, {n - 1}] for a bank of {n} entries, got {k}")
+    if exclusion_windows < 0:
+        raise ValueError(f"exclusion_windows must be >= 0, got {exclusion_windows}")
+    g, p = _check_groups(groups, positions, n)
+    # A position difference < 1 is the entry itself, which is excluded anyway.
+    exclude = g is not None and p is not None and exclusion_windows > 1
     rho = np.empty(n, dtype=np.float32)
     step = _rows_per_chunk(n)
     for start in range(0, n, step):
@@ -74,10 +148,30 @@ def compute_rho(normalised: np.ndarray, k: int) -> np.ndarray:
         sims = normalised[start:stop] @ normalised.T
         rows = np.arange(stop - start)
         sims[rows, start + rows] = -np.inf
+        if exclude:
+            assert g is not None and p is not None  # for mypy: implied by `exclude`
+            # A bool [rows, N] block is a quarter of the float one; the position test then
+            # runs only on the (few) same-group pairs.
+            same = g[start:stop, np.newaxis] == g[np.newaxis, :]
+            if exclusion_windows >= WHOLE_GROUP:
+                sims[same] = -np.inf
+            else:
+                r_idx, c_idx = np.nonzero(same)
+                close = np.abs(p[start + r_idx] - p[c_idx]) < exclusion_windows
+                sims[r_idx[close], c_idx[close]] = -np.inf
         if k == 1:
             top = sims.max(axis=1, keepdims=True)  # much faster than a partition
         else:
             top = np.partition(sims, n - k, axis=1)[:, n - k :]
+        starved = np.isneginf(top).any(axis=1)
+        if starved.any():
+            first = start + int(np.argmax(starved))
+            group = "" if g is None else f" (group {int(g[first])})"
+            raise ValueError(
+                f"bank entry {first}{group} has fewer than k={k} neighbours outside its "
+                f"exclusion zone ({int(np.count_nonzero(starved))} entries in rows "
+                f"{start}..{stop - 1}); give more clips or a smaller k, or a wider rho scope"
+            )
         nearest = np.clip((1.0 - top) / 2.0, 0.0, 1.0)
         rho[start:stop] = nearest.mean(axis=1, dtype=np.float64)
     return rho
@@ -93,7 +187,14 @@ class MemoryBank:
         k: int = 1,
         labels: Sequence[str] | None = None,
         rho: np.ndarray | None = None,
+        groups: np.ndarray | Sequence[int] | None = None,
+        positions: np.ndarray | Sequence[int] | None = None,
+        exclusion_windows: int = NO_EXCLUSION,
     ) -> None:
+        """`groups` / `positions`: int per entry, the clip (or stretch) it came from and its
+        window index there; with `exclusion_windows` > 1 they keep near-duplicates out of rho
+        (see `compute_rho`). Ignored when `rho` is given, except that they are validated and
+        kept for saving."""
         emb = np.asarray(embeddings)
         if emb.ndim != 2 or emb.shape[0] == 0 or emb.shape[1] == 0:
             raise ValueError(f"bank embeddings must be a non-empty [N, D] array, got {emb.shape}")
@@ -107,8 +208,16 @@ class MemoryBank:
         self._embeddings = normalise(emb)
         self._k = int(k)
         self._labels = None if labels is None else [str(label) for label in labels]
+        self._groups, self._positions = _check_groups(groups, positions, n)
+        self._exclusion_windows = int(exclusion_windows)
         if rho is None:
-            raw_rho = compute_rho(self._embeddings, self._k)
+            raw_rho = compute_rho(
+                self._embeddings,
+                self._k,
+                groups=self._groups,
+                positions=self._positions,
+                exclusion_windows=self._exclusion_windows,
+            )
         else:
             raw_rho = np.asarray(rho, dtype=np.float32).reshape(-1)
             if raw_rho.shape[0] != n:
@@ -122,6 +231,9 @@ class MemoryBank:
         self._rho_floored = np.maximum(raw_rho, RHO_FLOOR).astype(np.float32)
         self._embeddings.setflags(write=False)
         self._rho.setflags(write=False)
+        for arr in (self._groups, self._positions):
+            if arr is not None:
+                arr.setflags(write=False)
 
     @property
     def embeddings(self) -> np.ndarray:
@@ -136,6 +248,21 @@ class MemoryBank:
     @property
     def labels(self) -> list[str] | None:
         return None if self._labels is None else list(self._labels)
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        """int64 [N] group (clip / stretch) of each entry, or None (read-only)."""
+        return self._groups
+
+    @property
+    def positions(self) -> np.ndarray | None:
+        """int64 [N] window index of each entry within its group, or None (read-only)."""
+        return self._positions
+
+    @property
+    def exclusion_windows(self) -> int:
+        """Same-group entries closer than this many windows are not neighbours for rho."""
+        return self._exclusion_windows
 
     @property
     def k(self) -> int:

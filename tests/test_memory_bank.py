@@ -6,18 +6,44 @@ import numpy as np
 import pytest
 
 from edge_asd import memory_bank
-from edge_asd.memory_bank import RHO_FLOOR, MemoryBank, compute_rho, normalise
+from edge_asd.memory_bank import (
+    NO_EXCLUSION,
+    RHO_FLOOR,
+    WHOLE_GROUP,
+    MemoryBank,
+    compute_rho,
+    exclusion_windows_for,
+    normalise,
+)
 
 DIM = 8
 
 
-def _brute_rho(bank: np.ndarray, k: int) -> np.ndarray:
-    """rho_K by explicit loops over all pairs (self excluded by index)."""
+def _brute_rho(
+    bank: np.ndarray,
+    k: int,
+    groups: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    exclusion: int = NO_EXCLUSION,
+) -> np.ndarray:
+    """rho_K by explicit loops over all pairs (self excluded by index; with groups, also the
+    same-group entries whose positions differ by less than `exclusion`)."""
     unit = bank / np.linalg.norm(bank, axis=1, keepdims=True)
     n = len(unit)
     rho = np.empty(n)
     for i in range(n):
-        dists = [(1.0 - float(unit[i] @ unit[j])) / 2.0 for j in range(n) if j != i]
+        dists = []
+        for j in range(n):
+            if j == i:
+                continue
+            if (
+                groups is not None
+                and positions is not None
+                and groups[i] == groups[j]
+                and abs(int(positions[i]) - int(positions[j])) < exclusion
+            ):
+                continue
+            dists.append((1.0 - float(unit[i] @ unit[j])) / 2.0)
         rho[i] = np.mean(sorted(dists)[:k])
     return rho
 
@@ -177,3 +203,149 @@ def test_large_bank_rho_is_feasible() -> None:
         want = d.min()
         assert mb.rho[i] == pytest.approx(want, rel=1e-4)
     assert mb.score(unit[:64] * 0.5 + rng.normal(size=(64, 128)) * 0.01).shape == (64,)
+
+
+# --- rho with near-duplicate neighbours excluded ------------------------------------------------
+
+N_GROUPS = 6
+WINDOWS_PER_GROUP = 9
+
+
+def _grouped_bank(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clips as random walks (neighbouring windows are near-duplicates, as overlapping windows
+    are), entries shuffled so that groups are not contiguous in the bank."""
+    steps = 0.05 * rng.normal(size=(N_GROUPS, WINDOWS_PER_GROUP, DIM))
+    walks = rng.normal(size=(N_GROUPS, 1, DIM)) + np.cumsum(steps, axis=1)
+    bank = walks.reshape(-1, DIM)
+    groups = np.repeat(np.arange(N_GROUPS), WINDOWS_PER_GROUP)
+    positions = np.tile(np.arange(WINDOWS_PER_GROUP), N_GROUPS)
+    order = rng.permutation(len(bank))
+    return bank[order], groups[order], positions[order]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("exclusion", [NO_EXCLUSION, 1, 2, 3, WHOLE_GROUP])
+def test_rho_with_exclusion_matches_brute_force(k: int, exclusion: int) -> None:
+    rng = np.random.default_rng(20)
+    bank, groups, positions = _grouped_bank(rng)
+    mb = MemoryBank(bank, k=k, groups=groups, positions=positions, exclusion_windows=exclusion)
+    want = _brute_rho(bank, k, groups, positions, exclusion)
+    np.testing.assert_allclose(mb.rho, want, rtol=1e-4, atol=1e-6)
+    # Queries are never in the bank: scoring is the same formula with this rho.
+    queries = rng.normal(size=(7, DIM))
+    for method in ("density", "difference", "raw"):
+        same_rho = MemoryBank(bank, k=k, rho=mb.rho).score(queries, method)
+        np.testing.assert_allclose(mb.score(queries, method), same_rho, rtol=1e-6)
+    assert mb.exclusion_windows == exclusion
+    assert mb.groups is not None and mb.positions is not None
+    np.testing.assert_array_equal(mb.groups, groups)
+
+
+def test_excluding_overlapping_neighbours_raises_rho() -> None:
+    rng = np.random.default_rng(21)
+    bank, groups, positions = _grouped_bank(rng)
+    rho = {
+        e: MemoryBank(bank, k=1, groups=groups, positions=positions, exclusion_windows=e).rho
+        for e in (NO_EXCLUSION, 2, WHOLE_GROUP)
+    }
+    # Each exclusion only removes candidates, so rho never falls; the random walk makes the
+    # same clip's neighbours the nearest, so excluding them raises rho for most entries.
+    assert np.all(rho[2] >= rho[NO_EXCLUSION] - 1e-7)
+    assert np.all(rho[WHOLE_GROUP] >= rho[2] - 1e-7)
+    assert np.mean(rho[WHOLE_GROUP] > rho[NO_EXCLUSION]) > 0.5
+    # Without groups, exclusion_windows changes nothing (today's behaviour).
+    np.testing.assert_array_equal(
+        MemoryBank(bank, k=1, exclusion_windows=WHOLE_GROUP).rho, rho[NO_EXCLUSION]
+    )
+
+
+def test_duplicates_across_groups_count_within_the_zone_do_not() -> None:
+    rng = np.random.default_rng(22)
+    bank = rng.normal(size=(12, DIM))
+    bank[7] = bank[2]  # same content, other clip: a genuine neighbour at distance 0
+    bank[1] = bank[0]  # same content, next window of the same clip: excluded
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    positions = np.tile(np.arange(4), 3)
+    mb = MemoryBank(bank, k=1, groups=groups, positions=positions, exclusion_windows=2)
+    assert mb.rho[2] < 1e-6 and mb.rho[7] < 1e-6
+    assert mb.rho[0] > 1e-4 and mb.rho[1] > 1e-4
+    whole = MemoryBank(bank, k=1, groups=groups, positions=positions, exclusion_windows=WHOLE_GROUP)
+    assert whole.rho[2] < 1e-6 and whole.rho[0] > 1e-4
+
+
+def test_chunked_rho_with_exclusion_equals_unchunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(23)
+    unit = normalise(rng.normal(size=(300, 16)))
+    groups = rng.integers(0, 15, size=300)
+    positions = rng.integers(0, 40, size=300)
+    kwargs = {"groups": groups, "positions": positions}
+    whole = {e: compute_rho(unit, 3, exclusion_windows=e, **kwargs) for e in (2, WHOLE_GROUP)}
+    monkeypatch.setattr(memory_bank, "CHUNK_BUDGET_BYTES", 7 * 4 * 300)
+    for e, want in whole.items():
+        chunked = compute_rho(unit, 3, exclusion_windows=e, **kwargs)
+        np.testing.assert_allclose(chunked, want, rtol=1e-6, atol=1e-7)
+
+
+def test_too_few_allowed_neighbours_is_a_clear_error() -> None:
+    rng = np.random.default_rng(24)
+    bank = rng.normal(size=(10, DIM))
+    one_group = np.zeros(10, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"group 0\) has fewer than k=1 neighbours"):
+        MemoryBank(bank, groups=one_group, positions=np.arange(10), exclusion_windows=WHOLE_GROUP)
+    two_groups = np.repeat([0, 1], 5)
+    with pytest.raises(ValueError, match="fewer than k=6"):
+        MemoryBank(
+            bank,
+            k=6,
+            groups=two_groups,
+            positions=np.tile(np.arange(5), 2),
+            exclusion_windows=WHOLE_GROUP,
+        )
+    # Five entries of the other group are enough for k = 5.
+    MemoryBank(
+        bank,
+        k=5,
+        groups=two_groups,
+        positions=np.tile(np.arange(5), 2),
+        exclusion_windows=WHOLE_GROUP,
+    )
+
+
+def test_group_validation() -> None:
+    bank = np.random.default_rng(25).normal(size=(10, DIM))
+    with pytest.raises(ValueError, match="together"):
+        MemoryBank(bank, groups=np.zeros(10, dtype=int))
+    with pytest.raises(ValueError, match="groups has shape"):
+        MemoryBank(bank, groups=np.zeros(9, dtype=int), positions=np.arange(10))
+    with pytest.raises(ValueError, match="positions must be integers"):
+        MemoryBank(bank, groups=np.zeros(10, dtype=int), positions=np.linspace(0, 1, 10))
+    with pytest.raises(ValueError, match="exclusion_windows"):
+        compute_rho(normalise(bank), 1, exclusion_windows=-1)
+
+
+def test_exclusion_windows_for_scopes() -> None:
+    second, half, tenth = 16_000, 8_000, 1_600
+    assert exclusion_windows_for("all", second, half) == NO_EXCLUSION
+    # 1 s windows every 0.5 s: only the next window overlaps (|index difference| < 2).
+    assert exclusion_windows_for("non_overlapping", second, half) == 2
+    # Every 0.1 s: windows up to 9 hops apart overlap.
+    assert exclusion_windows_for("non_overlapping", second, tenth) == 10
+    assert exclusion_windows_for("non_overlapping", second, 6_000) == 3
+    assert exclusion_windows_for("non_overlapping", second, 2 * second) == 1
+    assert exclusion_windows_for("other_groups", second, half) == WHOLE_GROUP
+    with pytest.raises(ValueError, match="unknown rho scope"):
+        exclusion_windows_for("nearest", second, half)
+
+
+def test_large_grouped_bank_rho_is_feasible() -> None:
+    """5 000 entries in clips of 20 windows, overlapping neighbours excluded: spot-checks."""
+    rng = np.random.default_rng(26)
+    n, per_clip = 5_000, 20
+    unit = normalise(rng.normal(size=(n, 64)).astype(np.float32))
+    groups = np.arange(n) // per_clip
+    positions = np.arange(n) % per_clip
+    mb = MemoryBank(unit, k=1, groups=groups, positions=positions, exclusion_windows=2)
+    for i in (0, 4_321, n - 1):
+        d = (1.0 - unit @ unit[i]) / 2.0
+        d[(groups == groups[i]) & (np.abs(positions - positions[i]) < 2)] = np.inf
+        assert mb.rho[i] == pytest.approx(d.min(), rel=1e-4)

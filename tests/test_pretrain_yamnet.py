@@ -5,6 +5,8 @@ Everything runs on graphs, weights and audio the tests make; nothing is read fro
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -63,13 +65,14 @@ def tf_same_conv_numpy(
     return y + b[None, :, None, None]
 
 
-def log_mel_numpy(x: np.ndarray, bands: int) -> np.ndarray:
-    """YAMNet's log-mel with exact DFT: Hann frames, centred in the FFT, |rfft|, mel, log."""
+def log_mel_numpy(x: np.ndarray, bands: int, pad_left: int | None = None) -> np.ndarray:
+    """YAMNet's log-mel with exact DFT: Hann frames placed in the FFT, |rfft|, mel, log."""
     fe = default_front_end(YamnetConfig(mel_bands=bands))
+    pad_left = fe.fft_pad_left if pad_left is None else pad_left
     n = 1 + (x.size - FRAME) // HOP
     frames = np.stack([x[i * HOP : i * HOP + FRAME] for i in range(n)]) * hann_window(FRAME)
     padded = np.zeros((n, FFT))
-    padded[:, fe.fft_pad_left : fe.fft_pad_left + FRAME] = frames
+    padded[:, pad_left : pad_left + FRAME] = frames
     magnitude = np.abs(np.fft.rfft(padded, axis=1))
     return np.log(magnitude @ fe.mel.T.astype(np.float64) + fe.log_offset)
 
@@ -331,15 +334,30 @@ def test_front_end_matches_numpy_reference_on_generated_audio() -> None:
     t = np.arange(16_000) / 16_000
     x = 0.3 * np.sin(2 * np.pi * 440.0 * t) + 0.05 * rng.standard_normal(t.size)
     x[4000:5000] = 0.0  # a silent stretch: the log offset decides those frames
-    ref = log_mel_numpy(x, 64)
     config = YamnetConfig()
-    for trim in (True, False):
-        fe = LogMelFrontEnd(default_front_end(config), trim_unused_bins=trim)
-        with torch.no_grad():
-            got = fe(torch.from_numpy(x[None].astype(np.float32)))[0].numpy()
-        assert got.shape == (98, 64)
-        np.testing.assert_allclose(got, ref, atol=2e-3)
-    assert LogMelFrontEnd(default_front_end(config)).bins < config.fft_length // 2 + 1
+    centred = default_front_end(config)
+    shifted = dataclasses.replace(centred, fft_pad_left=0)  # not symmetric: no folding
+    for constants, folded in ((centred, True), (shifted, False)):
+        ref = log_mel_numpy(x, 64, constants.fft_pad_left)
+        for trim in (True, False):
+            fe = LogMelFrontEnd(constants, trim_unused_bins=trim)
+            assert fe.folded is folded
+            with torch.no_grad():
+                got = fe(torch.from_numpy(x[None].astype(np.float32)))[0].numpy()
+            assert got.shape == (98, 64)
+            np.testing.assert_allclose(got, ref, atol=2e-3)
+    assert LogMelFrontEnd(centred).bins < config.fft_length // 2 + 1
+
+
+def test_folded_front_end_equals_the_plain_dft_on_any_length() -> None:
+    fe = LogMelFrontEnd(default_front_end(YamnetConfig()))
+    x = torch.randn(2, 17_003) * 0.2
+    with torch.no_grad():
+        folded = fe(x)
+        fe.folded = False
+        plain = fe(x)
+    assert folded.shape == plain.shape == (2, fe.num_frames(17_003), 64)
+    torch.testing.assert_close(folded, plain, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -310,12 +310,12 @@ class TeacherCache:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(embedding [N, De], scores [N, C]) of `segments`, computing only what is missing."""
         keys = [(files[s.file_index].sha256, s.length, s.variant_tag()) for s in segments]
-        missing: dict[tuple[str, int, str], list[Segment]] = defaultdict(list)
+        missing: dict[tuple[str, int, str], dict[int, Segment]] = defaultdict(dict)
         for key, seg in zip(keys, segments, strict=True):
             self._load(key)
-            if seg.offset not in self._memory[key] and seg not in missing[key]:
-                missing[key].append(seg)
-        todo = [seg for segs in missing.values() for seg in segs]
+            if seg.offset not in self._memory[key]:
+                missing[key][seg.offset] = seg
+        todo = [seg for segs in missing.values() for seg in segs.values()]
         if todo:
             self._compute(files, todo, progress=progress)
             for key in missing:
