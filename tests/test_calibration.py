@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from edge_asd.bundle import load_bundle, save_bundle
 from edge_asd.calibration import (
+    DEFAULT_RHO_SCOPE,
     CalibrationError,
     CalibrationSettings,
     Clip,
@@ -20,10 +21,11 @@ from edge_asd.calibration import (
     calibrate,
     fit_threshold,
     heldout_scores,
+    window_groups,
 )
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.encoder import ModelInfo
-from edge_asd.memory_bank import MemoryBank
+from edge_asd.memory_bank import NO_EXCLUSION, WHOLE_GROUP, MemoryBank
 from edge_asd.scoring import ClipScorer
 from edge_asd.windowing import frame_signal
 
@@ -280,8 +282,20 @@ def test_bundle_contents(normal_clips: list[Clip]) -> None:
     assert stats["gamma"] is not None and stats["n"] == 152
     assert stats["min"] <= stats["median"] <= stats["max"]
     assert stats["min"] <= stats["mean"] <= stats["max"]
-    # rho of the bundle is that of the full bank.
-    np.testing.assert_allclose(bundle.rho, MemoryBank(bundle.embeddings, k=2).rho, atol=1e-6)
+    # rho of the bundle is that of the full bank, with the default scope's exclusion.
+    assert bundle.rho_scope == DEFAULT_RHO_SCOPE
+    assert bundle.exclusion_windows == s.exclusion_windows
+    assert bundle.groups is not None and bundle.positions is not None
+    np.testing.assert_array_equal(bundle.groups, np.repeat(np.arange(8), 19))
+    np.testing.assert_array_equal(bundle.positions, np.tile(np.arange(19), 8))
+    full = MemoryBank(
+        bundle.embeddings,
+        k=2,
+        groups=bundle.groups,
+        positions=bundle.positions,
+        exclusion_windows=s.exclusion_windows,
+    )
+    np.testing.assert_allclose(bundle.rho, full.rho, atol=1e-6)
     # Embedded in batches, not all at once and not window by window.
     assert 152 // 32 <= enc.calls <= 2 * len(normal_clips)
     default = calibrate(normal_clips, enc, s, progress=False)
@@ -370,3 +384,109 @@ def test_heldout_windows_never_overlap_bank_windows_property(
     for i in np.flatnonzero(mask):
         others = (folds != folds[i]) & (clip_id == clip_id[i])
         assert np.all(np.abs(starts[others] - starts[i]) >= WINDOW)
+
+
+# --- rho scope: groups and positions of bank windows ------------------------------------------
+
+
+def test_window_groups_by_clip_and_by_stretch() -> None:
+    counts = [3, 0, 2]
+    groups, positions = window_groups(counts, np.zeros(5, dtype=np.int64), "clips")
+    np.testing.assert_array_equal(groups, [0, 0, 0, 2, 2])
+    np.testing.assert_array_equal(positions, [0, 1, 2, 0, 1])
+    # One long recording in 3 stretches: one group per stretch, positions along the clip.
+    folds = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    groups, positions = window_groups([8], folds, "contiguous")
+    np.testing.assert_array_equal(groups, [0, 0, 0, 1, 1, 1, 2, 2])
+    np.testing.assert_array_equal(positions, np.arange(8))
+    # A stretch that spans two clips gives two groups (their positions are not comparable).
+    groups, positions = window_groups([5, 3], folds, "contiguous")
+    np.testing.assert_array_equal(groups, [0, 0, 0, 1, 1, 2, 3, 3])
+    np.testing.assert_array_equal(positions, [0, 1, 2, 3, 4, 0, 1, 2])
+    empty_groups, empty_positions = window_groups([0], np.zeros(0, dtype=np.int64), "contiguous")
+    assert empty_groups.size == 0 and empty_positions.size == 0
+
+
+@pytest.mark.parametrize(
+    ("scope", "exclusion"),
+    [("all", NO_EXCLUSION), ("non_overlapping", 2), ("other_groups", WHOLE_GROUP)],
+)
+def test_bundle_rho_follows_the_scope(normal_clips: list[Clip], scope: str, exclusion: int) -> None:
+    enc = FakeEncoder()
+    s = settings(rho_scope=scope)
+    assert s.exclusion_windows == exclusion
+    bundle = calibrate(normal_clips, enc, s, progress=False)
+    assert (bundle.rho_scope, bundle.exclusion_windows) == (scope, exclusion)
+    groups = np.repeat(np.arange(8), 19)
+    positions = np.tile(np.arange(19), 8)
+    # Reference: rho by explicit exclusion of the same clip's too-close windows.
+    emb = bundle.embeddings
+    for i in (0, 20, 151):
+        d = (1.0 - emb @ emb[i]) / 2.0
+        d[i] = np.inf
+        d[(groups == groups[i]) & (np.abs(positions - positions[i]) < exclusion)] = np.inf
+        assert bundle.rho[i] == pytest.approx(d.min(), rel=1e-4, abs=1e-7)
+    assert np.isfinite(bundle.threshold)
+
+
+def test_wider_scope_never_lowers_rho(normal_clips: list[Clip]) -> None:
+    enc = FakeEncoder()
+    rho = {
+        scope: calibrate(normal_clips, enc, settings(rho_scope=scope), progress=False).rho
+        for scope in ("all", "non_overlapping", "other_groups")
+    }
+    assert np.all(rho["non_overlapping"] >= rho["all"] - 1e-7)
+    assert np.all(rho["other_groups"] >= rho["non_overlapping"] - 1e-7)
+    # Overlapping windows share half their audio, so they are often the nearest: excluding
+    # them raises rho for a good share of windows (about half with this fake encoder).
+    assert np.mean(rho["non_overlapping"] > rho["all"]) > 0.25
+
+
+def test_heldout_banks_apply_the_scope() -> None:
+    rng = np.random.default_rng(12)
+    emb = rng.normal(size=(40, 6)).astype(np.float32)
+    folds = np.repeat(np.arange(4), 10)
+    groups = np.repeat(np.arange(8), 5)
+    positions = np.tile(np.arange(5), 8)
+    s = settings(rho_scope="other_groups")
+    got = heldout_scores(emb, folds, s, groups=groups, positions=positions)
+    want = np.concatenate(
+        [
+            MemoryBank(
+                emb[folds != f],
+                groups=groups[folds != f],
+                positions=positions[folds != f],
+                exclusion_windows=WHOLE_GROUP,
+            ).score(emb[folds == f], "density")
+            for f in range(4)
+        ]
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # Without groups there is nothing to exclude: the old behaviour.
+    old = heldout_scores(emb, folds, s)
+    np.testing.assert_allclose(old, heldout_scores(emb, folds, settings(rho_scope="all")))
+    assert not np.allclose(got, old)
+
+
+def test_single_long_recording_other_groups_uses_stretches() -> None:
+    rng = np.random.default_rng(13)
+    clip = [Clip("long.wav", machine(60.0, rng))]
+    bundle = calibrate(clip, FakeEncoder(), settings(rho_scope="other_groups"), progress=False)
+    assert bundle.normal_stats["fold_scheme"] == "contiguous"
+    assert bundle.groups is not None
+    assert sorted(set(bundle.groups.tolist())) == [0, 1, 2, 3, 4]
+    assert np.isfinite(bundle.threshold)
+    # Two folds leave one stretch per held-out bank: no other group to take rho from.
+    with pytest.raises(CalibrationError, match=r"fold 0: .*neighbours.*'other_groups'"):
+        calibrate(clip, FakeEncoder(), settings(rho_scope="other_groups", folds=2), progress=False)
+
+
+def test_rho_scope_setting_is_checked_and_taken_from_the_config() -> None:
+    from edge_asd.config import CalibrationConfig
+
+    with pytest.raises(CalibrationError, match="rho_scope 'nearest'"):
+        settings(rho_scope="nearest").check()
+    cfg = CalibrationConfig(rho_scope="other_groups")
+    s = CalibrationSettings(window_samples=WINDOW, hop_samples=HOP, **cfg.model_dump())
+    assert (s.rho_scope, s.exclusion_windows) == ("other_groups", WHOLE_GROUP)
+    assert CalibrationConfig().rho_scope == DEFAULT_RHO_SCOPE == CalibrationSettings().rho_scope

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge_asd import scoring
 from edge_asd.bundle import Bundle, BundleError
@@ -183,3 +186,41 @@ def test_from_bundle_refuses_another_model(bank: MemoryBank) -> None:
     other.info = dataclasses.replace(other.info, name="other")
     with pytest.raises(BundleError, match="recalibrate"):
         ClipScorer.from_bundle(_bundle(bank, enc, "density"), other)
+
+
+_REAL_ENCODER: list[object] = []
+
+
+def _real_encoder():  # type: ignore[no-untyped-def]
+    from edge_asd.encoder import Encoder, resolve_model
+
+    if not _REAL_ENCODER:
+        _REAL_ENCODER.append(Encoder(resolve_model(None)))
+    return _REAL_ENCODER[0]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks=st.lists(st.integers(min_value=1, max_value=9000), min_size=1, max_size=40))
+def test_scores_do_not_depend_on_source_block_size(blocks: list[int]) -> None:
+    """Streaming a signal through a WavSource-sized split, the Windower, the real encoder and a
+    bank gives the same window scores as scoring the whole clip at once."""
+    from edge_asd.windowing import Windower
+
+    encoder = _real_encoder()
+    rng = np.random.default_rng(4)
+    signal = rng.normal(0, 0.1, 4 * SAMPLE_RATE_HZ).astype(np.float32)
+    bank = MemoryBank(encoder.embed(frame_signal(signal[::-1].copy(), 16000, 8000)))
+    whole = bank.score(encoder.embed(frame_signal(signal, 16000, 8000)))
+    windower = Windower(16000, 8000)
+    streamed: list[np.ndarray] = []
+    position = 0
+    sizes = itertools.cycle(blocks)
+    while position < len(signal):
+        size = next(sizes)
+        windows = windower.push(signal[position : position + size])
+        position += size
+        if len(windows):
+            streamed.append(bank.score(encoder.embed(windows)))
+    # The windows are bit-identical (tests/test_windowing.py); what remains is float rounding
+    # from onnxruntime and BLAS summing in another order for another batch size (~1e-4).
+    np.testing.assert_allclose(np.concatenate(streamed), whole, rtol=1e-3, atol=1e-4)
