@@ -278,3 +278,55 @@ def test_window_dbfs() -> None:
     assert window_dbfs(np.zeros(100, np.float32)) == -120.0
     tone = np.sin(np.linspace(0, 200 * np.pi, 16000)).astype(np.float32)
     assert window_dbfs(tone) == pytest.approx(-3.01, abs=0.05)
+
+
+def test_two_machines_share_one_multichannel_stream(
+    tmp_path: Path,
+    bundle_dir: Path,
+    notify_socket,  # type: ignore[no-untyped-def]
+) -> None:
+    """Two machines on channels 0 and 1 of one device: one capture stream, separate detectors;
+    only the machine whose channel carries the fault raises an event."""
+    from scipy.io import wavfile
+
+    rng = np.random.default_rng(21)
+    healthy = machine_sound(12.0, rng=rng)
+    faulty = machine_sound(12.0, rng=rng)
+    start, stop = (round(s * SAMPLE_RATE_HZ) for s in (FAULT_START_SECONDS, 10.0))
+    faulty[start:stop] = apply_fault(faulty[start:stop], "whine", rng=rng, level_db=0.0)
+    stereo = tmp_path / "stereo.wav"
+    wavfile.write(stereo, SAMPLE_RATE_HZ, np.stack([healthy, faulty], axis=1))
+    config = parse_config(
+        {
+            "node_id": "test",
+            "machines": [
+                {
+                    "name": "left",
+                    "device": f"wav:{stereo}",
+                    "channel": 0,
+                    "bundle": str(bundle_dir),
+                },
+                {
+                    "name": "right",
+                    "device": f"wav:{stereo}",
+                    "channel": 1,
+                    "bundle": str(bundle_dir),
+                },
+            ],
+            "outbox": {"path": str(tmp_path / "outbox.sqlite")},
+        },
+        source=tmp_path / "config.yaml",
+    )
+    publisher = FakePublisher()
+    daemon = Daemon(config, publisher=publisher)
+    thread, result = _start(daemon)
+    try:
+        assert _wait(lambda: any(e.machine == "right" for e in publisher.events))
+        time.sleep(2.0)
+    finally:
+        daemon.request_stop()
+        thread.join(WAIT_SECONDS)
+    assert result == [0]
+    assert len(daemon.supervisors) == 1, "one capture stream for both channels"
+    assert {e.machine for e in publisher.events} == {"right"}
+    assert ("left", "normal") in publisher.states and ("right", "anomalous") in publisher.states
