@@ -177,7 +177,6 @@ class MachineRuntime:
 @dataclass
 class DaemonCounters:
     windows_processed: int = 0
-    dropped_windows: int = 0
     inference_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_HISTORY))
 
 
@@ -406,7 +405,7 @@ class Daemon:
             if str(machine.config.device) != block.device_key:
                 continue
             if block.discontinuity:
-                self._count_gap(machine)
+                self._restart_stream(machine)
             samples = block.samples[:, machine.channel_index]
             first_sample = machine.samples_since_gap
             machine.samples_since_gap += len(samples)
@@ -429,11 +428,9 @@ class Daemon:
                 self._progress_since_watchdog = True
                 self._handle_score(machine, float(score), start_ts, end_ts, window_dbfs(window))
 
-    def _count_gap(self, machine: MachineRuntime) -> None:
-        if machine.samples_since_gap:
-            leftover = machine.samples_since_gap - machine.windows_since_gap * machine.hop_samples
-            if leftover > machine.window_samples:
-                self.counters.dropped_windows += 1
+    @staticmethod
+    def _restart_stream(machine: MachineRuntime) -> None:
+        """Audio before this block was lost: never splice a window across the gap."""
         machine.windower.reset()
         machine.windows_since_gap = 0
         machine.samples_since_gap = 0
@@ -555,7 +552,9 @@ class Daemon:
             windows_processed=self.counters.windows_processed,
             capture_overruns=sum(t.overruns for t in totals),
             overwritten_frames=sum(t.overwritten_frames for t in totals),
-            dropped_windows=self.counters.dropped_windows,
+            # Blocks dropped between capture and inference, in hops of the first machine: the
+            # windows that could not be analysed.
+            dropped_windows=sum(t.dropped_frames for t in totals) // self.machines[0].hop_samples,
             inference_ms_p50=self._percentile_ms(50),
             inference_ms_p95=self._percentile_ms(95),
             outbox_depth=self.outbox.depth(),
