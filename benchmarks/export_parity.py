@@ -8,6 +8,12 @@ Calibration uses windows from every other recording, parity the windows of the o
 include machine sound and noise). For each embedding layer: fp32 and int8 files, int8/fp32
 embedding cosine, ms per 1 s window on 1 thread (batch 1), sizes. With --install LAYER, that
 layer's int8 file is copied to edge_asd/models/yamnet-port-int8.onnx if it is <= 5 MB.
+
+    python benchmarks/export_parity.py --tflite ../shared/models/yamnet.tflite \
+        --audio ../shared/data --probe
+
+only runs the layer probe instead: which layer's embedding separates normal machine sound
+from synthetic faults (float port, 1-NN cosine distance, ROC AUC), clean and in factory noise.
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from verify_yamnet_port import load_wav
 
 _LOGGER = logging.getLogger("export_parity")
+
+PROBE_BANK_FILES = 30
+PROBE_HOP_SAMPLES = SAMPLE_RATE_HZ // 2
+PROBE_FAULT_LEVEL_DB = -15.0
+PROBE_NOISE_SNR_DB = 10.0
+PROBE_NOISE_FILE = "factory2.wav"
+PROBE_LAYERS = (6, 8, 10, 12, 13, 14)
 
 MODEL_NAME = "yamnet-port"
 MODEL_VERSION = "1.0.0"
@@ -75,17 +88,89 @@ def front_end_ms(port: YamnetPort, out_dir: Path) -> dict[str, float]:
     return time_per_window_ms(session, (0.1 * rng.standard_normal(SAMPLE_RATE_HZ)))
 
 
+def layer_probe(tflite: Path, audio: Path) -> dict[str, list[float]]:
+    """Mean ROC AUC over the synth faults per layer, clean and with factory noise.
+
+    Bank: 1 s windows (0.5 s hop) of the first 30 machine recordings; test: the others, as is
+    and with each fault at -15 dB; clip score = mean 1-NN cosine distance of its windows.
+    """
+    from edge_asd.metrics import roc_auc
+    from edge_asd.synth import FAULTS, apply_fault, mix_at_snr
+
+    port = YamnetPort.from_tflite(tflite, truncate=False).eval()
+    machine = sorted((audio / "machine_normal_dev").glob("*.wav"))
+    noise = load_wav(audio / "noise_dev" / PROBE_NOISE_FILE)
+    rng = np.random.default_rng(0)
+
+    def layers(x: np.ndarray) -> list[np.ndarray]:
+        starts = range(0, x.size - SAMPLE_RATE_HZ + 1, PROBE_HOP_SAMPLES)
+        windows = np.stack([x[s : s + SAMPLE_RATE_HZ] for s in starts]).astype(np.float32)
+        with torch.no_grad():
+            out = port(torch.from_numpy(windows))
+        assert out.layers is not None
+        return [t.numpy() / np.linalg.norm(t.numpy(), axis=1, keepdims=True) for t in out.layers]
+
+    per_file = [layers(load_wav(p)) for p in machine[:PROBE_BANK_FILES]]
+    banks = [np.concatenate([f[i] for f in per_file]) for i in range(len(per_file[0]))]
+
+    def score(x: np.ndarray) -> np.ndarray:
+        pairs = zip(layers(x), banks, strict=True)
+        return np.array([float(np.mean(1.0 - (e @ b.T).max(axis=1))) for e, b in pairs])
+
+    result: dict[str, list[float]] = {}
+    for condition, snr in (("clean", None), ("factory_noise_10dB", PROBE_NOISE_SNR_DB)):
+        normal, faulty = [], {name: [] for name in FAULTS}
+        for j, path in enumerate(machine[PROBE_BANK_FILES:]):
+            x = load_wav(path).astype(np.float64)
+            start = int(rng.integers(0, noise.size - x.size))
+            n = noise[start : start + x.size]
+
+            def noisy(y: np.ndarray, n: np.ndarray = n, snr: float | None = snr) -> np.ndarray:
+                return np.asarray(y if snr is None else mix_at_snr(y, n, snr), np.float32)
+
+            normal.append(score(noisy(x)))
+            for name in FAULTS:
+                y = apply_fault(
+                    x, name, rng=np.random.default_rng(j), level_db=PROBE_FAULT_LEVEL_DB
+                )
+                faulty[name].append(score(noisy(y)))
+        normal_scores = np.array(normal)
+        aucs = []
+        for name in FAULTS:
+            fault_scores = np.array(faulty[name])
+            labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(fault_scores))]
+            aucs.append(
+                [
+                    roc_auc(labels, np.r_[normal_scores[:, i], fault_scores[:, i]])
+                    for i in range(normal_scores.shape[1])
+                ]
+            )
+        result[condition] = [float(v) for v in np.mean(aucs, axis=0)]
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tflite", type=Path, required=True)
     parser.add_argument("--audio", type=Path, required=True, help="folder searched for *.wav")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=Path, help="output folder (required unless --probe)")
+    parser.add_argument("--probe", action="store_true", help="run the layer probe only")
     parser.add_argument("--layers", nargs="+", default=["final"], help="'final' or 1..14")
     parser.add_argument("--install", help="layer whose int8 file goes to edge_asd/models")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
 
+    if args.probe:
+        probe = layer_probe(args.tflite, args.audio)
+        print("| condition | " + " | ".join(f"layer {i}" for i in PROBE_LAYERS) + " |")
+        print("|---|" + "---|" * len(PROBE_LAYERS))
+        for condition, aucs in probe.items():
+            cells = " | ".join(f"{aucs[i - 1]:.3f}" for i in PROBE_LAYERS)
+            print(f"| {condition} | {cells} |")
+        return 0
+    if args.out is None:
+        parser.error("--out is required unless --probe")
     paths = sorted(args.audio.rglob("*.wav"))
     if not paths:
         print(f"{args.audio}: no .wav files", file=sys.stderr)

@@ -118,13 +118,21 @@ class OutboxConfig(_Section):
 
 class CalibrationConfig(_Section):
     scoring: Literal["density", "difference", "raw"] = "density"
-    k: int = Field(1, ge=1, le=256, description="Neighbours for the local density rho_K.")
+    k: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description=(
+            "Neighbours for the local density rho_K; 16 measured best on the development sets "
+            "(docs/benchmarks.md)."
+        ),
+    )
     threshold_method: Literal["gamma", "quantile"] = "gamma"
     threshold_percentile: float = Field(0.995, gt=0.5, lt=1.0)
     folds: int = Field(5, ge=2, le=50)
     min_windows: int = Field(60, ge=10)
     rho_scope: Literal["all", "non_overlapping", "other_groups"] = Field(
-        "all",
+        "other_groups",
         description=(
             "Bank windows kept out of each window's local density rho_K: none (all), the "
             "windows of the same clip that overlap it in time (non_overlapping), or every "

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from edge_asd.audio_file import AudioFileError, read_wav
 from edge_asd.calibration import (
+    DEFAULT_K,
     DEFAULT_RHO_SCOPE,
     CalibrationError,
     CalibrationSettings,
@@ -400,7 +401,7 @@ def _evaluate_section(
         # Groups come from the fold assignment (clips, or stretches of one long clip), as in
         # calibration, so the section's bank and the held-out banks exclude the same neighbours.
         folds, mask, scheme = assign_folds(train.window_counts, settings)
-        groups, positions = window_groups(train.window_counts, folds, scheme)
+        groups, positions = window_groups(train.window_counts, scheme, settings.folds)
         try:
             bank = bank_for(
                 train.embeddings,
@@ -503,7 +504,7 @@ def evaluate(
     encoder: EmbeddingModel,
     *,
     method: str = "density",
-    k: int = 1,
+    k: int = DEFAULT_K,
     rho_scope: str | None = None,
     window_samples: int | None = None,
     hop_samples: int | None = None,

@@ -116,6 +116,34 @@ def _check_groups(
     return g.astype(np.int64), p.astype(np.int64)
 
 
+def _close_pairs(
+    groups: np.ndarray, positions: np.ndarray, exclusion_windows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of all ordered pairs i != j in one group with |position difference| <
+    exclusion_windows, sorted by row. O(N x exclusion_windows) memory, however large a group:
+    after sorting by (group, position) the partners of an entry are its next few neighbours."""
+    order = np.lexsort((positions, groups))
+    g, p = groups[order], positions[order]
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    offset = 1
+    while offset < order.size:
+        # Sorted, so if no pair qualifies at this offset, none does at a larger one.
+        close = (g[offset:] == g[:-offset]) & (p[offset:] - p[:-offset] < exclusion_windows)
+        if not close.any():
+            break
+        a, b = order[:-offset][close], order[offset:][close]
+        rows += [a, b]
+        cols += [b, a]
+        offset += 1
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    by_row = np.argsort(r, kind="stable")
+    return r[by_row], c[by_row]
+
+
 def compute_rho(
     normalised: np.ndarray,
     k: int,
@@ -140,6 +168,11 @@ def compute_rho(
     g, p = _check_groups(groups, positions, n)
     # A position difference < 1 is the entry itself, which is excluded anyway.
     exclude = g is not None and p is not None and exclusion_windows > 1
+    whole_group = exclusion_windows >= WHOLE_GROUP
+    pair_rows = pair_cols = np.zeros(0, dtype=np.int64)
+    if exclude and not whole_group:
+        assert g is not None and p is not None  # for mypy: implied by `exclude`
+        pair_rows, pair_cols = _close_pairs(g, p, exclusion_windows)
     rho = np.empty(n, dtype=np.float32)
     step = _rows_per_chunk(n)
     for start in range(0, n, step):
@@ -148,17 +181,13 @@ def compute_rho(
         sims = normalised[start:stop] @ normalised.T
         rows = np.arange(stop - start)
         sims[rows, start + rows] = -np.inf
-        if exclude:
-            assert g is not None and p is not None  # for mypy: implied by `exclude`
-            # A bool [rows, N] block is a quarter of the float one; the position test then
-            # runs only on the (few) same-group pairs.
-            same = g[start:stop, np.newaxis] == g[np.newaxis, :]
-            if exclusion_windows >= WHOLE_GROUP:
-                sims[same] = -np.inf
-            else:
-                r_idx, c_idx = np.nonzero(same)
-                close = np.abs(p[start + r_idx] - p[c_idx]) < exclusion_windows
-                sims[r_idx[close], c_idx[close]] = -np.inf
+        if exclude and whole_group:
+            assert g is not None  # for mypy: implied by `exclude`
+            # A bool [rows, N] block: a quarter of the float one.
+            sims[g[start:stop, np.newaxis] == g[np.newaxis, :]] = -np.inf
+        elif exclude:
+            lo, hi = np.searchsorted(pair_rows, [start, stop])
+            sims[pair_rows[lo:hi] - start, pair_cols[lo:hi]] = -np.inf
         if k == 1:
             top = sims.max(axis=1, keepdims=True)  # much faster than a partition
         else:
@@ -170,7 +199,8 @@ def compute_rho(
             raise ValueError(
                 f"bank entry {first}{group} has fewer than k={k} neighbours outside its "
                 f"exclusion zone ({int(np.count_nonzero(starved))} entries in rows "
-                f"{start}..{stop - 1}); give more clips or a smaller k, or a wider rho scope"
+                f"{start}..{stop - 1}); give more clips, a smaller k, or a rho scope that "
+                "excludes fewer neighbours"
             )
         nearest = np.clip((1.0 - top) / 2.0, 0.0, 1.0)
         rho[start:stop] = nearest.mean(axis=1, dtype=np.float64)

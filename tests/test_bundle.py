@@ -20,7 +20,7 @@ from edge_asd.bundle import (
     save_bundle,
 )
 from edge_asd.encoder import ModelInfo
-from edge_asd.memory_bank import MemoryBank
+from edge_asd.memory_bank import NO_EXCLUSION, MemoryBank
 
 N_ENTRIES = 50
 DIM = 12
@@ -36,9 +36,29 @@ MODEL = ModelInfo(
 OTHER_MODEL = dataclasses.replace(MODEL, sha256="b" * 64, name="other-encoder", version="2.0")
 
 
-def _bundle(labels: bool = True, seed: int = 0) -> Bundle:
+WINDOWS_PER_CLIP = 10
+NON_OVERLAPPING_WINDOWS = 2
+
+
+def _bundle(labels: bool = True, seed: int = 0, groups: bool = False) -> Bundle:
     rng = np.random.default_rng(seed)
-    bank = MemoryBank(rng.normal(size=(N_ENTRIES, DIM)), k=2)
+    clip = np.arange(N_ENTRIES) // WINDOWS_PER_CLIP
+    index = np.arange(N_ENTRIES) % WINDOWS_PER_CLIP
+    bank = MemoryBank(
+        rng.normal(size=(N_ENTRIES, DIM)),
+        k=2,
+        groups=clip if groups else None,
+        positions=index if groups else None,
+        exclusion_windows=NON_OVERLAPPING_WINDOWS if groups else NO_EXCLUSION,
+    )
+    extra: dict[str, object] = {}
+    if groups:
+        extra = {
+            "groups": bank.groups,
+            "positions": bank.positions,
+            "rho_scope": "non_overlapping",
+            "exclusion_windows": bank.exclusion_windows,
+        }
     return Bundle(
         embeddings=bank.embeddings,
         rho=bank.rho,
@@ -54,6 +74,7 @@ def _bundle(labels: bool = True, seed: int = 0) -> Bundle:
         hop_samples=8_000,
         sample_rate=16_000,
         sources=["a.wav", "b.wav"],
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -67,9 +88,10 @@ def _assert_same(a: Bundle, b: Bundle) -> None:
             assert va == vb, f.name
 
 
+@pytest.mark.parametrize("groups", [True, False])
 @pytest.mark.parametrize("labels", [True, False])
-def test_round_trip_keeps_every_field(tmp_path: Path, labels: bool) -> None:
-    original = _bundle(labels=labels)
+def test_round_trip_keeps_every_field(tmp_path: Path, labels: bool, groups: bool) -> None:
+    original = _bundle(labels=labels, groups=groups)
     out = save_bundle(original, tmp_path / "bundle")
     assert sorted(p.name for p in out.iterdir()) == [BANK_FILE, META_FILE]
     loaded = load_bundle(out, model=MODEL)
@@ -80,6 +102,72 @@ def test_round_trip_keeps_every_field(tmp_path: Path, labels: bool) -> None:
     meta = json.loads((out / META_FILE).read_text())
     assert meta["model"]["name"] == "fake-encoder"
     assert "embeddings" not in meta
+    assert meta["has_groups"] is groups
+    assert meta["rho_scope"] == ("non_overlapping" if groups else "all")
+    bank = loaded.memory_bank()
+    assert bank.exclusion_windows == original.exclusion_windows
+    if groups:
+        assert loaded.groups is not None and loaded.groups.dtype == np.int64
+        assert bank.groups is not None
+        np.testing.assert_array_equal(bank.groups, original.groups)
+
+
+def test_bundle_without_groups_from_before_they_existed_loads(tmp_path: Path) -> None:
+    """A format_version 1 bundle written before groups: no keys, no arrays; it reads as the
+    rho scope it was calibrated with ("all") and scores exactly as before."""
+    original = _bundle()
+    out = save_bundle(original, tmp_path / "old")
+    meta = json.loads((out / META_FILE).read_text())
+    for key in ("has_groups", "rho_scope", "exclusion_windows"):
+        del meta[key]
+    (out / META_FILE).write_text(json.dumps(meta))
+    loaded = load_bundle(out, model=MODEL)
+    assert (loaded.groups, loaded.positions) == (None, None)
+    assert (loaded.rho_scope, loaded.exclusion_windows) == ("all", NO_EXCLUSION)
+    queries = np.random.default_rng(5).normal(size=(4, DIM))
+    np.testing.assert_array_equal(
+        loaded.memory_bank().score(queries), original.memory_bank().score(queries)
+    )
+
+
+def test_bad_groups_and_scope_are_refused(tmp_path: Path) -> None:
+    original = _bundle(groups=True)
+    out = save_bundle(original, tmp_path / "b")
+    assert original.groups is not None and original.positions is not None
+    np.savez(
+        out / BANK_FILE,
+        embeddings=original.embeddings,
+        rho=original.rho,
+        labels=np.asarray(original.labels),
+        groups=original.groups[:-1],
+        positions=original.positions,
+    )
+    with pytest.raises(BundleError, match=r"groups has shape \(49,\)"):
+        load_bundle(out)
+    np.savez(
+        out / BANK_FILE,
+        embeddings=original.embeddings,
+        rho=original.rho,
+        labels=np.asarray(original.labels),
+        groups=original.groups,
+        positions=original.positions.astype(np.float64),
+    )
+    with pytest.raises(BundleError, match=r"positions in bank\.npz are not integers"):
+        load_bundle(out)
+    np.savez(
+        out / BANK_FILE,
+        embeddings=original.embeddings,
+        rho=original.rho,
+        labels=np.asarray(original.labels),
+    )
+    with pytest.raises(BundleError, match="lacks array 'groups"):
+        load_bundle(out)
+    out = save_bundle(original, tmp_path / "b")
+    meta = json.loads((out / META_FILE).read_text())
+    meta["rho_scope"] = "nearest"
+    (out / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="unknown rho_scope 'nearest'"):
+        load_bundle(out)
 
 
 def test_memory_bank_uses_stored_rho(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from edge_asd.calibration import (
     Clip,
     assign_folds,
     calibrate,
+    contiguous_folds,
     fit_threshold,
     heldout_scores,
     window_groups,
@@ -390,20 +391,21 @@ def test_heldout_windows_never_overlap_bank_windows_property(
 
 
 def test_window_groups_by_clip_and_by_stretch() -> None:
-    counts = [3, 0, 2]
-    groups, positions = window_groups(counts, np.zeros(5, dtype=np.int64), "clips")
+    groups, positions = window_groups([3, 0, 2], "clips", 5)
     np.testing.assert_array_equal(groups, [0, 0, 0, 2, 2])
     np.testing.assert_array_equal(positions, [0, 1, 2, 0, 1])
-    # One long recording in 3 stretches: one group per stretch, positions along the clip.
-    folds = np.array([0, 0, 0, 1, 1, 1, 2, 2])
-    groups, positions = window_groups([8], folds, "contiguous")
-    np.testing.assert_array_equal(groups, [0, 0, 0, 1, 1, 1, 2, 2])
+    # One long recording, 2 folds: 2 stretches per fold, each inside one fold.
+    groups, positions = window_groups([8], "contiguous", 2)
+    np.testing.assert_array_equal(groups, [0, 0, 1, 1, 2, 2, 3, 3])
     np.testing.assert_array_equal(positions, np.arange(8))
+    folds = contiguous_folds(8, 2)
+    for g in range(4):
+        assert len(set(folds[groups == g].tolist())) == 1
     # A stretch that spans two clips gives two groups (their positions are not comparable).
-    groups, positions = window_groups([5, 3], folds, "contiguous")
-    np.testing.assert_array_equal(groups, [0, 0, 0, 1, 1, 2, 3, 3])
-    np.testing.assert_array_equal(positions, [0, 1, 2, 3, 4, 0, 1, 2])
-    empty_groups, empty_positions = window_groups([0], np.zeros(0, dtype=np.int64), "contiguous")
+    groups, positions = window_groups([3, 5], "contiguous", 2)
+    np.testing.assert_array_equal(groups, [0, 0, 1, 2, 3, 3, 4, 4])
+    np.testing.assert_array_equal(positions, [0, 1, 2, 0, 1, 2, 3, 4])
+    empty_groups, empty_positions = window_groups([0], "contiguous", 5)
     assert empty_groups.size == 0 and empty_positions.size == 0
 
 
@@ -474,11 +476,22 @@ def test_single_long_recording_other_groups_uses_stretches() -> None:
     bundle = calibrate(clip, FakeEncoder(), settings(rho_scope="other_groups"), progress=False)
     assert bundle.normal_stats["fold_scheme"] == "contiguous"
     assert bundle.groups is not None
-    assert sorted(set(bundle.groups.tolist())) == [0, 1, 2, 3, 4]
+    assert sorted(set(bundle.groups.tolist())) == list(range(10))  # 2 stretches per fold
     assert np.isfinite(bundle.threshold)
-    # Two folds leave one stretch per held-out bank: no other group to take rho from.
-    with pytest.raises(CalibrationError, match=r"fold 0: .*neighbours.*'other_groups'"):
-        calibrate(clip, FakeEncoder(), settings(rho_scope="other_groups", folds=2), progress=False)
+    # Two folds still leave two stretches in each held-out bank.
+    two = calibrate(
+        clip, FakeEncoder(), settings(rho_scope="other_groups", folds=2), progress=False
+    )
+    assert np.isfinite(two.threshold)
+    # A held-out bank (59 windows, 2 stretches of about 30) cannot give 40 other-stretch
+    # neighbours: the error names the fold and the scope.
+    with pytest.raises(CalibrationError, match=r"fold 0: .*k=40.*'other_groups'"):
+        calibrate(
+            clip,
+            FakeEncoder(),
+            settings(rho_scope="other_groups", folds=2, k=40),
+            progress=False,
+        )
 
 
 def test_rho_scope_setting_is_checked_and_taken_from_the_config() -> None:

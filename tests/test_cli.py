@@ -176,3 +176,13 @@ def test_runtime_never_imports_torch(tmp_path: Path, normal_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "no torch" in result.stdout
+
+
+def test_evaluate_rho_scope_option() -> None:
+    from edge_asd.memory_bank import RHO_SCOPES
+
+    result = _cli("evaluate", "--help")
+    assert "--rho-scope {" + ",".join(RHO_SCOPES) + "}" in result.stdout
+    bad = _cli("evaluate", "root", "--out", "o", "--rho-scope", "nearest")
+    assert bad.returncode == 2
+    assert "--rho-scope: invalid choice: 'nearest'" in bad.stderr

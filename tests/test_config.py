@@ -35,6 +35,17 @@ def test_calibration_example_is_valid() -> None:
     assert config.calibration.min_windows >= 10
 
 
+def test_examples_show_the_default_rho_scope_and_k() -> None:
+    from edge_asd.calibration import DEFAULT_K, DEFAULT_RHO_SCOPE
+
+    for path in ("deploy/config.example.yaml", "calibration/calibration.example.yaml"):
+        raw = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))
+        assert raw["calibration"]["rho_scope"] == DEFAULT_RHO_SCOPE, path
+        assert raw["calibration"]["k"] == DEFAULT_K, path
+    defaults = parse_config({}, source=Path("x.yaml")).calibration
+    assert (defaults.rho_scope, defaults.k) == (DEFAULT_RHO_SCOPE, DEFAULT_K)
+
+
 def test_defaults() -> None:
     config = parse_config({"machines": [_machine()]}, source=Path("x.yaml"))
     machine = config.machines[0]
@@ -51,6 +62,7 @@ def test_defaults() -> None:
         ({"mqtt": {"port": 70000}}, "mqtt.port", "less than"),
         ({"mqtt": {"qos": 3}}, "mqtt.qos", "Input should be"),
         ({"calibration": {"scoring": "cosine"}}, "calibration.scoring", "density"),
+        ({"calibration": {"rho_scope": "nearest"}}, "calibration.rho_scope", "other_groups"),
         ({"machines": [_machine(hop_seconds=2.0)]}, "machines.0", "hop_seconds"),
         ({"machines": [_machine(), _machine(channel=1)]}, "(top level)", "unique"),
         ({"mqtt": {"password_file": "/a", "password_env": "B"}}, "mqtt", "not both"),

@@ -12,6 +12,7 @@ import pytest
 
 from edge_asd import synth
 from edge_asd.audio_file import write_wav
+from edge_asd.calibration import DEFAULT_K, DEFAULT_RHO_SCOPE
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.encoder import ModelInfo
 from edge_asd.evaluation import (
@@ -123,7 +124,8 @@ def test_results_structure_and_metrics(evaluated: tuple[Path, dict]) -> None:
     }
     assert results["scoring"] == {
         "method": "density",
-        "k": 1,
+        "k": DEFAULT_K,
+        "rho_scope": DEFAULT_RHO_SCOPE,
         "window_seconds": 1.0,
         "hop_seconds": 0.5,
         "aggregate": "mean",
@@ -183,6 +185,46 @@ def test_raw_and_difference_methods_run(dcase_root: Path, tmp_path: Path) -> Non
         assert results["scoring"]["method"] == method
         assert results["scoring"]["aggregate"] == "max"
         assert results["sections"]["fan"]["auc_source"] > 0.8
+
+
+def test_rho_scope_reaches_the_bank(dcase_root: Path, tmp_path: Path) -> None:
+    """Each scope gives its own density scores; the scope is recorded and printed."""
+    scores: dict[str, list[str]] = {}
+    for scope in ("all", "non_overlapping", "other_groups"):
+        out = tmp_path / scope
+        results = evaluate(
+            dcase_root,
+            out,
+            FakeEncoder(),
+            rho_scope=scope,
+            window_samples=WINDOW,
+            hop_samples=HOP,
+            progress=False,
+        )
+        assert results["scoring"]["rho_scope"] == scope
+        assert f"rho_scope={scope}" in format_table(results)
+        assert results["sections"]["fan"]["operating_point"] is not None
+        scores[scope] = (out / "anomaly_score_fan_section_00_test.csv").read_text().splitlines()
+    assert scores["all"] != scores["non_overlapping"] != scores["other_groups"]
+    with pytest.raises(ValueError, match="rho_scope 'nearest'"):
+        evaluate(dcase_root, tmp_path / "x", FakeEncoder(), rho_scope="nearest", progress=False)
+
+
+def test_too_large_k_for_the_scope_names_section_and_scope(
+    dcase_root: Path, tmp_path: Path
+) -> None:
+    # 10 clips of 3 windows: 27 windows of other clips, fewer than k = 28.
+    with pytest.raises(EvaluationError, match=r"section fan: .*k=28.*'other_groups'"):
+        evaluate(
+            dcase_root,
+            tmp_path,
+            FakeEncoder(),
+            k=28,
+            rho_scope="other_groups",
+            window_samples=WINDOW,
+            hop_samples=HOP,
+            progress=False,
+        )
 
 
 def test_dcase2020_names_are_source_only(tmp_path: Path) -> None:

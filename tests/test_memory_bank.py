@@ -280,6 +280,9 @@ def test_chunked_rho_with_exclusion_equals_unchunked(monkeypatch: pytest.MonkeyP
     positions = rng.integers(0, 40, size=300)
     kwargs = {"groups": groups, "positions": positions}
     whole = {e: compute_rho(unit, 3, exclusion_windows=e, **kwargs) for e in (2, WHOLE_GROUP)}
+    # Random positions repeat within a group and arrive unsorted: still exact.
+    want = _brute_rho(unit, 3, groups, positions, 2)
+    np.testing.assert_allclose(whole[2], want, rtol=1e-4, atol=1e-6)
     monkeypatch.setattr(memory_bank, "CHUNK_BUDGET_BYTES", 7 * 4 * 300)
     for e, want in whole.items():
         chunked = compute_rho(unit, 3, exclusion_windows=e, **kwargs)

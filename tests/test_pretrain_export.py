@@ -205,3 +205,42 @@ def test_calibration_windows_must_match_the_window(tmp_path: Path, exported) -> 
     fp32, _ = exported
     with pytest.raises(ExportError, match="calibration windows"):
         quantize_int8(fp32, tmp_path / "bad.onnx", np.zeros((2, WINDOW // 2), np.float32))
+
+
+class CropWrapper(torch.nn.Module):
+    """A student wrapping the port (as the training code's centre crop does)."""
+
+    def __init__(self, inner: YamnetPort) -> None:
+        super().__init__()
+        self.inner = inner
+        self.embedding_dim = inner.embedding_dim
+        self.num_classes = inner.num_classes
+        self.window_samples = WINDOW
+
+    def forward(self, waveform):
+        start = (waveform.shape[1] - self.inner.window_samples) // 2
+        return self.inner(waveform[:, start : start + self.inner.window_samples])
+
+
+def test_int8_hooks_of_a_wrapped_port_are_used_on_a_copy(tmp_path: Path, windows) -> None:
+    port = tiny_port(2)
+    student = CropWrapper(port)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    result = export_int8(
+        student,
+        tmp_path,
+        name="wrapped",
+        version="1",
+        calibration_windows=windows[::2],
+        parity_windows=windows[1::2],
+        min_cosine=0.9,
+    )
+    assert result.report["wide_activation_scopes"] == list(port.int8_sensitive_scopes())
+    assert result.report["float_scopes"] == ["/layers.0/"]
+    for key, value in student.state_dict().items():  # equalisation happened on a copy
+        assert torch.equal(value, before[key])
+    session = ort.InferenceSession(str(result.fp32_path), providers=["CPUExecutionProvider"])
+    got = session.run([MODEL_OUTPUT_NAME], {MODEL_INPUT_NAME: windows[:2]})[0]
+    with torch.no_grad():
+        expected = student(torch.from_numpy(windows[:2])).embedding.numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)

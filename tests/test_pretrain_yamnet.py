@@ -349,8 +349,13 @@ def test_front_end_matches_numpy_reference_on_generated_audio() -> None:
     assert LogMelFrontEnd(centred).bins < config.fft_length // 2 + 1
 
 
-def test_folded_front_end_equals_the_plain_dft_on_any_length() -> None:
-    fe = LogMelFrontEnd(default_front_end(YamnetConfig()))
+@pytest.mark.parametrize("first_tap", [0.0, 0.1])
+def test_folded_front_end_equals_the_plain_dft_on_any_length(first_tap: float) -> None:
+    constants = default_front_end(YamnetConfig())
+    # a symmetric window whose first tap (no partner inside the frame) is not zero
+    window = constants.window + np.float32(first_tap)
+    fe = LogMelFrontEnd(dataclasses.replace(constants, window=window))
+    assert fe.folded and fe.lone_sample == (first_tap != 0.0)
     x = torch.randn(2, 17_003) * 0.2
     with torch.no_grad():
         folded = fe(x)
@@ -458,3 +463,176 @@ def test_equalization_keeps_every_output_and_narrows_channel_ranges() -> None:
 def test_int8_sensitive_scopes_cover_the_last_layers_only_for_the_final_embedding() -> None:
     assert YamnetPort(TINY).int8_sensitive_scopes() == ("/layers.1/", "/layers.2/", "/layers.3/")
     assert YamnetPort(TINY, embedding_layer=3).int8_sensitive_scopes() == ()
+
+
+# --- the flatbuffer reader, on a small .tflite file the test writes ------------------------------
+
+
+def write_tiny_tflite(path) -> dict:
+    """A 3-op TFLite file (CONV_2D, DEQUANTIZE + DEPTHWISE_CONV_2D, FULLY_CONNECTED)."""
+    tflite = pytest.importorskip("tflite")
+    flatbuffers = pytest.importorskip("flatbuffers")
+    rng = np.random.default_rng(6)
+    b = flatbuffers.Builder(4096)
+    conv_w = rng.standard_normal((4, 3, 3, 1)).astype(np.float32)
+    dw_q = rng.integers(-127, 128, (1, 3, 3, 4)).astype(np.int8)
+    dw_scales = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    fc_q = rng.integers(-127, 128, (5, 4)).astype(np.int8)
+    fc_scale = np.array([0.05], np.float32)
+    # (name, shape, type, data, scales, zero points, quantised dim)
+    specs = [
+        ("input", (1, 8, 8, 1), tflite.TensorType.FLOAT32, None, None, None, 0),
+        ("conv_w", conv_w.shape, tflite.TensorType.FLOAT32, conv_w, None, None, 0),
+        ("conv_out", (1, 4, 4, 4), tflite.TensorType.FLOAT32, None, None, None, 0),
+        ("dw_q", dw_q.shape, tflite.TensorType.INT8, dw_q, dw_scales, np.zeros(4, np.int64), 3),
+        ("dw_w", dw_q.shape, tflite.TensorType.FLOAT32, None, None, None, 0),
+        ("dw_out", (1, 4, 4, 4), tflite.TensorType.FLOAT32, None, None, None, 0),
+        ("fc_w", fc_q.shape, tflite.TensorType.INT8, fc_q, fc_scale, np.array([3]), 0),
+        ("fc_out", (1, 5), tflite.TensorType.FLOAT32, None, None, None, 0),
+    ]
+    buffers = []
+    tflite.BufferStart(b)
+    buffers.append(tflite.BufferEnd(b))  # buffer 0: empty, by convention
+    tensors = []
+    for name, shape, ttype, data, scales, zeros, qdim in specs:
+        buffer_index = 0
+        if data is not None:
+            vec = b.CreateNumpyVector(np.frombuffer(data.tobytes(), np.uint8))
+            tflite.BufferStart(b)
+            tflite.BufferAddData(b, vec)
+            buffers.append(tflite.BufferEnd(b))
+            buffer_index = len(buffers) - 1
+        quant = None
+        if scales is not None:
+            scale_vec = b.CreateNumpyVector(scales)
+            zero_vec = b.CreateNumpyVector(zeros.astype(np.int64))
+            tflite.QuantizationParametersStart(b)
+            tflite.QuantizationParametersAddScale(b, scale_vec)
+            tflite.QuantizationParametersAddZeroPoint(b, zero_vec)
+            tflite.QuantizationParametersAddQuantizedDimension(b, qdim)
+            quant = tflite.QuantizationParametersEnd(b)
+        name_off = b.CreateString(name)
+        shape_vec = b.CreateNumpyVector(np.array(shape, np.int32))
+        tflite.TensorStart(b)
+        tflite.TensorAddShape(b, shape_vec)
+        tflite.TensorAddType(b, ttype)
+        tflite.TensorAddBuffer(b, buffer_index)
+        tflite.TensorAddName(b, name_off)
+        if quant is not None:
+            tflite.TensorAddQuantization(b, quant)
+        tensors.append(tflite.TensorEnd(b))
+
+    def options_conv(cls_prefix: str, stride: int, extra: dict) -> int:
+        getattr(tflite, f"{cls_prefix}Start")(b)
+        getattr(tflite, f"{cls_prefix}AddPadding")(b, tflite.Padding.SAME)
+        getattr(tflite, f"{cls_prefix}AddStrideH")(b, stride)
+        getattr(tflite, f"{cls_prefix}AddStrideW")(b, stride)
+        getattr(tflite, f"{cls_prefix}AddFusedActivationFunction")(
+            b, tflite.ActivationFunctionType.RELU
+        )
+        for key, value in extra.items():
+            getattr(tflite, f"{cls_prefix}Add{key}")(b, value)
+        return getattr(tflite, f"{cls_prefix}End")(b)
+
+    conv_opts = options_conv("Conv2DOptions", 2, {})
+    dw_opts = options_conv("DepthwiseConv2DOptions", 1, {"DepthMultiplier": 1})
+    tflite.FullyConnectedOptionsStart(b)
+    fc_opts = tflite.FullyConnectedOptionsEnd(b)
+    codes_spec = [
+        tflite.BuiltinOperator.CONV_2D,
+        tflite.BuiltinOperator.DEQUANTIZE,
+        tflite.BuiltinOperator.DEPTHWISE_CONV_2D,
+        tflite.BuiltinOperator.FULLY_CONNECTED,
+    ]
+    codes = []
+    for code in codes_spec:
+        tflite.OperatorCodeStart(b)
+        tflite.OperatorCodeAddBuiltinCode(b, code)
+        tflite.OperatorCodeAddDeprecatedBuiltinCode(b, code)
+        tflite.OperatorCodeAddVersion(b, 1)
+        codes.append(tflite.OperatorCodeEnd(b))
+    ops_spec = [
+        (0, [0, 1, -1], [2], tflite.BuiltinOptions.Conv2DOptions, conv_opts),
+        (1, [3], [4], None, None),
+        (2, [2, 4, -1], [5], tflite.BuiltinOptions.DepthwiseConv2DOptions, dw_opts),
+        (3, [5, 6], [7], tflite.BuiltinOptions.FullyConnectedOptions, fc_opts),
+    ]
+    ops = []
+    for code, inputs, outputs, opt_type, opts in ops_spec:
+        in_vec = b.CreateNumpyVector(np.array(inputs, np.int32))
+        out_vec = b.CreateNumpyVector(np.array(outputs, np.int32))
+        tflite.OperatorStart(b)
+        tflite.OperatorAddOpcodeIndex(b, code)
+        tflite.OperatorAddInputs(b, in_vec)
+        tflite.OperatorAddOutputs(b, out_vec)
+        if opts is not None:
+            tflite.OperatorAddBuiltinOptionsType(b, opt_type)
+            tflite.OperatorAddBuiltinOptions(b, opts)
+        ops.append(tflite.OperatorEnd(b))
+
+    def offsets(items: list[int]) -> int:
+        b.StartVector(4, len(items), 4)
+        for item in reversed(items):
+            b.PrependUOffsetTRelative(item)
+        return b.EndVector()
+
+    tensor_vec, op_vec = offsets(tensors), offsets(ops)
+    in_vec = b.CreateNumpyVector(np.array([0], np.int32))
+    out_vec = b.CreateNumpyVector(np.array([7], np.int32))
+    tflite.SubGraphStart(b)
+    tflite.SubGraphAddTensors(b, tensor_vec)
+    tflite.SubGraphAddOperators(b, op_vec)
+    tflite.SubGraphAddInputs(b, in_vec)
+    tflite.SubGraphAddOutputs(b, out_vec)
+    subgraph = tflite.SubGraphEnd(b)
+    subgraphs, code_vec, buffer_vec = offsets([subgraph]), offsets(codes), offsets(buffers)
+    tflite.ModelStart(b)
+    tflite.ModelAddVersion(b, 3)
+    tflite.ModelAddSubgraphs(b, subgraphs)
+    tflite.ModelAddOperatorCodes(b, code_vec)
+    tflite.ModelAddBuffers(b, buffer_vec)
+    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+    path.write_bytes(bytes(b.Output()))
+    return {"conv_w": conv_w, "dw_q": dw_q, "dw_scales": dw_scales, "fc_q": fc_q}
+
+
+def test_read_graph_parses_ops_options_and_quantisation(tmp_path) -> None:
+    from edge_asd.pretrain.tflite_weights import read_graph
+
+    path = tmp_path / "tiny.tflite"
+    made = write_tiny_tflite(path)
+    ops, tensors = read_graph(path)
+    assert [op.kind for op in ops] == [
+        "CONV_2D",
+        "DEQUANTIZE",
+        "DEPTHWISE_CONV_2D",
+        "FULLY_CONNECTED",
+    ]
+    assert ops[0].options == {
+        "padding": "SAME",
+        "stride_h": 2,
+        "stride_w": 2,
+        "activation": "RELU",
+        "dilation_h": 1,
+        "dilation_w": 1,
+    }
+    assert ops[2].options["depth_multiplier"] == 1 and ops[2].options["stride_h"] == 1
+    assert ops[0].inputs == (0, 1, -1) and ops[3].outputs == (7,)
+    assert tensors[0].data is None and tensors[0].shape == (1, 8, 8, 1)
+    np.testing.assert_array_equal(tensors[1].data, made["conv_w"])
+    dw = tensors[3]
+    assert dw.dtype == "int8" and dw.quantized_dim == 3
+    np.testing.assert_allclose(dequantize(dw), made["dw_q"] * made["dw_scales"], rtol=1e-6)
+    np.testing.assert_allclose(dequantize(tensors[6]), 0.05 * (made["fc_q"] - 3.0), rtol=1e-6)
+
+
+def test_read_graph_names_the_file_it_cannot_parse(tmp_path) -> None:
+    pytest.importorskip("tflite")
+    from edge_asd.pretrain.tflite_weights import read_graph
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"this is not a flatbuffer at all")
+    with pytest.raises(TfliteWeightsError, match=r"bad\.tflite"):
+        read_graph(bad)
+    with pytest.raises(TfliteWeightsError, match=r"missing\.tflite"):
+        read_graph(tmp_path / "missing.tflite")

@@ -31,7 +31,7 @@ VERIFY_TOP_CLASSES: Final = 5
 _SCORE_TOLERANCE: Final = 1e-5
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `pretrain` and its sub-commands; each sets `handler` (Namespace -> exit code)."""
     parser = subparsers.add_parser(
         "pretrain",
@@ -279,7 +279,9 @@ def _cmd_verify_teacher(args: argparse.Namespace) -> int:
         problems.append(f"{scores.shape[1]} scores but {len(names)} class names")
     if np.allclose(emb[0], emb[1]):
         problems.append("a tone and silence give the same embedding")
-    top = np.argsort(scores[0])[::-1][:VERIFY_TOP_CLASSES] if scores.size else []
+    top: list[int] = (
+        [int(i) for i in np.argsort(scores[0])[::-1][:VERIFY_TOP_CLASSES]] if scores.size else []
+    )
     report = {
         "teacher": teacher.name,
         "cache_id": teacher.cache_id,

@@ -73,6 +73,8 @@ class LogMel(nn.Module):
         mel = mel_matrix(n_mels, FFT_SAMPLES, SAMPLE_RATE_HZ, MEL_FMIN_HZ, MEL_FMAX_HZ)
         self.register_buffer("mel", torch.from_numpy(mel))
         self.n_bins = n_bins
+        self.dft: Tensor
+        self.mel: Tensor
 
     def forward(self, waveform: Tensor) -> Tensor:
         spec = nn.functional.conv1d(waveform[:, None, :], self.dft, stride=HOP_SAMPLES)

@@ -385,7 +385,7 @@ def segment_grid(
 ) -> list[Segment]:
     """Unperturbed segments at offsets 0, hop, 2 hop, ... of each file (short files: one,
     zero-padded)."""
-    out = []
+    out: list[Segment] = []
     for index in file_indices:
         n = files[index].samples.size
         last = max(0, n - length)
@@ -649,7 +649,13 @@ def make_batch(
     """Render and mix the examples of one planned batch; items index `groups` (default: the
     training segments, each with its perturbed variants)."""
     groups = corpus.train_segments if groups is None else groups
-    mixtures, cleans, noises, flags, clabels, nlabels, snrs = [], [], [], [], [], [], []
+    mixtures: list[np.ndarray] = []
+    cleans: list[Segment] = []
+    noises: list[Segment | None] = []
+    flags: list[bool] = []
+    clabels: list[str] = []
+    nlabels: list[str | None] = []
+    snrs: list[float] = []
     for item, variant, params in plan:
         group = groups[item]
         seg = group[variant % len(group)]

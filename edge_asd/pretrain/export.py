@@ -8,6 +8,7 @@ reading an intermediate block exports without its later blocks and classifier.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -339,7 +340,7 @@ def quantize_int8(
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     windows = np.asarray(calibration_windows, dtype=np.float32)
     meta = read_metadata(fp32_path)
-    expected = int(meta.get(META_WINDOW_SAMPLES, windows.shape[-1]))
+    expected = int(meta.get(META_WINDOW_SAMPLES, str(windows.shape[-1])))
     if windows.ndim != 2 or windows.shape[1] != expected or len(windows) == 0:
         raise ExportError(
             f"{fp32_path}: calibration windows must be [N>0, {expected}], got {windows.shape}"
@@ -492,24 +493,19 @@ def export_int8(
 ) -> ExportResult:
     """fp32 export, int8 quantisation and parity check; writes `<name>-parity.json` too.
 
-    A student with `prepare_int8_export(windows)` (the YAMNet port: activation-range
-    equalisation, outputs unchanged) is exported through it, and fp32 and int8 files come
-    from the same prepared copy. `wide_activation_scopes` None asks the student
-    (`int8_sensitive_scopes()`, if it has one); so does the float-kept part
-    (`int8_float_scopes()`). Raises ParityError (after writing the
-    report) when int8 parity is below `min_cosine`.
+    Submodules (the student itself or one it wraps) that offer int8 hooks are used on a copy:
+    `equalize_activation_ranges(windows)` (the YAMNet port: outputs unchanged),
+    `int8_sensitive_scopes()` (16-bit activations; `wide_activation_scopes` None asks them),
+    `int8_float_scopes()` (kept float). fp32 and int8 files come from the same prepared copy.
+    Raises ParityError (after writing the report) when int8 parity is below `min_cosine`.
     """
+    prepared, hooks = _prepare_for_int8(student, calibration_windows)
     if wide_activation_scopes is None:
-        sensitive = getattr(student, "int8_sensitive_scopes", None)
-        wide_activation_scopes = tuple(sensitive()) if callable(sensitive) else ()
-    float_hook = getattr(student, "int8_float_scopes", None)
-    float_scopes = tuple(float_hook()) if callable(float_hook) else ()
-    prepare = getattr(student, "prepare_int8_export", None)
-    if callable(prepare):
-        student = prepare(torch.from_numpy(np.asarray(calibration_windows, np.float32)))
+        wide_activation_scopes = hooks["wide"]
+    float_scopes = hooks["float"]
     out_dir = Path(out_dir)
     fp32_path = export_onnx(
-        student,
+        prepared,
         out_dir / f"{name}-fp32.onnx",
         name=name,
         version=version,
@@ -543,6 +539,26 @@ def export_int8(
     report.update(settings)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return ExportResult(fp32_path=fp32_path, int8_path=int8_path, report=report)
+
+
+def _prepare_for_int8(
+    student: Student | nn.Module, calibration_windows: np.ndarray
+) -> tuple[nn.Module, dict[str, tuple[str, ...]]]:
+    """A copy of `student` with its submodules' int8 hooks applied, and their scopes."""
+    prepared = copy.deepcopy(student)
+    assert isinstance(prepared, nn.Module)
+    windows = torch.from_numpy(np.asarray(calibration_windows, np.float32))
+    wide: list[str] = []
+    floats: list[str] = []
+    for module in prepared.modules():
+        equalize = getattr(module, "equalize_activation_ranges", None)
+        if callable(equalize):
+            equalize(windows)
+        for hook_name, found in (("int8_sensitive_scopes", wide), ("int8_float_scopes", floats)):
+            hook = getattr(module, hook_name, None)
+            if callable(hook):
+                found.extend(scope for scope in hook() if scope not in found)
+    return prepared, {"wide": tuple(wide), "float": tuple(floats)}
 
 
 def windows_from_signals(

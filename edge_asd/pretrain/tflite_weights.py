@@ -11,6 +11,7 @@ quantised dimension when the file stores one scale per channel.
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -167,7 +168,7 @@ def read_graph(path: str | Path) -> tuple[list[OpRecord], list[TensorRecord]]:
         buf = path.read_bytes()
         model = tflite.Model.GetRootAsModel(buf, 0)
         graph = model.Subgraphs(0)
-    except (OSError, ValueError, IndexError) as exc:  # flatbuffers raises bare errors
+    except (OSError, ValueError, IndexError, struct.error) as exc:  # flatbuffers' bare errors
         raise TfliteWeightsError(f"{path}: cannot read as a TFLite model: {exc}") from exc
     if graph is None:
         raise TfliteWeightsError(f"{path}: no subgraph in the TFLite model")

@@ -232,7 +232,7 @@ class TrainModule(nn.Module):
     def forward(self, waveform: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         out = self.student(waveform)
         if self._student_projects:
-            projected = self.student.projection(out.embedding)
+            projected = self.student.get_submodule("projection")(out.embedding)
         else:
             projected = self.projection(out.embedding)
         return projected, out.logits, out.embedding
