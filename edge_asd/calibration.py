@@ -38,6 +38,7 @@ from edge_asd.constants import (
 )
 from edge_asd.memory_bank import (
     DEFAULT_SCORE_METHOD,
+    NO_EXCLUSION,
     RHO_FLOOR,
     RHO_SCOPES,
     SCORE_METHODS,
@@ -83,10 +84,7 @@ class CalibrationError(Exception):
 
 DEFAULT_WINDOW_SAMPLES: Final = seconds_to_samples(DEFAULT_WINDOW_SECONDS)
 DEFAULT_HOP_SAMPLES: Final = seconds_to_samples(DEFAULT_HOP_SECONDS)
-DEFAULT_K: Final = 16
-"""rho_K neighbours. Chosen with DEFAULT_RHO_SCOPE on the development sets (docs/benchmarks.md):
-with 50 %-overlapping windows and K = 1, density scoring lost to plain kNN on both dev sets
-whatever the scope; K = 16 over other clips beat it in official score and operating point."""
+DEFAULT_K: Final = 1
 DEFAULT_THRESHOLD_METHOD: Final = "gamma"
 DEFAULT_THRESHOLD_PERCENTILE: Final = 0.995
 DEFAULT_FOLDS: Final = 5
@@ -94,7 +92,8 @@ DEFAULT_MIN_WINDOWS: Final = 60
 DEFAULT_RHO_SCOPE: Final = "other_groups"
 """rho from other clips (or stretches) only, as the paper computes it over independent reference
 items: better official score than "all" and "non_overlapping" at K = 1 and K = 16 on both
-development sets (docs/benchmarks.md, "Detection on the development sets")."""
+development sets (docs/benchmarks.md, "Detection on the development sets"). Overlapping windows
+of one clip are near-duplicates; with them rho measures how smooth a clip is."""
 
 
 @dataclass(frozen=True, init=False)
@@ -316,7 +315,7 @@ def bank_for(
         labels=labels,
         groups=groups,
         positions=positions,
-        exclusion_windows=settings.exclusion_windows if groups is not None else 0,
+        exclusion_windows=settings.exclusion_windows if groups is not None else NO_EXCLUSION,
     )
 
 

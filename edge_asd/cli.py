@@ -115,6 +115,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         hop_samples=_samples(hop_seconds),
         scoring=cal.scoring,
         k=cal.k,
+        rho_scope=cal.rho_scope,
         threshold_method=cal.threshold_method,
         threshold_percentile=cal.threshold_percentile,
         folds=cal.folds,

@@ -119,12 +119,12 @@ class OutboxConfig(_Section):
 class CalibrationConfig(_Section):
     scoring: Literal["density", "difference", "raw"] = "density"
     k: int = Field(
-        16,
+        1,
         ge=1,
         le=256,
         description=(
-            "Neighbours for the local density rho_K; 16 measured best on the development sets "
-            "(docs/benchmarks.md)."
+            "Neighbours for the local density rho_K (1 as in the paper; 16 measured better on "
+            "the development sets, docs/benchmarks.md)."
         ),
     )
     threshold_method: Literal["gamma", "quantile"] = "gamma"

@@ -33,7 +33,6 @@ from tqdm import tqdm
 
 from edge_asd.audio_file import AudioFileError, read_wav
 from edge_asd.calibration import (
-    DEFAULT_K,
     DEFAULT_RHO_SCOPE,
     CalibrationError,
     CalibrationSettings,
@@ -504,7 +503,7 @@ def evaluate(
     encoder: EmbeddingModel,
     *,
     method: str = "density",
-    k: int = DEFAULT_K,
+    k: int = 1,
     rho_scope: str | None = None,
     window_samples: int | None = None,
     hop_samples: int | None = None,

@@ -239,6 +239,8 @@ class MemoryBank:
         self._k = int(k)
         self._labels = None if labels is None else [str(label) for label in labels]
         self._groups, self._positions = _check_groups(groups, positions, n)
+        if exclusion_windows < 0:
+            raise ValueError(f"exclusion_windows must be >= 0, got {exclusion_windows}")
         self._exclusion_windows = int(exclusion_windows)
         if rho is None:
             raw_rho = compute_rho(

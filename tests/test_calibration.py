@@ -243,7 +243,10 @@ def test_quantile_threshold_is_the_heldout_percentile(normal_clips: list[Clip]) 
     counts = [19] * len(normal_clips)
     folds, mask, scheme = assign_folds(counts, s)
     assert scheme == "clips" and bundle.normal_stats["fold_scheme"] == "clips"
-    scores = heldout_scores(bundle.embeddings, folds, s, score_mask=mask)
+    groups, positions = window_groups(counts, scheme, s.folds)
+    scores = heldout_scores(
+        bundle.embeddings, folds, s, score_mask=mask, groups=groups, positions=positions
+    )
     assert bundle.normal_stats["n"] == scores.size == 152
     assert np.mean(scores <= bundle.threshold) == pytest.approx(0.9, abs=0.01)
 

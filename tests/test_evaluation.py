@@ -12,7 +12,7 @@ import pytest
 
 from edge_asd import synth
 from edge_asd.audio_file import write_wav
-from edge_asd.calibration import DEFAULT_K, DEFAULT_RHO_SCOPE
+from edge_asd.calibration import DEFAULT_RHO_SCOPE
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.encoder import ModelInfo
 from edge_asd.evaluation import (
@@ -124,7 +124,7 @@ def test_results_structure_and_metrics(evaluated: tuple[Path, dict]) -> None:
     }
     assert results["scoring"] == {
         "method": "density",
-        "k": DEFAULT_K,
+        "k": 1,
         "rho_scope": DEFAULT_RHO_SCOPE,
         "window_seconds": 1.0,
         "hop_seconds": 0.5,

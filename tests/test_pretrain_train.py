@@ -296,3 +296,18 @@ def test_yamnet_port_teacher_matches_the_cropped_port() -> None:
     assert np.allclose(out.embedding.numpy(), emb, atol=1e-6)
     assert np.allclose(torch.sigmoid(out.logits).numpy(), scores, atol=1e-6)
     assert teacher.cache_id == YamnetPortTeacher(port=port).cache_id
+
+
+def test_projection_head_starts_from_least_squares() -> None:
+    from edge_asd.pretrain.train import fit_linear_projection
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((200, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 9)).astype(np.float32)
+    bias = rng.standard_normal(9).astype(np.float32)
+    y = x @ w + bias
+    layer = fit_linear_projection(x, y)
+    with torch.no_grad():
+        got = layer(torch.from_numpy(x)).numpy()
+    assert np.allclose(got, y, atol=1e-2)
+    assert np.allclose(layer.weight.detach().numpy(), w.T, atol=1e-2)

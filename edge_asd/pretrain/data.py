@@ -570,14 +570,6 @@ def choose_holdout(files: Sequence[AudioFile], fraction: float, seed: int) -> li
     return sorted(order[:count])
 
 
-@dataclass(frozen=True)
-class Example:
-    """One training example: indices of its sources and how they are mixed."""
-
-    clean: Segment
-    params: MixParams
-
-
 def epoch_plan(
     n_items: int,
     n_variants: int,

@@ -238,6 +238,31 @@ class TrainModule(nn.Module):
         return projected, out.logits, out.embedding
 
 
+PROJECTION_RIDGE: Final = 1e-3
+"""Relative ridge term of the projection's least-squares start (times mean diag of X^T X)."""
+PROJECTION_FIT_SEGMENTS: Final = 512
+
+
+def fit_linear_projection(x: np.ndarray, y: np.ndarray) -> nn.Linear:
+    """Ridge least-squares Linear map x [N, D] -> y [N, De] (with bias).
+
+    A fresh projection head maps the student's embedding to random directions, so its first
+    alignment gradients would push the backbone around for nothing; starting from the best
+    linear map of the (still teacher-identical) student to the teacher avoids that.
+    """
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    mx, my = x64.mean(axis=0), y64.mean(axis=0)
+    xc, yc = x64 - mx, y64 - my
+    gram = xc.T @ xc
+    ridge = PROJECTION_RIDGE * max(float(np.trace(gram)) / gram.shape[0], 1e-12)
+    w = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), xc.T @ yc)  # [D, De]
+    layer = nn.Linear(x.shape[1], y.shape[1])
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
+        layer.bias.copy_(torch.from_numpy((my - mx @ w).astype(np.float32)))
+    return layer
+
+
 def freeze(module: nn.Module, prefixes: Sequence[str]) -> int:
     """Freeze parameters whose name starts with one of `prefixes`; returns how many."""
     frozen = 0
@@ -386,6 +411,13 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.epochs = epochs or recipe.optim.epochs
         seed_everything(recipe.seed)
+        devset = recipe.resolve(recipe.validation.devset)
+        if devset is not None and not devset.is_dir():
+            # Fail before the teacher cache and the model are built, not an epoch later.
+            raise RecipeError(
+                f"validation.devset: {devset} is not a directory; build it with "
+                f"`python benchmarks/make_devset.py --out {devset}` or set validation.devset: null"
+            )
         self.corpus = build_corpus(recipe, reader)
         teacher_path = recipe.resolve(recipe.teacher.path)
         assert teacher_path is not None
@@ -420,7 +452,10 @@ class Trainer:
             )
         # Prefixes name the bare student's parameters (e.g. the port's `layers.0.`).
         self.frozen = freeze(getattr(student, "inner", student), recipe.optim.freeze_prefixes)
-        self.model = TrainModule(student, self.teacher.embedding_dim).to(self.device)
+        self.model = TrainModule(student, self.teacher.embedding_dim)
+        if isinstance(self.model.projection, nn.Linear):
+            self.model.projection = self._initial_projection(student)
+        self.model.to(self.device)
         self.student: Student = as_student(self.model.student)
         self.net: nn.Module = self.model
         if self.dist.enabled:
@@ -454,6 +489,31 @@ class Trainer:
             self.device,
             self.dist.world_size,
         )
+
+    @torch.no_grad()
+    def _initial_projection(self, student: nn.Module) -> nn.Linear:
+        """Least-squares start of the projection head on unperturbed training segments."""
+        from edge_asd.pretrain.data import render_segment
+
+        segs = [group[0] for group in self.corpus.train_segments][:PROJECTION_FIT_SEGMENTS]
+        was_training = student.training
+        student.eval()
+        parts = []
+        for start in range(0, len(segs), EMBED_BATCH):
+            audio = np.stack(
+                [
+                    render_segment(self.corpus.clean_files, s)
+                    for s in segs[start : start + EMBED_BATCH]
+                ]
+            )
+            parts.append(student(torch.from_numpy(audio)).embedding.numpy())
+        student.train(was_training)
+        rows = [self.targets.clean_index[s] for s in segs]
+        layer = fit_linear_projection(np.concatenate(parts), self.targets.clean_emb[rows])
+        _LOGGER.info(
+            "projection head %s fitted on %d segments", tuple(layer.weight.shape), len(segs)
+        )
+        return layer
 
     def _default_steps(self) -> int:
         return max(1, math.ceil(len(self.corpus.train_segments) / self.recipe.optim.batch_size))
@@ -665,7 +725,7 @@ class Trainer:
 
     def _log(self, record: dict[str, Any]) -> None:
         brief = {
-            k: round(v, 4) if isinstance(v, float) else v
+            k: float(f"{v:.4g}") if isinstance(v, float) else v
             for k, v in record.items()
             if k != "dev_sections"
         }
