@@ -27,7 +27,10 @@ from edge_asd.constants import (
 
 _LOGGER = logging.getLogger(__name__)
 
-BUNDLED_MODELS: Final[Mapping[str, str]] = {"logmel-stats": "logmel-stats.onnx"}
+BUNDLED_MODELS: Final[Mapping[str, str]] = {
+    "logmel-stats": "logmel-stats.onnx",
+    "yamnet-port": "yamnet-port-int8.onnx",
+}
 """Name -> file in edge_asd/models/ of every model shipped with the package."""
 DEFAULT_MODEL_NAME: Final = "logmel-stats"
 """The bundled model used when the config names none; swap to the trained student here."""

@@ -89,7 +89,7 @@ def _tiny_model(
 
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
-    return Encoder(default_model_path())
+    return Encoder(named_model_path("logmel-stats"))
 
 
 def _noise(seed: int, n: int = WINDOW, amplitude: float = 0.1) -> np.ndarray:
@@ -109,7 +109,7 @@ def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_bundled_model_info(encoder: Encoder) -> None:
-    path = default_model_path()
+    path = named_model_path("logmel-stats")
     assert encoder.info == ModelInfo(
         path=str(path),
         sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -134,7 +134,7 @@ def test_bundled_model_is_what_the_builder_makes_now(encoder: Encoder, tmp_path:
     for field in ("name", "version", "sample_rate", "window_samples", "embedding_dim"):
         assert getattr(rebuilt.info, field) == getattr(encoder.info, field)
     # Protobuf equality of the graphs: exact, and independent of how onnx serialises.
-    assert onnx.load(str(default_model_path())).graph == lm.build_model().graph
+    assert onnx.load(str(named_model_path("logmel-stats"))).graph == lm.build_model().graph
 
 
 def test_encoder_module_needs_neither_onnx_nor_torch() -> None:
@@ -182,7 +182,7 @@ def test_embedding_is_deterministic(encoder: Encoder) -> None:
     window = _noise(6)
     first = encoder.embed(window)
     assert np.array_equal(first, encoder.embed(window))
-    assert np.array_equal(first, Encoder(default_model_path()).embed(window))
+    assert np.array_equal(first, Encoder(named_model_path("logmel-stats")).embed(window))
 
 
 def test_distinct_sounds_give_distinct_embeddings(encoder: Encoder) -> None:
@@ -329,8 +329,9 @@ def test_output_size_disagreeing_with_metadata_is_caught_by_warm_up(tmp_path: Pa
 def test_named_models() -> None:
     assert named_model_path("default") == default_model_path()
     assert named_model_path("logmel-stats") == default_model_path()
+    assert named_model_path("yamnet-port").is_file()
     assert default_model_path().is_file()
-    with pytest.raises(ModelError, match=r"unknown bundled model 'nope'.*default, logmel-stats"):
+    with pytest.raises(ModelError, match=r"unknown bundled model 'nope'.*default, logmel-stats, yamnet-port"):
         named_model_path("nope")
 
 
@@ -354,3 +355,12 @@ def test_static_output_size_disagreeing_with_metadata(tmp_path: Path) -> None:
     save_model(model, str(path))
     with pytest.raises(ModelError, match=f"output 'embedding'.*{META_EMBEDDING_DIM} says 64"):
         Encoder(path)
+
+
+def test_bundled_yamnet_port_meets_the_contract() -> None:
+    encoder = Encoder(named_model_path("yamnet-port"))
+    assert encoder.info.name == "yamnet-port"
+    assert encoder.info.window_samples == WINDOW
+    out = encoder.embed(np.stack([_noise(1), _tone(440.0)]))
+    assert out.shape == (2, encoder.info.embedding_dim) and np.isfinite(out).all()
+    assert _cosine_distance(out[0], out[1]) > 1e-3
