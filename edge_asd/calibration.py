@@ -89,7 +89,7 @@ DEFAULT_THRESHOLD_METHOD: Final = "gamma"
 DEFAULT_THRESHOLD_PERCENTILE: Final = 0.995
 DEFAULT_FOLDS: Final = 5
 DEFAULT_MIN_WINDOWS: Final = 60
-DEFAULT_RHO_SCOPE: Final = "other_groups"
+DEFAULT_RHO_SCOPE: Final = "all"
 """rho from other clips (or stretches) only, as the paper computes it over independent reference
 items: better official score than "all" and "non_overlapping" at K = 1 and K = 16 on both
 development sets (docs/benchmarks.md, "Detection on the development sets"). Overlapping windows

@@ -132,7 +132,7 @@ class CalibrationConfig(_Section):
     folds: int = Field(5, ge=2, le=50)
     min_windows: int = Field(60, ge=10)
     rho_scope: Literal["all", "non_overlapping", "other_groups"] = Field(
-        "other_groups",
+        "all",
         description=(
             "Bank windows kept out of each window's local density rho_K: none (all), the "
             "windows of the same clip that overlap it in time (non_overlapping), or every "

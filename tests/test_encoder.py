@@ -331,7 +331,9 @@ def test_named_models() -> None:
     assert named_model_path("logmel-stats") == default_model_path()
     assert named_model_path("yamnet-port").is_file()
     assert default_model_path().is_file()
-    with pytest.raises(ModelError, match=r"unknown bundled model 'nope'.*default, logmel-stats, yamnet-port"):
+    with pytest.raises(
+        ModelError, match=r"unknown bundled model 'nope'.*default, logmel-stats, yamnet-port"
+    ):
         named_model_path("nope")
 
 

@@ -78,6 +78,7 @@ calibration:
   threshold_percentile: 0.995
   folds: 5
   min_windows: 60
+  rho_scope: all
 """
 
 
