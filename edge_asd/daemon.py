@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
 import numpy as np
@@ -582,8 +581,3 @@ def run_daemon(config: Config, *, log_level: str | None = None) -> int:
     configure_logging(log_level or config.log_level)
     daemon = Daemon(config)
     return daemon.run()
-
-
-def bundle_dir_for(state_dir: Path, machine: str) -> Path:
-    """Where the installer and the README put a machine's calibration bundle."""
-    return state_dir / "bundles" / machine
