@@ -328,11 +328,13 @@ def test_output_size_disagreeing_with_metadata_is_caught_by_warm_up(tmp_path: Pa
 
 def test_named_models() -> None:
     assert named_model_path("default") == default_model_path()
-    assert named_model_path("logmel-stats") == default_model_path()
+    assert named_model_path("yamnet-denoise") == default_model_path()
+    assert named_model_path("logmel-stats").is_file()
     assert named_model_path("yamnet-port").is_file()
     assert default_model_path().is_file()
     with pytest.raises(
-        ModelError, match=r"unknown bundled model 'nope'.*default, logmel-stats, yamnet-port"
+        ModelError,
+        match=r"unknown bundled model 'nope'.*default, logmel-stats, yamnet-denoise, yamnet-port",
     ):
         named_model_path("nope")
 
@@ -359,9 +361,11 @@ def test_static_output_size_disagreeing_with_metadata(tmp_path: Path) -> None:
         Encoder(path)
 
 
-def test_bundled_yamnet_port_meets_the_contract() -> None:
-    encoder = Encoder(named_model_path("yamnet-port"))
-    assert encoder.info.name == "yamnet-port"
+@pytest.mark.parametrize("name", ["yamnet-port", "yamnet-denoise"])
+def test_bundled_yamnet_models_meet_the_contract(name: str) -> None:
+    encoder = Encoder(named_model_path(name))
+    assert encoder.info.name == name
+    assert encoder.info.embedding_dim == 512
     assert encoder.info.window_samples == WINDOW
     out = encoder.embed(np.stack([_noise(1), _tone(440.0)]))
     assert out.shape == (2, encoder.info.embedding_dim) and np.isfinite(out).all()

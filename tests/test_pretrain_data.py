@@ -116,11 +116,61 @@ def test_committed_default_recipe_is_valid() -> None:
     recipe = load_recipe(
         Path(__file__).resolve().parents[1] / "edge_asd/pretrain/recipes/default.yaml"
     )
-    assert recipe.objective.name == "retain"
+    assert recipe.objective.name == "denoise"  # the shipped model's objective (docs/results.md)
     assert recipe.objective.mix_lambda == 0.5
     assert recipe.mixing.snr_db == (-10.0, 10.0)
     assert recipe.student.kind == "yamnet"
     assert recipe.data.clean[0].path == "../shared/data/machine_normal_dev"
+    # The exported layer is aligned with the same layer of the float teacher, and the noise
+    # the dev set tests on (second half of each file) is never trained on.
+    assert recipe.student.embedding_layer == recipe.teacher.embedding_layer == "8"
+    assert recipe.teacher.kind == "yamnet_port"
+    assert recipe.data.noise[0].span == (0.0, 0.5)
+
+
+def test_span_keeps_only_that_part_of_each_file(dataset: Path) -> None:
+    whole = build_corpus(_recipe(dataset))
+    recipe = recipe_from_dict(
+        {
+            **_recipe(dataset).model_dump(mode="json", exclude={"base_dir"}),
+            "data": {
+                **_recipe(dataset).data.model_dump(mode="json"),
+                "noise": [{"path": "noise", "labels": "stem", "span": [0.0, 0.5]}],
+            },
+        },
+        base_dir=dataset,
+    )
+    half = build_corpus(recipe)
+    for full, part in zip(whole.noise_files, half.noise_files, strict=True):
+        assert part.samples.size == round(full.samples.size / 2)
+        assert np.array_equal(part.samples, full.samples[: part.samples.size])
+        # Teacher outputs are cached by (file hash, offset): a span must not reuse them.
+        assert part.sha256 != full.sha256
+    assert [f.sha256 for f in half.clean_files] == [f.sha256 for f in whole.clean_files]
+
+
+@pytest.mark.parametrize("span", [[0.5, 0.5], [-0.1, 0.5], [0.2, 1.5]])
+def test_invalid_span_names_the_key(span: list[float]) -> None:
+    with pytest.raises(RecipeError, match=r"data.noise.0: .*span must satisfy"):
+        recipe_from_dict(
+            {
+                "data": {"clean": [{"path": "c"}], "noise": [{"path": "n", "span": span}]},
+                "teacher": {"path": "t.onnx"},
+            }
+        )
+
+
+def test_teacher_layer_needs_the_port_teacher() -> None:
+    data = {"clean": [{"path": "c"}], "noise": [{"path": "n"}]}
+    with pytest.raises(RecipeError, match=r"teacher.*embedding_layer is only available"):
+        recipe_from_dict({"data": data, "teacher": {"path": "t.onnx", "embedding_layer": "8"}})
+    recipe = recipe_from_dict(
+        {
+            "data": data,
+            "teacher": {"kind": "yamnet_port", "path": "y.tflite", "embedding_layer": "8"},
+        }
+    )
+    assert recipe.teacher.embedding_layer == "8"
 
 
 @pytest.mark.parametrize("target", [-10.0, -3.3, 0.0, 4.2, 10.0])

@@ -242,18 +242,31 @@ def test_cli_train_and_missing_torch_message(
             "--no-progress",
             "--device",
             "cpu",
+            "--objective",
+            "denoise",
+            "--set",
+            "optim.lr=3e-3",
         ]
     )
     assert args.handler(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["epochs_done"] == 1
     assert Path(summary["last_checkpoint"]).is_file()
+    # --objective overrides the recipe's objective.name (the experiment's variants).
+    saved = torch.load(summary["last_checkpoint"], map_location="cpu", weights_only=False)
+    assert saved["recipe"]["objective"]["name"] == "denoise"
+    assert saved["recipe"]["optim"]["lr"] == 3e-3  # --set KEY=VALUE, VALUE read as YAML
 
     bad = parser.parse_args(
         ["pretrain", "train", "--recipe", str(tmp_path / "no.yaml"), "--out", "x"]
     )
     assert bad.handler(bad) == 2
     assert "no.yaml: cannot read recipe" in capsys.readouterr().err
+    unknown = parser.parse_args(
+        ["pretrain", "train", "--recipe", str(recipe_path), "--out", "x", "--set", "optim.nope=1"]
+    )
+    assert unknown.handler(unknown) == 2
+    assert "optim.nope" in capsys.readouterr().err
 
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     assert args.handler(args) == 2
@@ -296,6 +309,34 @@ def test_yamnet_port_teacher_matches_the_cropped_port() -> None:
     assert np.allclose(out.embedding.numpy(), emb, atol=1e-6)
     assert np.allclose(torch.sigmoid(out.logits).numpy(), scores, atol=1e-6)
     assert teacher.cache_id == YamnetPortTeacher(port=port).cache_id
+
+
+def test_yamnet_port_teacher_at_an_intermediate_layer() -> None:
+    import copy
+
+    from edge_asd.pretrain.teacher import TeacherError, YamnetPortTeacher, make_teacher
+    from edge_asd.pretrain.train import CentreCropStudent
+    from edge_asd.pretrain.yamnet import YamnetPort
+
+    torch.manual_seed(0)
+    port = YamnetPort(truncate=False)
+    teacher = YamnetPortTeacher(port=port, embedding_layer="8")
+    assert port.embedding_layer == "final"  # the caller's port is not changed
+    assert teacher.embedding_dim == 512
+    assert teacher.cache_id.endswith("-layer8")
+    assert teacher.cache_id != YamnetPortTeacher(port=port).cache_id
+    x = np.random.default_rng(2).standard_normal((2, SAMPLE_RATE_HZ)).astype(np.float32) * 0.1
+    emb, scores = teacher.embed_and_scores(x)
+    student_port = copy.deepcopy(port)
+    student_port.set_embedding_layer(8)
+    student = CentreCropStudent(student_port, SAMPLE_RATE_HZ).eval()
+    with torch.no_grad():
+        out = student(torch.from_numpy(x))
+    # A student read at layer 8 starts exactly on a layer-8 teacher (no projection head).
+    assert np.allclose(out.embedding.numpy(), emb, atol=1e-6)
+    assert np.allclose(torch.sigmoid(out.logits).numpy(), scores, atol=1e-6)
+    with pytest.raises(TeacherError, match=r"embedding_layer is only available"):
+        make_teacher("yamnet_tflite", Path("y.tflite"), embedding_layer="8")
 
 
 def test_projection_head_starts_from_least_squares() -> None:

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("export", help="export a checkpoint: fp32 + int8 ONNX + parity JSON")
     ex.add_argument("--checkpoint", type=Path, required=True)
     ex.add_argument("--out", type=Path, required=True, help="output directory")
-    ex.add_argument("--name", default="edge-asd-yamnet-retain", help="model name (metadata)")
+    ex.add_argument("--name", default="edge-asd-student", help="model name (metadata)")
     ex.add_argument("--version", default="1", help="model version (metadata)")
     ex.add_argument("--layer", default=None, help="YAMNet port: embedding layer ('final' or 1..14)")
     ex.add_argument(
@@ -85,6 +85,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _override(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{key}: value is not valid YAML: {exc}") from None
+
+
 def _recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipe",
@@ -103,6 +115,21 @@ def _recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", type=Path, default=None, help="teacher model file")
     parser.add_argument("--devset", type=Path, default=None, help="DCASE-layout dev set")
     parser.add_argument("--cache-dir", type=Path, default=None, help="teacher cache directory")
+    parser.add_argument(
+        "--objective",
+        choices=("retain", "denoise", "tagging"),
+        default=None,
+        help="override objective.name (the experiment's variants of one recipe)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        type=_override,
+        action="append",
+        default=[],
+        help="override one recipe key, e.g. --set optim.lr=1e-4 (VALUE is read as YAML)",
+    )
 
 
 def _have_torch() -> bool:
@@ -134,6 +161,9 @@ def _load_recipe(args: argparse.Namespace) -> Any:
         overrides["validation.devset"] = str(args.devset.resolve())
     if args.cache_dir:
         overrides["teacher.cache_dir"] = str(args.cache_dir.resolve())
+    if args.objective:
+        overrides["objective.name"] = args.objective
+    overrides.update(dict(args.overrides))
     base = (args.data_root or default_data_root()).resolve()
     return load_recipe(args.recipe, base_dir=base, overrides=overrides)
 
@@ -230,7 +260,11 @@ def _cmd_cache_teacher(args: argparse.Namespace) -> int:
     _quiet_info()
     try:
         recipe = _load_recipe(args)
-        teacher = make_teacher(recipe.teacher.kind, recipe.resolve(recipe.teacher.path))
+        teacher = make_teacher(
+            recipe.teacher.kind,
+            recipe.resolve(recipe.teacher.path),
+            embedding_layer=recipe.teacher.embedding_layer,
+        )
         cache = TeacherCache(recipe.resolve(recipe.teacher.cache_dir), teacher)
         corpus = build_corpus(recipe)
         teacher_targets(corpus, cache, progress=True)
@@ -255,7 +289,11 @@ def _cmd_verify_teacher(args: argparse.Namespace) -> int:
 
     try:
         recipe = _load_recipe(args)
-        teacher = make_teacher(recipe.teacher.kind, recipe.resolve(recipe.teacher.path))
+        teacher = make_teacher(
+            recipe.teacher.kind,
+            recipe.resolve(recipe.teacher.path),
+            embedding_layer=recipe.teacher.embedding_layer,
+        )
         names = (
             read_class_map(recipe.resolve(recipe.teacher.class_map))
             if recipe.teacher.class_map

@@ -84,11 +84,25 @@ class SourceSpec(_Strict):
         None, description="Label of files directly in `path` (default: the directory name)."
     )
     csv: str | None = Field(None, description="CSV with columns `file,label` (labels: csv).")
+    span: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description=(
+            "Part of every file that is used, as fractions of its duration: [0, 0.5] is the "
+            "first half (keeps the material a dev set tests on out of training)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _csv_given(self) -> SourceSpec:
         if self.labels == "csv" and not self.csv:
             raise ValueError("labels: csv needs a `csv` file")
+        return self
+
+    @model_validator(mode="after")
+    def _span_valid(self) -> SourceSpec:
+        start, end = self.span
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"span must satisfy 0 <= start < end <= 1, got {list(self.span)}")
         return self
 
 
@@ -148,6 +162,20 @@ class TeacherSpec(_Strict):
     path: str = Field(description="Teacher model file (.tflite or .onnx).")
     class_map: str | None = Field(None, description="CSV of class names (index,mid,name).")
     cache_dir: str = Field("build/teacher-cache", description="Where teacher outputs are kept.")
+    embedding_layer: str | None = Field(
+        None,
+        description=(
+            "kind: yamnet_port only: the port layer whose pooled output is the target embedding "
+            "(default: final). Set it to the student's `embedding_layer` to align that layer "
+            "with the same layer of the teacher (no projection head; the student starts on it)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _layer_needs_port(self) -> TeacherSpec:
+        if self.embedding_layer is not None and self.kind != "yamnet_port":
+            raise ValueError("embedding_layer is only available with kind: yamnet_port")
+        return self
 
 
 class StudentSpec(_Strict):
@@ -376,7 +404,17 @@ def load_files(
             samples = np.asarray(read(path), dtype=np.float32)
             if samples.ndim != 1 or samples.size == 0:
                 raise RecipeError(f"{path}: expected non-empty mono audio")
-            out.append(AudioFile(path, label, file_sha256(path), samples))
+            sha = file_sha256(path)
+            if spec.span != (0.0, 1.0):
+                start, end = (round(f * samples.size) for f in spec.span)
+                samples = samples[start:end]
+                if samples.size == 0:
+                    raise RecipeError(f"{path}: span {list(spec.span)} leaves no audio")
+                # Cached teacher outputs are keyed by file hash + offset: a span shifts offsets.
+                sha = hashlib.sha256(
+                    f"{sha}|span={spec.span[0]},{spec.span[1]}".encode()
+                ).hexdigest()
+            out.append(AudioFile(path, label, sha, samples))
     return out
 
 

@@ -8,6 +8,7 @@ Neither class imports torch: teachers are numpy in, numpy out.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -15,7 +16,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -207,7 +208,9 @@ class YamnetPortTeacher:
     with zero clean-audio alignment loss. Same centre crop as `YamnetTFLiteTeacher`.
     """
 
-    def __init__(self, path: Path | None = None, *, port: Any = None) -> None:
+    def __init__(
+        self, path: Path | None = None, *, port: Any = None, embedding_layer: str | None = None
+    ) -> None:
         import torch
 
         from edge_asd.pretrain.yamnet import YamnetPort
@@ -215,13 +218,21 @@ class YamnetPortTeacher:
         if port is None:
             if path is None or not Path(path).is_file():
                 raise TeacherError(f"{path}: teacher model not found")
-            port = YamnetPort.from_tflite(path, truncate=False)
+            layer = parse_layer(embedding_layer)
+            port = YamnetPort.from_tflite(path, embedding_layer=layer, truncate=False)
             self.cache_id = f"yamnet-port-{_model_hash(Path(path))}-crop{YAMNET_INPUT_SAMPLES}"
+            if layer != "final":
+                self.cache_id += f"-layer{layer}"
         else:
             digest = hashlib.sha256()
             for tensor in port.state_dict().values():
                 digest.update(tensor.detach().cpu().numpy().tobytes())
             self.cache_id = f"yamnet-port-{digest.hexdigest()[:_ID_HASH_CHARS]}"
+            if embedding_layer is not None:
+                port = copy.deepcopy(port)  # the caller's port keeps its own layer
+                port.set_embedding_layer(parse_layer(embedding_layer))
+            if port.embedding_layer != "final":
+                self.cache_id += f"-layer{port.embedding_layer}"
         self._torch = torch
         self._port = port.eval()
         self.name = "yamnet-port"
@@ -244,14 +255,27 @@ def _static_dim(shape: Sequence[object], axis: int) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def make_teacher(kind: str, path: Path) -> Teacher:
-    """The teacher named by a recipe's `teacher.kind`."""
+def parse_layer(layer: str | int | None) -> int | Literal["final"]:
+    """A recipe's layer name ('final', '8', 8, None) as the YAMNet port takes it."""
+    if layer is None or layer == "final":
+        return "final"
+    if isinstance(layer, int):
+        return layer
+    if layer.isdigit():
+        return int(layer)
+    raise TeacherError(f"embedding_layer: expected 'final' or a layer number, got {layer!r}")
+
+
+def make_teacher(kind: str, path: Path, *, embedding_layer: str | None = None) -> Teacher:
+    """The teacher named by a recipe's `teacher.kind` (`embedding_layer`: yamnet_port only)."""
+    if embedding_layer is not None and kind != "yamnet_port":
+        raise TeacherError("teacher.embedding_layer is only available with kind: yamnet_port")
     if kind == "yamnet_tflite":
         return YamnetTFLiteTeacher(path)
     if kind == "onnx":
         return OnnxTeacher(path)
     if kind == "yamnet_port":
-        return YamnetPortTeacher(path)
+        return YamnetPortTeacher(path, embedding_layer=embedding_layer)
     raise TeacherError(f"teacher.kind: unknown kind {kind!r} (yamnet_tflite, yamnet_port, onnx)")
 
 

@@ -421,7 +421,9 @@ class Trainer:
         self.corpus = build_corpus(recipe, reader)
         teacher_path = recipe.resolve(recipe.teacher.path)
         assert teacher_path is not None
-        self.teacher = teacher or make_teacher(recipe.teacher.kind, teacher_path)
+        self.teacher = teacher or make_teacher(
+            recipe.teacher.kind, teacher_path, embedding_layer=recipe.teacher.embedding_layer
+        )
         cache_dir = recipe.resolve(recipe.teacher.cache_dir)
         assert cache_dir is not None
         self.cache = TeacherCache(cache_dir, self.teacher)
@@ -945,14 +947,37 @@ def export_checkpoint(
     """Export a checkpoint's student: fp32 ONNX, int8 ONNX and `<name>-parity.json` (part A's
     `export.export_int8`). int8 is calibrated on windows of the recipe's training clean files
     and checked on windows of its held-out files (fresh audio)."""
-    from edge_asd.pretrain.export import export_int8, windows_from_signals
-
     student, recipe = load_student(checkpoint)
     if layer is not None:
         setter = getattr(student, "set_embedding_layer", None)
         if setter is None:
             raise RecipeError(f"--layer: student {type(student).__name__} has no layers to pick")
         setter(int(layer) if layer.isdigit() else layer)
+    report = export_student(
+        student,
+        recipe,
+        out_dir,
+        name=name,
+        version=version,
+        calibration_windows=calibration_windows,
+        reader=reader,
+    )
+    return {**report, "checkpoint": str(checkpoint)}
+
+
+def export_student(
+    student: nn.Module,
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    name: str,
+    version: str,
+    calibration_windows: int = 64,
+    reader: AudioReader | None = None,
+) -> dict[str, Any]:
+    """`export_checkpoint` for a student in memory (e.g. the un-fine-tuned start point)."""
+    from edge_asd.pretrain.export import export_int8, windows_from_signals
+
     corpus = build_corpus(recipe, reader)
     window = recipe.segment_samples
     held = set(corpus.holdout_files)
@@ -975,6 +1000,5 @@ def export_checkpoint(
         "fp32": str(result.fp32_path),
         "int8": str(result.int8_path),
         "parity": result.report,
-        "checkpoint": str(checkpoint),
         "embedding_dim": as_student(student).embedding_dim,
     }
