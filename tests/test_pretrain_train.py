@@ -133,6 +133,16 @@ def test_train_export_calibrate_and_score(workspace: Path, tmp_path: Path) -> No
     int8_path = Path(report["int8"])
     assert (tmp_path / "export" / "tiny-student-parity.json").is_file()
     assert report["parity"]["cosine_median"] >= 0.99
+    # The report also gives the change in dev ASD score and the speed ratio (issue: parity).
+    saved = json.loads((tmp_path / "export" / "tiny-student-parity.json").read_text())
+    for key in ("dev_official_score_fp32", "dev_official_score_int8"):
+        assert 0.0 <= saved[key] <= 1.0
+    assert saved["dev_score_change"] == pytest.approx(
+        saved["dev_official_score_int8"] - saved["dev_official_score_fp32"]
+    )
+    assert saved["speed_ratio_fp32_over_int8"] == pytest.approx(
+        saved["fp32_ms_p50"] / saved["int8_ms_p50"]
+    )
     for path in (Path(report["fp32"]), int8_path):
         encoder = Encoder(path, expected_window_samples=SAMPLE_RATE_HZ)  # the contract check
         assert encoder.info.embedding_dim == 16

@@ -47,6 +47,7 @@ from edge_asd.pretrain.data import (
     Recipe,
     RecipeError,
     Segment,
+    ValidationSpec,
     build_corpus,
     epoch_plan,
     hard_tags,
@@ -786,37 +787,42 @@ class Trainer:
         return out
 
     def _dev_score(self) -> dict[str, Any]:
-        from edge_asd.memory_bank import MemoryBank
-        from edge_asd.metrics import dcase_section_metrics, official_score
-        from edge_asd.scoring import ClipScorer, embed_windows, iter_window_batches
-
         spec = self.recipe.validation
         if self._devset is None:
             root = self.recipe.resolve(spec.devset)
             assert root is not None
             self._devset = load_devset(root, spec.max_train_clips, spec.sections)
-        window = round(spec.window_seconds * SAMPLE_RATE_HZ)
-        hop = round(spec.hop_seconds * SAMPLE_RATE_HZ)
-        encoder = TorchEncoder(self.model.student, self.device)
-        sections = {}
-        for section in self._devset:
-            bank_parts = [
-                embed_windows(encoder, w)
-                for clip in section.train
-                for w in iter_window_batches(clip, window, hop, EMBED_BATCH)
-            ]
-            bank = MemoryBank(np.concatenate(bank_parts), k=spec.k)
-            scorer = ClipScorer(
-                encoder, bank, method=spec.score_method, window_samples=window, hop_samples=hop
-            )
-            scores = [scorer.score_clip(clip).clip_score for clip in section.test]
-            sections[section.name] = dcase_section_metrics(
-                section.is_anomaly, scores, section.domains
-            )
-        return {
-            "dev_official_score": official_score(sections.values()),
-            "dev_sections": {k: v.to_dict() for k, v in sections.items()},
-        }
+        return devset_score(TorchEncoder(self.model.student, self.device), self._devset, spec)
+
+
+def devset_score(
+    encoder: Any, devset: Sequence[_DevSection], spec: ValidationSpec
+) -> dict[str, Any]:
+    """The ASD official score of `encoder` (any `EmbeddingModel`) on dev-set sections, through
+    the core's memory bank and clip scoring (the per-epoch validation, and the export's report)."""
+    from edge_asd.memory_bank import MemoryBank
+    from edge_asd.metrics import dcase_section_metrics, official_score
+    from edge_asd.scoring import ClipScorer, embed_windows, iter_window_batches
+
+    window = round(spec.window_seconds * SAMPLE_RATE_HZ)
+    hop = round(spec.hop_seconds * SAMPLE_RATE_HZ)
+    sections = {}
+    for section in devset:
+        bank_parts = [
+            embed_windows(encoder, w)
+            for clip in section.train
+            for w in iter_window_batches(clip, window, hop, EMBED_BATCH)
+        ]
+        bank = MemoryBank(np.concatenate(bank_parts), k=spec.k)
+        scorer = ClipScorer(
+            encoder, bank, method=spec.score_method, window_samples=window, hop_samples=hop
+        )
+        scores = [scorer.score_clip(clip).clip_score for clip in section.test]
+        sections[section.name] = dcase_section_metrics(section.is_anomaly, scores, section.domains)
+    return {
+        "dev_official_score": official_score(sections.values()),
+        "dev_sections": {k: v.to_dict() for k, v in sections.items()},
+    }
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -996,9 +1002,35 @@ def export_student(
         parity_windows=parity,
         window_samples=window,
     )
+    report = result.report
+    if report.get("int8_ms_p50"):
+        report["speed_ratio_fp32_over_int8"] = report["fp32_ms_p50"] / report["int8_ms_p50"]
+    report.update(_export_dev_scores(recipe, result.fp32_path, result.int8_path))
+    (Path(out_dir) / f"{name}-parity.json").write_text(json.dumps(report, indent=2) + "\n")
     return {
         "fp32": str(result.fp32_path),
         "int8": str(result.int8_path),
-        "parity": result.report,
+        "parity": report,
         "embedding_dim": as_student(student).embedding_dim,
+    }
+
+
+def _export_dev_scores(recipe: Recipe, fp32: Path, int8: Path) -> dict[str, Any]:
+    """The change in dev ASD score from fp32 to int8 (the recipe's validation sections), or
+    nothing when the recipe names no dev set or it is not there."""
+    from edge_asd.encoder import Encoder
+
+    spec = recipe.validation
+    root = recipe.resolve(spec.devset) if spec.devset else None
+    if root is None or not root.is_dir():
+        _LOGGER.info("no dev set (validation.devset): the parity report has no dev ASD score")
+        return {}
+    devset = load_devset(root, spec.max_train_clips, spec.sections)
+    fp32_score = devset_score(Encoder(fp32), devset, spec)["dev_official_score"]
+    int8_score = devset_score(Encoder(int8), devset, spec)["dev_official_score"]
+    return {
+        "dev_sections": [section.name for section in devset],
+        "dev_official_score_fp32": fp32_score,
+        "dev_official_score_int8": int8_score,
+        "dev_score_change": int8_score - fp32_score,
     }
