@@ -424,3 +424,14 @@ def test_devset_test_recordings_and_excluded_files_are_never_trained_on(dataset:
     (dev / "manifest.json").write_text('{"nothing": 1}')
     with pytest.raises(RecipeError, match=r"split\.test_recordings"):
         build_corpus(recipe)
+
+
+def test_parse_layer_accepts_names_and_numbers_and_names_the_key() -> None:
+    from edge_asd.pretrain.data import parse_layer
+
+    assert parse_layer(None) == "final"
+    assert parse_layer("final") == "final"
+    assert parse_layer("8") == 8
+    assert parse_layer(6) == 6
+    with pytest.raises(RecipeError, match=r"embedding_layer: expected 'final' or a layer number"):
+        parse_layer("eight")

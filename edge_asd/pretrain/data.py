@@ -263,6 +263,17 @@ def load_recipe(
     return recipe_from_dict(raw, base_dir=base_dir, overrides=overrides, source=str(path))
 
 
+def parse_layer(layer: str | int | None) -> int | Literal["final"]:
+    """A recipe's layer name ('final', '8', 8, None) as the YAMNet port takes it."""
+    if layer is None or layer == "final":
+        return "final"
+    if isinstance(layer, int):
+        return layer
+    if layer.isdigit():
+        return int(layer)
+    raise RecipeError(f"embedding_layer: expected 'final' or a layer number, got {layer!r}")
+
+
 def recipe_from_dict(
     raw: dict[str, Any],
     *,

@@ -16,12 +16,18 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 
 from edge_asd.constants import MODEL_INPUT_NAME, MODEL_OUTPUT_NAME
-from edge_asd.pretrain.data import AudioFile, Segment, file_sha256, render_segment
+from edge_asd.pretrain.data import (
+    AudioFile,
+    Segment,
+    file_sha256,
+    parse_layer,
+    render_segment,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -253,17 +259,6 @@ def _static_dim(shape: Sequence[object], axis: int) -> int | None:
         return None
     value = shape[axis]
     return value if isinstance(value, int) and value > 0 else None
-
-
-def parse_layer(layer: str | int | None) -> int | Literal["final"]:
-    """A recipe's layer name ('final', '8', 8, None) as the YAMNet port takes it."""
-    if layer is None or layer == "final":
-        return "final"
-    if isinstance(layer, int):
-        return layer
-    if layer.isdigit():
-        return int(layer)
-    raise TeacherError(f"embedding_layer: expected 'final' or a layer number, got {layer!r}")
 
 
 def make_teacher(kind: str, path: Path, *, embedding_layer: str | None = None) -> Teacher:

@@ -53,6 +53,7 @@ from edge_asd.pretrain.data import (
     hard_tags,
     label_tag_indices,
     make_batch,
+    parse_layer,
     read_class_map,
     recipe_digest,
     recipe_from_dict,
@@ -60,6 +61,7 @@ from edge_asd.pretrain.data import (
 from edge_asd.pretrain.losses import LossTerms, ObjectiveConfig, objective_loss, source_tags
 from edge_asd.pretrain.student import Student, as_student, count_parameters
 from edge_asd.pretrain.teacher import Teacher, TeacherCache, make_teacher
+from edge_asd.scoring import EmbeddingModel
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -166,9 +168,7 @@ def build_student(recipe: Recipe, teacher_dim: int, num_classes: int) -> nn.Modu
 
         path = recipe.resolve(spec.tflite or recipe.teacher.path)
         assert path is not None
-        layer: Any = spec.embedding_layer or "final"
-        if isinstance(layer, str) and layer.isdigit():
-            layer = int(layer)
+        layer = parse_layer(spec.embedding_layer)
         # truncate=False: the tagging head needs the final layer even when the embedding is
         # read from an earlier one.
         port = YamnetPort.from_tflite(path, embedding_layer=layer, truncate=False)
@@ -796,7 +796,7 @@ class Trainer:
 
 
 def devset_score(
-    encoder: Any, devset: Sequence[_DevSection], spec: ValidationSpec
+    encoder: EmbeddingModel, devset: Sequence[_DevSection], spec: ValidationSpec
 ) -> dict[str, Any]:
     """The ASD official score of `encoder` (any `EmbeddingModel`) on dev-set sections, through
     the core's memory bank and clip scoring (the per-epoch validation, and the export's report)."""
@@ -958,7 +958,7 @@ def export_checkpoint(
         setter = getattr(student, "set_embedding_layer", None)
         if setter is None:
             raise RecipeError(f"--layer: student {type(student).__name__} has no layers to pick")
-        setter(int(layer) if layer.isdigit() else layer)
+        setter(parse_layer(layer))
     report = export_student(
         student,
         recipe,
