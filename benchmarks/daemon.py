@@ -31,9 +31,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_asd.audio_file import write_wav  # noqa: E402
+from edge_asd.audio.files import write_wav  # noqa: E402
 from edge_asd.constants import SAMPLE_RATE_HZ  # noqa: E402
-from edge_asd.synth import machine_sound  # noqa: E402
+from edge_asd_dev.synth import machine_sound  # noqa: E402
 from tests.mqtt_fixture import MosquittoBroker, Subscriber  # noqa: E402
 from tests.pulse_fixture import VirtualMic  # noqa: E402
 from tests.test_daemon_e2e import Machine  # noqa: E402

@@ -94,8 +94,8 @@ def layer_probe(tflite: Path, audio: Path) -> dict[str, list[float]]:
     Bank: 1 s windows (0.5 s hop) of the first 30 machine recordings; test: the others, as is
     and with each fault at -15 dB; clip score = mean 1-NN cosine distance of its windows.
     """
-    from edge_asd.metrics import roc_auc
-    from edge_asd.synth import FAULTS, apply_fault, mix_at_snr
+    from edge_asd.offline.metrics import roc_auc
+    from edge_asd_dev.synth import FAULTS, apply_fault, mix_at_snr
 
     port = YamnetPort.from_tflite(tflite, truncate=False).eval()
     machine = sorted((audio / "machine_normal_dev").glob("*.wav"))

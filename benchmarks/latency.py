@@ -37,8 +37,8 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.encoder import Encoder, resolve_model
-from edge_asd.memory_bank import MemoryBank
+from edge_asd.detection.memory_bank import MemoryBank
+from edge_asd.model.encoder import Encoder, resolve_model
 
 DEFAULT_ITERATIONS: Final = 500
 WARMUP_ITERATIONS: Final = 20
@@ -93,7 +93,7 @@ def _frontend_session(window_samples: int, threads: int) -> ort.InferenceSession
     try:
         from onnx import TensorProto, helper
 
-        from edge_asd import logmel_model
+        from edge_asd_dev import logmel_model
     except ImportError:
         return None
     nodes, initializers = logmel_model.frontend_nodes("waveform", "logmel")

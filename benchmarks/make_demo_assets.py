@@ -1,4 +1,4 @@
-"""Make the bundled demo audio in edge_asd/assets/ from edge_asd.synth (seeded, reproducible).
+"""Make the bundled demo audio in edge_asd/assets/ from edge_asd_dev.synth (seeded, reproducible).
 
     PYTHONPATH=. python benchmarks/make_demo_assets.py [--out edge_asd/assets] [--check]
 
@@ -23,14 +23,14 @@ from typing import Final
 
 import numpy as np
 
-from edge_asd import synth
-from edge_asd.audio_file import read_wav, write_wav
+from edge_asd.audio.files import read_wav, write_wav
 from edge_asd.constants import (
     DEFAULT_HOP_SECONDS,
     DEFAULT_WINDOW_SECONDS,
     SAMPLE_RATE_HZ,
     seconds_to_samples,
 )
+from edge_asd_dev import synth
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 DEFAULT_OUT: Final = REPO_ROOT / "edge_asd" / "assets"
@@ -73,16 +73,16 @@ def make_assets() -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
         "duration_seconds": TEST_SECONDS,
         "sample_rate": SAMPLE_RATE_HZ,
         "seed": SEED,
-        "generator": "benchmarks/make_demo_assets.py (edge_asd.synth)",
+        "generator": "benchmarks/make_demo_assets.py (edge_asd_dev.synth)",
     }
     return normal, test.astype(np.float32), truth
 
 
 def check(out: Path) -> int:
     """Calibrate on the normal asset and show how the test asset scores (bundled model)."""
-    from edge_asd.calibration import CalibrationSettings, Clip, calibrate
-    from edge_asd.encoder import Encoder, resolve_model
-    from edge_asd.windowing import frame_signal
+    from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
+    from edge_asd.detection.windowing import frame_signal
+    from edge_asd.model.encoder import Encoder, resolve_model
 
     encoder = Encoder(resolve_model(None))
     window = seconds_to_samples(DEFAULT_WINDOW_SECONDS)

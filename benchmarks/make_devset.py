@@ -10,7 +10,7 @@ One ROOT with one section per condition (`clean`, `stationary_snr+5`, ..., `mism
   plus a treble EQ and gain change) with few training clips.
 - Test: every test clip appears as source normal, source anomaly, target normal and target
   anomaly (paired design: the same machine audio with and without a fault, so differences come
-  from the fault). Anomalies get one `edge_asd.synth` fault each (types in turn, random level in
+  from the fault). Anomalies get one `edge_asd_dev.synth` fault each (types in turn, random level in
   a per-fault range). The same fault parameters are used in every condition.
 - Noise: clean; stationary (white/pink); non-stationary (babble/factory2); mismatched (train
   noise factory2/pink, test noise babble/white) at each SNR (dB re the normal machine sound).
@@ -36,9 +36,9 @@ import numpy as np
 from scipy import signal
 from tqdm import tqdm
 
-from edge_asd import synth
-from edge_asd.audio_file import AudioFileError, read_wav, write_wav
+from edge_asd.audio.files import AudioFileError, read_wav, write_wav
 from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd_dev import synth
 
 _LOGGER = logging.getLogger("make_devset")
 
@@ -259,7 +259,7 @@ def build(
     per_section = len(train_source) + len(train_target) + 2 * (len(test_source) + len(test_target))
     manifest: dict[str, Any] = {
         "description": "edge-asd development set: real normal machine audio (MIMII id_00), "
-        "synthetic faults (edge_asd.synth), real noise (NOISEX-92 excerpts)",
+        "synthetic faults (edge_asd_dev.synth), real noise (NOISEX-92 excerpts)",
         "seed": seed,
         "clip_seconds": clip_seconds,
         "sample_rate": SAMPLE_RATE_HZ,

@@ -6,7 +6,7 @@
         --markdown runs/results/table.md --plot docs/results.png
 
 For each `--encoder LABEL=MODEL` (a bundled model name or an ONNX path) and each scoring variant
-it runs `edge_asd.evaluation.evaluate` (the same code as `edge-asd evaluate`) and keeps
+it runs `edge_asd.offline.evaluation.evaluate` (the same code as `edge-asd evaluate`) and keeps
 `OUT/<label>/<variant>/results.json`; a run whose results.json names the same model sha256 and
 scoring is reused (`--fresh` recomputes). Condition groups (clean, stationary, nonstationary,
 mismatched) are scored like the official score: the harmonic mean of every section's source
@@ -28,9 +28,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from edge_asd.encoder import Encoder, resolve_model
-from edge_asd.evaluation import evaluate, parse_test_name
-from edge_asd.metrics import dcase_section_metrics, harmonic_mean
+from edge_asd.model.encoder import Encoder, resolve_model
+from edge_asd.offline.evaluation import evaluate, parse_test_name
+from edge_asd.offline.metrics import dcase_section_metrics, harmonic_mean
 
 GROUPS: Final = ("clean", "stationary", "nonstationary", "mismatched")
 BOOTSTRAP_ROUNDS: Final = 1000

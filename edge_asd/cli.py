@@ -20,7 +20,7 @@ from edge_asd.constants import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
     from edge_asd.config import Config
-    from edge_asd.encoder import Encoder
+    from edge_asd.model.encoder import Encoder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _load_config(path: Path | None) -> Config:
 
 
 def _open_encoder(model: str | None, window_seconds: float | None = None) -> Encoder:
-    from edge_asd.encoder import Encoder, ModelError, resolve_model
+    from edge_asd.model.encoder import Encoder, ModelError, resolve_model
 
     try:
         path = resolve_model(model)
@@ -93,9 +93,14 @@ def _wav_files(directory: Path) -> list[Path]:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from edge_asd.audio_file import AudioFileError, read_wav
-    from edge_asd.bundle import save_bundle
-    from edge_asd.calibration import CalibrationError, CalibrationSettings, Clip, calibrate
+    from edge_asd.audio.files import AudioFileError, read_wav
+    from edge_asd.detection.bundle import save_bundle
+    from edge_asd.detection.calibration import (
+        CalibrationError,
+        CalibrationSettings,
+        Clip,
+        calibrate,
+    )
 
     config = _load_config(args.config)
     machine = None
@@ -129,7 +134,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             except AudioFileError as exc:
                 raise UsageError(str(exc)) from None
     else:
-        from edge_asd.recording import RecordingError, record
+        from edge_asd.audio.recording import RecordingError, record
 
         device = args.device if args.device is not None else (machine.device if machine else None)
         channel = machine.channel if machine else args.channel
@@ -161,9 +166,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from edge_asd.audio_file import AudioFileError, read_wav
-    from edge_asd.bundle import BundleError, load_bundle
-    from edge_asd.scoring import ClipScorer
+    from edge_asd.audio.files import AudioFileError, read_wav
+    from edge_asd.detection.bundle import BundleError, load_bundle
+    from edge_asd.detection.scoring import ClipScorer
 
     try:
         bundle = load_bundle(args.bundle)
@@ -202,7 +207,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from edge_asd.evaluation import EvaluationError, evaluate, format_table
+    from edge_asd.offline.evaluation import EvaluationError, evaluate, format_table
 
     encoder = _open_encoder(args.model, args.window_seconds)
     try:
@@ -229,7 +234,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from edge_asd.daemon import StartupError, check_setup
+    from edge_asd.service.daemon import StartupError, check_setup
 
     config = _load_config(args.config)
     try:
@@ -246,13 +251,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from edge_asd.demo import run_demo
+    from edge_asd.offline.demo import run_demo
 
     return run_demo(model=args.model, out=args.out)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge_asd.daemon import StartupError, run_daemon
+    from edge_asd.service.daemon import StartupError, run_daemon
 
     config = _load_config(args.config)
     try:

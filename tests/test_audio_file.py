@@ -1,4 +1,4 @@
-"""Tests for edge_asd.audio_file: formats, rates, errors that name the file."""
+"""Tests for edge_asd.audio.files: formats, rates, errors that name the file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from edge_asd.audio_file import (
+from edge_asd.audio.files import (
     AudioFileError,
     read_wav,
     read_wav_channels,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asd import bundle as bundle_module
-from edge_asd.bundle import (
+from edge_asd.detection import bundle as bundle_module
+from edge_asd.detection.bundle import (
     BANK_FILE,
     FORMAT_VERSION,
     META_FILE,
@@ -19,8 +19,8 @@ from edge_asd.bundle import (
     load_bundle,
     save_bundle,
 )
-from edge_asd.encoder import ModelInfo
-from edge_asd.memory_bank import NO_EXCLUSION, MemoryBank
+from edge_asd.detection.memory_bank import NO_EXCLUSION, MemoryBank
+from edge_asd.model.encoder import ModelInfo
 
 N_ENTRIES = 50
 DIM = 12

@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import settings as settings_hyp
 from hypothesis import strategies as st
 
-from edge_asd.bundle import load_bundle, save_bundle
-from edge_asd.calibration import (
+from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.detection.bundle import load_bundle, save_bundle
+from edge_asd.detection.calibration import (
     DEFAULT_RHO_SCOPE,
     CalibrationError,
     CalibrationSettings,
@@ -24,11 +25,10 @@ from edge_asd.calibration import (
     heldout_scores,
     window_groups,
 )
-from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.encoder import ModelInfo
-from edge_asd.memory_bank import NO_EXCLUSION, WHOLE_GROUP, MemoryBank
-from edge_asd.scoring import ClipScorer
-from edge_asd.windowing import frame_signal
+from edge_asd.detection.memory_bank import NO_EXCLUSION, WHOLE_GROUP, MemoryBank
+from edge_asd.detection.scoring import ClipScorer
+from edge_asd.detection.windowing import frame_signal
+from edge_asd.model.encoder import ModelInfo
 
 WINDOW = SAMPLE_RATE_HZ  # 1 s
 HOP = SAMPLE_RATE_HZ // 2

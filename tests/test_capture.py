@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_asd.capture import CapturedBlock, CaptureSupervisor
-from edge_asd.sources import AudioDeviceError, SourceStats
+from edge_asd.audio.capture import CapturedBlock, CaptureSupervisor
+from edge_asd.audio.sources import AudioDeviceError, SourceStats
 
 BLOCK = 1600
 WAIT_SECONDS = 10.0

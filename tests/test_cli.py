@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_asd.audio_file import write_wav
+from edge_asd.audio.files import write_wav
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.synth import apply_fault, machine_sound
+from edge_asd_dev.synth import apply_fault, machine_sound
 
 TIMEOUT = 240
 SUBCOMMANDS = ["calibrate", "score", "evaluate", "check-config", "demo", "run"]
@@ -166,7 +166,7 @@ def test_runtime_never_imports_torch(tmp_path: Path, normal_dir: Path) -> None:
         f"assert main(['calibrate', '--from-dir', {str(normal_dir)!r}, '--out', "
         f"{str(tmp_path / 'b')!r}]) == 0\n"
         "assert main(['demo']) == 0\n"
-        "import edge_asd.daemon, edge_asd.evaluation\n"
+        "import edge_asd.service.daemon, edge_asd.offline.evaluation\n"
         "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not loaded, loaded\n"
         "print('no torch')\n"
@@ -179,7 +179,7 @@ def test_runtime_never_imports_torch(tmp_path: Path, normal_dir: Path) -> None:
 
 
 def test_evaluate_rho_scope_option() -> None:
-    from edge_asd.memory_bank import RHO_SCOPES
+    from edge_asd.detection.memory_bank import RHO_SCOPES
 
     result = _cli("evaluate", "--help")
     assert "--rho-scope {" + ",".join(RHO_SCOPES) + "}" in result.stdout

@@ -36,7 +36,7 @@ def test_calibration_example_is_valid() -> None:
 
 
 def test_examples_show_the_default_rho_scope_and_k() -> None:
-    from edge_asd.calibration import DEFAULT_K, DEFAULT_RHO_SCOPE
+    from edge_asd.detection.calibration import DEFAULT_K, DEFAULT_RHO_SCOPE
 
     for path in ("deploy/config.example.yaml", "calibration/calibration.example.yaml"):
         raw = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asd.audio_file import write_wav
-from edge_asd.bundle import save_bundle
-from edge_asd.calibration import CalibrationSettings, Clip, calibrate
+from edge_asd.audio.files import write_wav
 from edge_asd.config import parse_config
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.daemon import Daemon, StartupError, check_setup, window_dbfs
-from edge_asd.encoder import Encoder, resolve_model
-from edge_asd.events import EventMessage, StatsMessage
-from edge_asd.publisher import PublisherStats
-from edge_asd.synth import apply_fault, machine_sound
+from edge_asd.detection.bundle import save_bundle
+from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
+from edge_asd.model.encoder import Encoder, resolve_model
+from edge_asd.mqtt.messages import EventMessage, StatsMessage
+from edge_asd.mqtt.publisher import PublisherStats
+from edge_asd.service.daemon import Daemon, StartupError, check_setup, window_dbfs
+from edge_asd_dev.synth import apply_fault, machine_sound
 
 WAIT_SECONDS = 30.0
 FAULT_START_SECONDS = 4.0

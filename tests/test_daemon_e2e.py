@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 import yaml
 
-from edge_asd.audio_file import write_wav
+from edge_asd.audio.files import write_wav
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.events import event_schema, score_schema, stats_schema
-from edge_asd.synth import apply_fault, machine_sound
+from edge_asd.mqtt.messages import event_schema, score_schema, stats_schema
+from edge_asd_dev.synth import apply_fault, machine_sound
 from tests.mqtt_fixture import MosquittoBroker, ReceivedMessage, Subscriber
 from tests.pulse_fixture import VirtualMic
 

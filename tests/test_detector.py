@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from edge_asd.detector import Detector, DetectorSettings
+from edge_asd.detection.detector import Detector, DetectorSettings
 
 HOP = 0.5
 WINDOW = 1.0

@@ -14,7 +14,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
 
-from edge_asd import logmel_model as lm
 from edge_asd.constants import (
     META_EMBEDDING_DIM,
     META_MODEL_NAME,
@@ -23,7 +22,7 @@ from edge_asd.constants import (
     META_WINDOW_SAMPLES,
     SAMPLE_RATE_HZ,
 )
-from edge_asd.encoder import (
+from edge_asd.model.encoder import (
     Encoder,
     ModelError,
     ModelInfo,
@@ -31,6 +30,7 @@ from edge_asd.encoder import (
     named_model_path,
     resolve_model,
 )
+from edge_asd_dev import logmel_model as lm
 
 WINDOW = lm.WINDOW_SAMPLES
 TINY_WINDOW = 400
@@ -141,7 +141,7 @@ def test_encoder_module_needs_neither_onnx_nor_torch() -> None:
     # onnx is a build-time dependency and torch is for pretraining only; the runtime has neither.
     code = (
         "import sys\n"
-        "from edge_asd.encoder import Encoder, default_model_path\n"
+        "from edge_asd.model.encoder import Encoder, default_model_path\n"
         "Encoder(default_model_path())\n"
         "print(sorted(m for m in ('onnx', 'torch') if m in sys.modules))\n"
     )

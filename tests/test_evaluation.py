@@ -1,4 +1,4 @@
-"""Tests for edge_asd.evaluation on small DCASE-layout trees made with edge_asd.synth."""
+"""Tests for edge_asd.offline.evaluation on small DCASE trees made with edge_asd_dev.synth."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asd import synth
-from edge_asd.audio_file import write_wav
-from edge_asd.calibration import DEFAULT_RHO_SCOPE
+from edge_asd.audio.files import write_wav
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.encoder import ModelInfo
-from edge_asd.evaluation import (
+from edge_asd.detection.calibration import DEFAULT_RHO_SCOPE
+from edge_asd.model.encoder import ModelInfo
+from edge_asd.offline.evaluation import (
     EvaluationError,
     LabelledClip,
     count_alarms,
@@ -26,6 +25,7 @@ from edge_asd.evaluation import (
     parse_test_name,
     train_domain,
 )
+from edge_asd_dev import synth
 
 CLIP_SECONDS = 2.0
 WINDOW = SAMPLE_RATE_HZ  # 1 s
@@ -409,7 +409,7 @@ def test_operating_point_by_hand() -> None:
 
 def test_real_bundled_encoder(dcase_root: Path, tmp_path: Path) -> None:
     """The shipped log-mel statistics model runs through the same evaluation."""
-    from edge_asd.encoder import Encoder, ModelError, resolve_model
+    from edge_asd.model.encoder import Encoder, ModelError, resolve_model
 
     try:
         encoder = Encoder(resolve_model("logmel-stats"))

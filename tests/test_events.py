@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_asd.events import (
+from edge_asd.mqtt.messages import (
     SCHEMA_EVENT,
     SCHEMA_SCORE,
     SCHEMA_STATS,

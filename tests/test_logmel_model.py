@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from edge_asd import logmel_model as lm
 from edge_asd.constants import (
     META_EMBEDDING_DIM,
     META_MODEL_NAME,
@@ -23,6 +22,7 @@ from edge_asd.constants import (
     MODEL_OUTPUT_NAME,
     SAMPLE_RATE_HZ,
 )
+from edge_asd_dev import logmel_model as lm
 
 WINDOW = lm.WINDOW_SAMPLES
 ATOL = 1e-4

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_asd import memory_bank
-from edge_asd.memory_bank import (
+from edge_asd.detection import memory_bank
+from edge_asd.detection.memory_bank import (
     NO_EXCLUSION,
     RHO_FLOOR,
     WHOLE_GROUP,

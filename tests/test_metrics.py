@@ -1,4 +1,4 @@
-"""Tests for edge_asd.metrics against values computed by hand (see the comments)."""
+"""Tests for edge_asd.offline.metrics against values computed by hand (see the comments)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_asd import metrics
+from edge_asd.offline import metrics
 
 
 def test_roc_auc_without_ties() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edge_asd.outbox import Outbox, OutboxError
+from edge_asd.mqtt.outbox import Outbox, OutboxError
 
 DAY_SECONDS = 86_400.0
 
@@ -152,7 +152,7 @@ def test_put_on_full_disk_returns_none_and_counts(
     box.put("t", payload(0), 1)
     real = box._conn
     box._conn = FailingConnection(real)
-    with caplog.at_level(logging.ERROR, logger="edge_asd.outbox"):
+    with caplog.at_level(logging.ERROR, logger="edge_asd.mqtt.outbox"):
         assert box.put("t", payload(1), 1) is None
         assert box.put("t", payload(2), 1) is None
     assert box.write_errors == 2

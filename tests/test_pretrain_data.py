@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asd.audio_file import write_wav
+from edge_asd.audio.files import write_wav
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.pretrain.data import (
     MixingSpec,

@@ -107,7 +107,7 @@ def test_fp32_export_meets_the_encoder_contract(exported, windows) -> None:
 
 
 def test_encoder_runtime_loads_the_export(exported, windows) -> None:
-    encoder_module = pytest.importorskip("edge_asd.encoder")
+    encoder_module = pytest.importorskip("edge_asd.model.encoder")
     for path in exported:
         encoder = encoder_module.Encoder(path)
         assert encoder.info.window_samples == WINDOW and encoder.info.embedding_dim == 32

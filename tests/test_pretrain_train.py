@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
-from edge_asd.audio_file import write_wav  # noqa: E402
+from edge_asd.audio.files import write_wav  # noqa: E402
 from edge_asd.constants import SAMPLE_RATE_HZ  # noqa: E402
 from edge_asd.pretrain.data import recipe_from_dict  # noqa: E402
 from edge_asd.pretrain.train import (  # noqa: E402
@@ -25,7 +25,7 @@ from edge_asd.pretrain.train import (  # noqa: E402
     load_student,
     train,
 )
-from edge_asd.synth import apply_fault, machine_sound  # noqa: E402
+from edge_asd_dev.synth import apply_fault, machine_sound  # noqa: E402
 from tests.test_pretrain_data import make_onnx_teacher  # noqa: E402
 
 CLIP_SECONDS = 3.0
@@ -101,10 +101,10 @@ def _state(path: Path) -> dict:
 
 
 def test_train_export_calibrate_and_score(workspace: Path, tmp_path: Path) -> None:
-    from edge_asd.calibration import CalibrationSettings, Clip, calibrate
-    from edge_asd.encoder import Encoder
+    from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
+    from edge_asd.detection.scoring import ClipScorer
+    from edge_asd.model.encoder import Encoder
     from edge_asd.pretrain.train import export_checkpoint
-    from edge_asd.scoring import ClipScorer
 
     recipe = tiny_recipe(workspace)
     out = tmp_path / "run"

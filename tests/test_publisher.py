@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edge_asd.events import (
+from edge_asd.mqtt.messages import (
     EventMessage,
     EventType,
     MachineState,
@@ -27,8 +27,13 @@ from edge_asd.events import (
     score_schema,
     stats_schema,
 )
-from edge_asd.outbox import Outbox
-from edge_asd.publisher import MAX_INFLIGHT_MESSAGES, MqttPublisher, MqttSettings, PublisherError
+from edge_asd.mqtt.outbox import Outbox
+from edge_asd.mqtt.publisher import (
+    MAX_INFLIGHT_MESSAGES,
+    MqttPublisher,
+    MqttSettings,
+    PublisherError,
+)
 from tests.mqtt_fixture import (
     MosquittoBroker,
     ReceivedMessage,
@@ -238,8 +243,8 @@ def test_stopped_on_clean_stop_and_no_will(
 
 CHILD_SCRIPT = """
 import sys, time
-from edge_asd.outbox import Outbox
-from edge_asd.publisher import MqttPublisher, MqttSettings
+from edge_asd.mqtt.outbox import Outbox
+from edge_asd.mqtt.publisher import MqttPublisher, MqttSettings
 port, db = int(sys.argv[1]), sys.argv[2]
 settings = MqttSettings(host="127.0.0.1", port=port, keepalive_seconds=2)
 publisher = MqttPublisher(settings, Outbox(db), node_id=sys.argv[3])
@@ -447,7 +452,7 @@ def test_broker_down_at_start(
         sub = subscriber_factory(broker, client_id="watcher", clean_session=False)
         broker.stop()
         publisher = publisher_factory(broker.port)
-        caplog.set_level(logging.DEBUG, logger="edge_asd.publisher")
+        caplog.set_level(logging.DEBUG, logger="edge_asd.mqtt.publisher")
         starter = threading.Thread(target=publisher.start)
         starter.start()
         starter.join(WAIT_SECONDS)

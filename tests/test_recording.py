@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
+from edge_asd.audio.recording import RecordingError, record
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.recording import RecordingError, record
-from edge_asd.synth import machine_sound
+from edge_asd_dev.synth import machine_sound
 from tests.pulse_fixture import VirtualMic
 
 pytestmark = pytest.mark.integration

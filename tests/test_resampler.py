@@ -1,4 +1,4 @@
-"""Tests for edge_asd.resampler: block-split invariance, alignment, anti-aliasing."""
+"""Tests for edge_asd.audio.resampler: block-split invariance, alignment, anti-aliasing."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_asd.audio.resampler import StreamResampler, resample
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.resampler import StreamResampler, resample
 
 RATES_IN = [48_000, 44_100, 22_050, 8_000, 16_000]
 TONE_HZ = 1_000.0

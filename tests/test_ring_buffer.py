@@ -1,4 +1,4 @@
-"""Tests for edge_asd.ring_buffer: ordering, overwrite accounting, concurrent producer."""
+"""Tests for edge_asd.audio.ring_buffer: ordering, overwrite accounting, concurrent producer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_asd.ring_buffer import RingBuffer
+from edge_asd.audio.ring_buffer import RingBuffer
 
 EXACT_FLOAT32_INTS = 1 << 24
 """Frame indices below this are exact in float32, so data can carry its own position."""

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_asd import scoring
-from edge_asd.bundle import Bundle, BundleError
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.encoder import ModelInfo
-from edge_asd.memory_bank import MemoryBank
-from edge_asd.scoring import ClipScore, ClipScorer, iter_window_batches, window_count
-from edge_asd.windowing import frame_signal
+from edge_asd.detection import scoring
+from edge_asd.detection.bundle import Bundle, BundleError
+from edge_asd.detection.memory_bank import MemoryBank
+from edge_asd.detection.scoring import ClipScore, ClipScorer, iter_window_batches, window_count
+from edge_asd.detection.windowing import frame_signal
+from edge_asd.model.encoder import ModelInfo
 
 WINDOW = 1_600  # 0.1 s keeps the tests fast; the scorer does not care about the length
 HOP = 800
@@ -192,7 +192,7 @@ _REAL_ENCODER: list[object] = []
 
 
 def _real_encoder():  # type: ignore[no-untyped-def]
-    from edge_asd.encoder import Encoder, resolve_model
+    from edge_asd.model.encoder import Encoder, resolve_model
 
     if not _REAL_ENCODER:
         _REAL_ENCODER.append(Encoder(resolve_model(None)))
@@ -204,7 +204,7 @@ def _real_encoder():  # type: ignore[no-untyped-def]
 def test_scores_do_not_depend_on_source_block_size(blocks: list[int]) -> None:
     """Streaming a signal through a WavSource-sized split, the Windower, the real encoder and a
     bank gives the same window scores as scoring the whole clip at once."""
-    from edge_asd.windowing import Windower
+    from edge_asd.detection.windowing import Windower
 
     encoder = _real_encoder()
     rng = np.random.default_rng(4)

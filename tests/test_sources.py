@@ -1,5 +1,5 @@
-"""Tests for edge_asd.sources: WavSource, SoundDeviceSource with a fake PortAudio, and real capture
-from a virtual PulseAudio microphone (integration)."""
+"""Tests for edge_asd.audio.sources: WavSource, SoundDeviceSource with a fake PortAudio, and
+real capture from a virtual PulseAudio microphone (integration)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from edge_asd import sources
-from edge_asd.audio_file import AudioFileError, write_wav
-from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.sources import (
+from edge_asd.audio import sources
+from edge_asd.audio.files import AudioFileError, write_wav
+from edge_asd.audio.sources import (
     AudioDeviceError,
     AudioSource,
     EndOfStream,
@@ -25,6 +24,7 @@ from edge_asd.sources import (
     WavSource,
     find_input_device,
 )
+from edge_asd.constants import SAMPLE_RATE_HZ
 from tests.pulse_fixture import VirtualMic  # the virtual_mic fixture comes from conftest.py
 
 BLOCK = 1600

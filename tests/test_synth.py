@@ -1,12 +1,12 @@
-"""Tests for edge_asd.synth: determinism, level control, and that each fault is audible."""
+"""Tests for edge_asd_dev.synth: determinism, level control, and that each fault is audible."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge_asd import synth
 from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd_dev import synth
 
 SECONDS = 2.0
 LEVEL_TOLERANCE_DB = 0.5

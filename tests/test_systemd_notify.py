@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_asd import systemd_notify
-from edge_asd.systemd_notify import (
+from edge_asd.service import notify as systemd_notify
+from edge_asd.service.notify import (
     Notifier,
     configure_logging,
     notify,

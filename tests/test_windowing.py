@@ -1,4 +1,4 @@
-"""Tests for edge_asd.windowing: streaming windows equal whole-signal framing."""
+"""Tests for edge_asd.detection.windowing: streaming windows equal whole-signal framing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_asd.windowing import Windower, frame_signal
+from edge_asd.detection.windowing import Windower, frame_signal
 
 
 def test_frame_signal_starts_and_count() -> None:

@@ -58,7 +58,7 @@ _EQ_MIN_HZ: Final = 50.0
 _SEED_MODULUS: Final = 2**63
 
 AudioReader = Callable[[Path], np.ndarray]
-"""Reads a whole file as float32 mono at 16 kHz (resampled); default `edge_asd.audio_file`."""
+"""Reads a whole file as float32 mono at 16 kHz (resampled); default `edge_asd.audio.files`."""
 
 
 class RecipeError(ValueError):
@@ -355,7 +355,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _default_reader(path: Path) -> np.ndarray:
-    from edge_asd.audio_file import read_wav
+    from edge_asd.audio.files import read_wav
 
     return read_wav(path, target_rate=SAMPLE_RATE_HZ)
 

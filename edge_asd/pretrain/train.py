@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.encoder import ModelInfo
+from edge_asd.detection.scoring import EmbeddingModel
+from edge_asd.model.encoder import ModelInfo
 from edge_asd.pretrain.compact import CompactStudent
 from edge_asd.pretrain.data import (
     AudioReader,
@@ -61,7 +62,6 @@ from edge_asd.pretrain.data import (
 from edge_asd.pretrain.losses import LossTerms, ObjectiveConfig, objective_loss, source_tags
 from edge_asd.pretrain.student import Student, as_student, count_parameters
 from edge_asd.pretrain.teacher import Teacher, TeacherCache, make_teacher
-from edge_asd.scoring import EmbeddingModel
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -800,9 +800,9 @@ def devset_score(
 ) -> dict[str, Any]:
     """The ASD official score of `encoder` (any `EmbeddingModel`) on dev-set sections, through
     the core's memory bank and clip scoring (the per-epoch validation, and the export's report)."""
-    from edge_asd.memory_bank import MemoryBank
-    from edge_asd.metrics import dcase_section_metrics, official_score
-    from edge_asd.scoring import ClipScorer, embed_windows, iter_window_batches
+    from edge_asd.detection.memory_bank import MemoryBank
+    from edge_asd.detection.scoring import ClipScorer, embed_windows, iter_window_batches
+    from edge_asd.offline.metrics import dcase_section_metrics, official_score
 
     window = round(spec.window_seconds * SAMPLE_RATE_HZ)
     hop = round(spec.hop_seconds * SAMPLE_RATE_HZ)
@@ -850,7 +850,7 @@ def load_devset(
     root: Path, max_train_clips: int | None = None, names: Sequence[str] | None = None
 ) -> list[_DevSection]:
     """A DCASE 2023 Task 2 layout: <type>/train/*.wav (normal) and <type>/test/*.wav."""
-    from edge_asd.audio_file import read_wav
+    from edge_asd.audio.files import read_wav
 
     if not root.is_dir():
         raise RecipeError(
@@ -1018,7 +1018,7 @@ def export_student(
 def _export_dev_scores(recipe: Recipe, fp32: Path, int8: Path) -> dict[str, Any]:
     """The change in dev ASD score from fp32 to int8 (the recipe's validation sections), or
     nothing when the recipe names no dev set or it is not there."""
-    from edge_asd.encoder import Encoder
+    from edge_asd.model.encoder import Encoder
 
     spec = recipe.validation
     root = recipe.resolve(spec.devset) if spec.devset else None

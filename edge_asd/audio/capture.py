@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_asd.audio_file import AudioFileError
-from edge_asd.sources import (
+from edge_asd.audio.files import AudioFileError
+from edge_asd.audio.sources import (
     AudioDeviceError,
     AudioSource,
     EndOfStream,

@@ -23,9 +23,9 @@ from typing import Any, Final, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge_asd.events import DEFAULT_TOPIC_PREFIX as _DEFAULT_PREFIX
-from edge_asd.events import Availability, EventMessage, MachineState, Topics
-from edge_asd.outbox import Outbox, OutboxError
+from edge_asd.mqtt.messages import DEFAULT_TOPIC_PREFIX as _DEFAULT_PREFIX
+from edge_asd.mqtt.messages import Availability, EventMessage, MachineState, Topics
+from edge_asd.mqtt.outbox import Outbox, OutboxError
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -24,18 +24,18 @@ from types import FrameType
 import numpy as np
 
 from edge_asd import __version__
-from edge_asd.bundle import Bundle, BundleError, load_bundle
-from edge_asd.capture import CapturedBlock, CaptureSupervisor
+from edge_asd.audio.capture import CapturedBlock, CaptureSupervisor
 from edge_asd.config import Config, ConfigError, MachineConfig, default_client_id
 from edge_asd.constants import EXIT_OK, SAMPLE_RATE_HZ, seconds_to_samples
-from edge_asd.detector import Detector, DetectorSettings, EventTransition
-from edge_asd.encoder import Encoder, ModelError, resolve_model
-from edge_asd.events import EventMessage, ScoreMessage, StatsMessage, Topics, format_ts
-from edge_asd.memory_bank import MemoryBank
-from edge_asd.outbox import Outbox
-from edge_asd.publisher import MqttPublisher, MqttSettings, Publisher
-from edge_asd.systemd_notify import Notifier, configure_logging, watchdog_interval_seconds
-from edge_asd.windowing import Windower
+from edge_asd.detection.bundle import Bundle, BundleError, load_bundle
+from edge_asd.detection.detector import Detector, DetectorSettings, EventTransition
+from edge_asd.detection.memory_bank import MemoryBank
+from edge_asd.detection.windowing import Windower
+from edge_asd.model.encoder import Encoder, ModelError, resolve_model
+from edge_asd.mqtt.messages import EventMessage, ScoreMessage, StatsMessage, Topics, format_ts
+from edge_asd.mqtt.outbox import Outbox
+from edge_asd.mqtt.publisher import MqttPublisher, MqttSettings, Publisher
+from edge_asd.service.notify import Notifier, configure_logging, watchdog_interval_seconds
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -132,8 +132,8 @@ def check_setup(config: Config, *, check_devices: bool = False) -> list[str]:
 
 
 def _check_devices(config: Config) -> list[str]:
-    from edge_asd.capture import open_source
-    from edge_asd.sources import AudioDeviceError
+    from edge_asd.audio.capture import open_source
+    from edge_asd.audio.sources import AudioDeviceError
 
     lines = []
     for machine in config.machines:

@@ -9,7 +9,7 @@ Hann-windowed cosine and sine DFT bases), because the ONNX STFT op is several ti
 onnxruntime. `frontend_nodes` builds just that subgraph so that a trained encoder's export can
 reuse it. Needs the `onnx` package (build time only; the runtime never imports this module).
 
-`python -m edge_asd.logmel_model OUT.onnx` writes the model.
+`python -m edge_asd_dev.logmel_model OUT.onnx` writes the model.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def build_model(window_samples: int = WINDOW_SAMPLES) -> onnx.ModelProto:
     )
     model = helper.make_model(
         graph,
-        producer_name="edge_asd.logmel_model",
+        producer_name="edge_asd_dev.logmel_model",
         opset_imports=[helper.make_opsetid("", OPSET)],
         ir_version=IR_VERSION,
     )
@@ -256,7 +256,7 @@ def save_model(path: Path, window_samples: int = WINDOW_SAMPLES) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m edge_asd.logmel_model", description=__doc__.splitlines()[0]
+        prog="python -m edge_asd_dev.logmel_model", description=__doc__.splitlines()[0]
     )
     parser.add_argument("out", type=Path, help="ONNX file to write")
     parser.add_argument(

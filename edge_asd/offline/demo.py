@@ -12,9 +12,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from edge_asd.audio_file import read_wav
-from edge_asd.bundle import save_bundle
-from edge_asd.calibration import CalibrationSettings, Clip, calibrate
+from edge_asd.audio.files import read_wav
 from edge_asd.constants import (
     DEFAULT_HOP_SECONDS,
     DEFAULT_WINDOW_SECONDS,
@@ -23,9 +21,11 @@ from edge_asd.constants import (
     SAMPLE_RATE_HZ,
     seconds_to_samples,
 )
-from edge_asd.detector import Detector, DetectorSettings
-from edge_asd.encoder import Encoder, resolve_model
-from edge_asd.windowing import frame_signal
+from edge_asd.detection.bundle import save_bundle
+from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
+from edge_asd.detection.detector import Detector, DetectorSettings
+from edge_asd.detection.windowing import frame_signal
+from edge_asd.model.encoder import Encoder, resolve_model
 
 NORMAL_ASSET = "demo_normal.wav"
 TEST_ASSET = "demo_test.wav"

@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.io import wavfile
 
+from edge_asd.audio.resampler import resample
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.resampler import resample
 
 _LOGGER = logging.getLogger(__name__)
 

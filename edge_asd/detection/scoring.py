@@ -9,10 +9,10 @@ from typing import Final, Literal, Protocol, get_args
 
 import numpy as np
 
-from edge_asd.bundle import Bundle, check_model
-from edge_asd.encoder import ModelInfo
-from edge_asd.memory_bank import DEFAULT_SCORE_METHOD, SCORE_METHODS, MemoryBank
-from edge_asd.windowing import frame_signal
+from edge_asd.detection.bundle import Bundle, check_model
+from edge_asd.detection.memory_bank import DEFAULT_SCORE_METHOD, SCORE_METHODS, MemoryBank
+from edge_asd.detection.windowing import frame_signal
+from edge_asd.model.encoder import ModelInfo
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any, Final, Protocol, Self, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from edge_asd.audio_file import AudioFileError, read_wav_channels
+from edge_asd.audio.files import AudioFileError, read_wav_channels
+from edge_asd.audio.resampler import StreamResampler
+from edge_asd.audio.ring_buffer import RingBuffer
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.resampler import StreamResampler
-from edge_asd.ring_buffer import RingBuffer
 
 _LOGGER = logging.getLogger(__name__)
 

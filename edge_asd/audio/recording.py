@@ -8,8 +8,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from edge_asd.audio.sources import AudioDeviceError, SoundDeviceSource
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.sources import AudioDeviceError, SoundDeviceSource
 
 _LOGGER = logging.getLogger(__name__)
 

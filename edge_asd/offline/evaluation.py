@@ -31,8 +31,9 @@ from typing import Any, Final
 import numpy as np
 from tqdm import tqdm
 
-from edge_asd.audio_file import AudioFileError, read_wav
-from edge_asd.calibration import (
+from edge_asd.audio.files import AudioFileError, read_wav
+from edge_asd.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
+from edge_asd.detection.calibration import (
     DEFAULT_RHO_SCOPE,
     CalibrationError,
     CalibrationSettings,
@@ -42,10 +43,8 @@ from edge_asd.calibration import (
     heldout_scores,
     window_groups,
 )
-from edge_asd.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
-from edge_asd.memory_bank import SCORE_METHODS
-from edge_asd.metrics import SOURCE, TARGET, dcase_section_metrics, harmonic_mean
-from edge_asd.scoring import (
+from edge_asd.detection.memory_bank import SCORE_METHODS
+from edge_asd.detection.scoring import (
     EMBED_BATCH_WINDOWS,
     ClipScorer,
     EmbeddingModel,
@@ -53,6 +52,7 @@ from edge_asd.scoring import (
     iter_window_batches,
     window_count,
 )
+from edge_asd.offline.metrics import SOURCE, TARGET, dcase_section_metrics, harmonic_mean
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -29,14 +29,14 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from edge_asd.bundle import Bundle
 from edge_asd.constants import (
     DEFAULT_HOP_SECONDS,
     DEFAULT_WINDOW_SECONDS,
     SAMPLE_RATE_HZ,
     seconds_to_samples,
 )
-from edge_asd.memory_bank import (
+from edge_asd.detection.bundle import Bundle
+from edge_asd.detection.memory_bank import (
     DEFAULT_SCORE_METHOD,
     NO_EXCLUSION,
     RHO_FLOOR,
@@ -45,7 +45,7 @@ from edge_asd.memory_bank import (
     MemoryBank,
     exclusion_windows_for,
 )
-from edge_asd.scoring import (
+from edge_asd.detection.scoring import (
     EMBED_BATCH_WINDOWS,
     EmbeddingModel,
     embed_windows,
