@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.detection import scoring
 from edge_asd.detection.bundle import Bundle, BundleError
 from edge_asd.detection.memory_bank import MemoryBank
-from edge_asd.detection.scoring import ClipScore, ClipScorer, iter_window_batches, window_count
-from edge_asd.detection.windowing import frame_signal
+from edge_asd.detection.pipeline import EMBED_BATCH_WINDOWS
+from edge_asd.detection.scoring import ClipScore, ClipScorer
+from edge_asd.detection.windowing import frame_signal, iter_window_batches, window_count
 from edge_asd.model.encoder import ModelInfo
 
 WINDOW = 1_600  # 0.1 s keeps the tests fast; the scorer does not care about the length
@@ -84,7 +84,7 @@ def test_long_clip_is_embedded_in_bounded_batches(bank: MemoryBank) -> None:
     x = _noise(3.3, rng)  # 65 windows: two full batches and a ragged one
     enc = FakeEncoder()
     result = ClipScorer(enc, bank, window_samples=WINDOW, hop_samples=HOP).score_clip(x)
-    assert max(enc.batch_sizes) <= scoring.EMBED_BATCH_WINDOWS
+    assert max(enc.batch_sizes) <= EMBED_BATCH_WINDOWS
     assert sum(enc.batch_sizes) == result.n_windows == 65
     batched = np.concatenate(list(iter_window_batches(x, WINDOW, HOP, 7)))
     np.testing.assert_array_equal(batched, frame_signal(x, WINDOW, HOP))
@@ -168,7 +168,11 @@ def _bundle(bank: MemoryBank, enc: FakeEncoder, method: str) -> Bundle:
 def test_from_bundle_uses_its_method_and_framing(bank: MemoryBank) -> None:
     enc = FakeEncoder()
     scorer = ClipScorer.from_bundle(_bundle(bank, enc, "difference"), enc, aggregate="max")
-    assert (scorer.method, scorer.hop_samples, scorer.aggregate) == ("difference", HOP // 2, "max")
+    assert (scorer.pipeline.method, scorer.pipeline.hop_samples, scorer.aggregate) == (
+        "difference",
+        HOP // 2,
+        "max",
+    )
     x = _noise(0.5, np.random.default_rng(5))
     result = scorer.score_clip(x)
     assert result.n_windows == window_count(x.size, WINDOW, HOP // 2)

@@ -36,7 +36,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from edge_asd.detection.memory_bank import NO_EXCLUSION, RHO_SCOPES, SCORE_METHODS, MemoryBank
+from edge_asd.detection.memory_bank import NO_EXCLUSION, RHO_SCOPES, MemoryBank
+from edge_asd.detection.methods import SCORE_METHODS
 from edge_asd.model.encoder import ModelInfo
 
 _LOGGER = logging.getLogger(__name__)

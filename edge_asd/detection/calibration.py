@@ -37,21 +37,15 @@ from edge_asd.constants import (
 )
 from edge_asd.detection.bundle import Bundle
 from edge_asd.detection.memory_bank import (
-    DEFAULT_SCORE_METHOD,
     NO_EXCLUSION,
     RHO_FLOOR,
     RHO_SCOPES,
-    SCORE_METHODS,
     MemoryBank,
     exclusion_windows_for,
 )
-from edge_asd.detection.scoring import (
-    EMBED_BATCH_WINDOWS,
-    EmbeddingModel,
-    embed_windows,
-    iter_window_batches,
-    window_count,
-)
+from edge_asd.detection.methods import DEFAULT_SCORE_METHOD, SCORE_METHODS
+from edge_asd.detection.pipeline import EmbeddingModel, embed_recording
+from edge_asd.detection.windowing import window_count
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -599,12 +593,16 @@ def _embed_all(
         for x, count in zip(signals, counts, strict=True):
             if count == 0:
                 continue
-            for batch in iter_window_batches(
-                x, settings.window_samples, settings.hop_samples, EMBED_BATCH_WINDOWS
-            ):
-                try:
-                    parts.append(embed_windows(encoder, batch))
-                except ValueError as exc:
-                    raise CalibrationError(str(exc)) from exc
-                bar.update(batch.shape[0])
+            try:
+                parts.append(
+                    embed_recording(
+                        encoder,
+                        x,
+                        settings.window_samples,
+                        settings.hop_samples,
+                        on_batch=bar.update,
+                    )
+                )
+            except ValueError as exc:
+                raise CalibrationError(str(exc)) from exc
     return np.concatenate(parts, axis=0)

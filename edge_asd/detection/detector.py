@@ -11,9 +11,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
-TransitionKind = Literal["start", "update", "end"]
+from edge_asd.detection.states import EventType
 
 DEFAULT_UPDATE_INTERVAL_SECONDS = 1.0
 
@@ -39,7 +38,7 @@ class DetectorSettings:
 class EventTransition:
     """One step of an event's lifecycle. Times are epoch seconds."""
 
-    kind: TransitionKind
+    kind: EventType
     event_id: str
     ts: float
     """End of the window that caused this transition."""
@@ -132,7 +131,7 @@ class Detector:
         self._run_under = 0
         self._run_over = 0
         self._run_scores.clear()
-        return [self._transition("start", end_ts, score, dbfs, end_ts=None)]
+        return [self._transition(EventType.START, end_ts, score, dbfs, end_ts=None)]
 
     def _active(
         self, score: float, over: bool, end_ts: float, dbfs: float
@@ -152,14 +151,14 @@ class Detector:
             return [self._end(end_ts, score, dbfs, end_ts=end_ts)]
         if end_ts - self._last_update_ts >= self.settings.update_interval_seconds:
             self._last_update_ts = end_ts
-            return [self._transition("update", end_ts, score, dbfs, end_ts=None)]
+            return [self._transition(EventType.UPDATE, end_ts, score, dbfs, end_ts=None)]
         return []
 
     def _end(
         self, ts: float, score: float, dbfs: float, *, end_ts: float | None = None
     ) -> EventTransition:
         transition = self._transition(
-            "end", ts, score, dbfs, end_ts=ts if end_ts is None else end_ts
+            EventType.END, ts, score, dbfs, end_ts=ts if end_ts is None else end_ts
         )
         self._event_id = None
         self._run_under = 0
@@ -168,7 +167,7 @@ class Detector:
         return transition
 
     def _transition(
-        self, kind: TransitionKind, ts: float, score: float, dbfs: float, *, end_ts: float | None
+        self, kind: EventType, ts: float, score: float, dbfs: float, *, end_ts: float | None
     ) -> EventTransition:
         assert self._event_id is not None
         return EventTransition(

@@ -28,11 +28,9 @@ from typing import Final, Literal, get_args
 
 import numpy as np
 
-_LOGGER = logging.getLogger(__name__)
+from edge_asd.detection.methods import DEFAULT_SCORE_METHOD, adjust_distances, check_method
 
-ScoreMethod = Literal["density", "difference", "raw"]
-SCORE_METHODS: Final[tuple[str, ...]] = get_args(ScoreMethod)
-DEFAULT_SCORE_METHOD: Final = "density"
+_LOGGER = logging.getLogger(__name__)
 
 RhoScope = Literal["all", "non_overlapping", "other_groups"]
 """Which bank entries may be neighbours of an entry y for rho_K(y):
@@ -313,8 +311,7 @@ class MemoryBank:
 
     def score(self, x: np.ndarray, method: str = DEFAULT_SCORE_METHOD) -> np.ndarray:
         """Anomaly scores float32 [B] of queries [B, D] (or one query [D] -> [1])."""
-        if method not in SCORE_METHODS:
-            raise ValueError(f"unknown scoring method {method!r}; expected one of {SCORE_METHODS}")
+        check_method(method)
         q = np.asarray(x)
         if q.ndim == 1:
             q = q[np.newaxis, :]
@@ -336,9 +333,6 @@ class MemoryBank:
         for start in range(0, self.size, step):
             stop = min(self.size, start + step)
             d = _cosine_distance(qn, self._embeddings[start:stop])
-            if method == "density":
-                d /= self._rho_floored[start:stop]
-            elif method == "difference":
-                d -= self._rho[start:stop]
+            adjust_distances(method, d, self._rho[start:stop], self._rho_floored[start:stop])
             np.minimum(best, d.min(axis=1), out=best)
         return best

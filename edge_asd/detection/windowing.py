@@ -7,6 +7,7 @@ yields exactly the windows of `frame_signal` on the whole signal.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,26 @@ def frame_signal(
         return np.zeros((0, window_samples), dtype=np.float32)
     views = np.lib.stride_tricks.sliding_window_view(signal, window_samples)[::hop_samples]
     return np.array(views, dtype=np.float32, copy=True)
+
+
+def window_count(n_samples: int, window_samples: int, hop_samples: int) -> int:
+    """Windows that `frame_signal` cuts from `n_samples` (windows start at 0, hop, 2*hop, ...)."""
+    if n_samples < window_samples:
+        return 0
+    return (n_samples - window_samples) // hop_samples + 1
+
+
+def iter_window_batches(
+    samples: npt.ArrayLike, window_samples: int, hop_samples: int, batch_windows: int
+) -> Iterator[npt.NDArray[np.float32]]:
+    """The windows of `frame_signal(samples, ...)`, `batch_windows` at a time, so a long
+    recording is never framed into memory at once."""
+    x = _as_mono(samples)
+    total = window_count(x.shape[0], window_samples, hop_samples)
+    for first in range(0, total, batch_windows):
+        last = min(total, first + batch_windows)
+        piece = x[first * hop_samples : (last - 1) * hop_samples + window_samples]
+        yield frame_signal(piece, window_samples, hop_samples)
 
 
 class Windower:

@@ -22,6 +22,8 @@ from functools import cache
 from importlib import resources
 from typing import Any, Final
 
+from edge_asd.detection.states import EventType, MachineState
+
 _LOGGER = logging.getLogger(__name__)
 
 SCHEMA_EVENT: Final = "edge-asd.event/1"
@@ -42,23 +44,6 @@ _SCHEMA_FILES: Final = {
     SCHEMA_SCORE: "score.schema.json",
     SCHEMA_STATS: "stats.schema.json",
 }
-
-
-class EventType(StrEnum):
-    """Lifecycle step of one anomaly event."""
-
-    START = "start"
-    UPDATE = "update"
-    END = "end"
-
-
-class MachineState(StrEnum):
-    """Retained per-machine state published on ``<machine>/state``."""
-
-    NORMAL = "normal"
-    ANOMALOUS = "anomalous"
-    NO_AUDIO = "no_audio"
-    CALIBRATING = "calibrating"
 
 
 class Availability(StrEnum):

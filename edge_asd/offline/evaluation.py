@@ -43,7 +43,7 @@ from edge_asd.detection.calibration import (
     heldout_scores,
     window_groups,
 )
-from edge_asd.detection.memory_bank import SCORE_METHODS
+from edge_asd.detection.methods import SCORE_METHODS
 from edge_asd.detection.scoring import (
     EMBED_BATCH_WINDOWS,
     ClipScorer,

@@ -1,0 +1,345 @@
+"""The machine pipeline: window -> embed -> score -> machine state -> detector, for one machine.
+
+This is the only place where audio becomes decisions. The daemon feeds it captured blocks, and
+`score`, `evaluate`, the demo, the pretraining validation and the benchmarks feed it recordings
+(`run_recording`); none of them frames, scores or detects on its own, so an alarm counted offline
+is one the daemon would have raised.
+
+It does no I/O: each call returns what happened (`PipelineStep`: window scores, state changes,
+event transitions), and the caller publishes or prints it. Times are in the caller's clock
+(epoch seconds in the daemon, seconds from the start of a file offline): the caller gives the
+time at the END of each block it pushes, and every window's start and end follow from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import numpy as np
+
+from edge_asd.audio.levels import window_dbfs
+from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.detection.bundle import Bundle, check_model
+from edge_asd.detection.detector import Detector, DetectorSettings, EventTransition
+from edge_asd.detection.memory_bank import MemoryBank
+from edge_asd.detection.methods import check_method
+from edge_asd.detection.states import EventType, MachineState
+from edge_asd.detection.windowing import Windower, iter_window_batches
+from edge_asd.model.encoder import ModelInfo
+
+EMBED_BATCH_WINDOWS: Final = 32
+"""Windows per encoder call offline: bounds memory (a 1 s window is 64 kB) without starving the
+CPU. Batching does not change the scores: every window is embedded on its own inside the model."""
+
+
+class EmbeddingModel(Protocol):
+    """What the pipeline needs from `model.encoder.Encoder` (and what test fakes and the
+    pretraining's torch student provide)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def embed(self, windows: np.ndarray) -> np.ndarray: ...
+
+
+def embed_windows(encoder: EmbeddingModel, windows: np.ndarray) -> np.ndarray:
+    """Embed [B, S] windows; checks the encoder's output shape and values (ValueError)."""
+    out = np.asarray(encoder.embed(windows), dtype=np.float32)
+    dim = encoder.info.embedding_dim
+    if out.ndim != 2 or out.shape[0] != windows.shape[0] or (dim > 0 and out.shape[1] != dim):
+        raise ValueError(
+            f"model {encoder.info.name} returned embeddings of shape {out.shape} for "
+            f"{windows.shape[0]} windows (embedding_dim {dim})"
+        )
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"model {encoder.info.name} returned NaN or inf embeddings")
+    return out
+
+
+def embed_recording(
+    encoder: EmbeddingModel,
+    samples: np.ndarray,
+    window_samples: int,
+    hop_samples: int,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """float32 [n_windows, D] embeddings of every window of a mono recording, in batches (for
+    building memory banks: calibration, evaluation, pretraining validation). `on_batch` gets
+    the number of windows of each batch (progress bars)."""
+    parts = []
+    for batch in iter_window_batches(samples, window_samples, hop_samples, EMBED_BATCH_WINDOWS):
+        parts.append(embed_windows(encoder, batch))
+        if on_batch is not None:
+            on_batch(batch.shape[0])
+    if not parts:
+        dim = max(0, encoder.info.embedding_dim)
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.concatenate(parts, axis=0)
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """One analysed window."""
+
+    index: int
+    """Windows since the stream started (or since the last gap)."""
+    start_time: float
+    """Seconds, caller's clock."""
+    end_time: float
+    """Seconds, caller's clock: when the decision on this window could be made."""
+    score: float
+    dbfs: float
+    """RMS level of the window."""
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """The machine's state changed at `time` (caller's clock)."""
+
+    state: MachineState
+    previous: MachineState | None
+    time: float
+
+
+@dataclass
+class PipelineStep:
+    """Everything one call caused, in time order within each list."""
+
+    windows: list[WindowResult] = field(default_factory=list)
+    transitions: list[EventTransition] = field(default_factory=list)
+    state_changes: list[StateChange] = field(default_factory=list)
+    inference_seconds: float = 0.0
+    """CPU wall time spent embedding and scoring the windows of this step."""
+
+    def extend(self, other: PipelineStep) -> None:
+        self.windows.extend(other.windows)
+        self.transitions.extend(other.transitions)
+        self.state_changes.extend(other.state_changes)
+        self.inference_seconds += other.inference_seconds
+
+
+@dataclass(frozen=True)
+class RecordingResult:
+    """A whole recording through the pipeline from offset 0 (`run_recording`)."""
+
+    step: PipelineStep
+    duration_seconds: float
+
+    @property
+    def scores(self) -> np.ndarray:
+        """float32 [n_windows] window scores in time order."""
+        return np.asarray([w.score for w in self.step.windows], dtype=np.float32)
+
+    @property
+    def event_starts(self) -> list[EventTransition]:
+        return [t for t in self.step.transitions if t.kind is EventType.START]
+
+
+class MachinePipeline:
+    """Framing, embedding, scoring, machine state and detection for one machine.
+
+    Without `detector` settings the pipeline only scores (an evaluation before its threshold is
+    known); with them it also tracks the machine state and raises events.
+    """
+
+    def __init__(
+        self,
+        encoder: EmbeddingModel,
+        bank: MemoryBank,
+        *,
+        method: str,
+        window_samples: int,
+        hop_samples: int,
+        detector: DetectorSettings | None = None,
+    ) -> None:
+        check_method(method)
+        if window_samples <= 0 or hop_samples <= 0:
+            raise ValueError(
+                f"window_samples ({window_samples}) and hop_samples ({hop_samples}) must be > 0"
+            )
+        info = encoder.info
+        if info.window_samples > 0 and info.window_samples != window_samples:
+            raise ValueError(
+                f"model {info.name} takes {info.window_samples}-sample windows, the pipeline "
+                f"was asked for {window_samples}"
+            )
+        self.encoder = encoder
+        self.bank = bank
+        self.method = method
+        self.window_samples = int(window_samples)
+        self.hop_samples = int(hop_samples)
+        self.detector_settings = detector
+        self._detector = None if detector is None else Detector(detector)
+        self._windower = Windower(self.window_samples, self.hop_samples)
+        self._state: MachineState | None = None
+        self._audio_ok = False
+        self._windows_since_gap = 0
+        self._samples_since_gap = 0
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        encoder: EmbeddingModel,
+        *,
+        detector: DetectorSettings | None = None,
+        hop_samples: int | None = None,
+    ) -> MachinePipeline:
+        """A pipeline with the bundle's bank, method and framing (hop overridable); the encoder
+        must be the calibrated one (BundleError otherwise)."""
+        check_model(bundle, encoder.info, bundle.bundle_id)
+        return cls(
+            encoder,
+            bundle.memory_bank(),
+            method=bundle.method,
+            window_samples=bundle.window_samples,
+            hop_samples=bundle.hop_samples if hop_samples is None else hop_samples,
+            detector=detector,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def threshold(self) -> float | None:
+        return None if self.detector_settings is None else self.detector_settings.threshold
+
+    @property
+    def state(self) -> MachineState | None:
+        """None until the first audio (or lack of it) is known."""
+        return self._state
+
+    @property
+    def in_event(self) -> bool:
+        return self._detector is not None and self._detector.in_event
+
+    def _set_state(self, step: PipelineStep, state: MachineState, at: float) -> None:
+        if self._detector is None or self._state == state:
+            return
+        step.state_changes.append(StateChange(state, self._state, at))
+        self._state = state
+
+    def _apply(self, step: PipelineStep, transitions: list[EventTransition]) -> None:
+        for transition in transitions:
+            step.transitions.append(transition)
+            if transition.kind is EventType.START:
+                self._set_state(step, MachineState.ANOMALOUS, transition.ts)
+            elif transition.kind is EventType.END and self._audio_ok:
+                self._set_state(step, MachineState.NORMAL, transition.ts)
+
+    def set_audio(self, ok: bool, at: float) -> PipelineStep:
+        """The machine's audio came (back) or was lost; lost audio ends an open event."""
+        step = PipelineStep()
+        if ok and not self._audio_ok:
+            self._audio_ok = True
+            self._set_state(step, MachineState.NORMAL, at)
+        elif not ok and (self._audio_ok or self._state is None):
+            self._audio_ok = False
+            if self._detector is not None:
+                self._apply(step, self._detector.close(at))
+            self._set_state(step, MachineState.NO_AUDIO, at)
+        return step
+
+    def reset(self) -> None:
+        """Audio before the next push was lost: never splice a window across the gap."""
+        self._windower.reset()
+        self._windows_since_gap = 0
+        self._samples_since_gap = 0
+
+    def close(self, at: float) -> PipelineStep:
+        """End an open event now (shutdown)."""
+        step = PipelineStep()
+        if self._detector is not None:
+            self._apply(step, self._detector.close(at))
+        return step
+
+    # ------------------------------------------------------------------ scoring
+
+    def score_windows(self, windows: np.ndarray) -> np.ndarray:
+        """float32 [B] scores of framed windows [B, window_samples] (no state, no events)."""
+        return self.bank.score(embed_windows(self.encoder, windows), self.method)
+
+    def push(self, samples: np.ndarray, end_time: float) -> PipelineStep:
+        """Feed the next mono block (float32, 16 kHz) of the stream; `end_time` is the time at
+        its last sample. Returns the windows it completed and what they caused."""
+        x = np.asarray(samples, dtype=np.float32)
+        first_sample = self._samples_since_gap
+        self._samples_since_gap += x.shape[0]
+        windows = self._windower.push(x)
+        step = PipelineStep()
+        if windows.shape[0] == 0:
+            return step
+        block_end_sample = first_sample + x.shape[0]
+        self._process(
+            windows, step, lambda start: end_time - (block_end_sample - start) / SAMPLE_RATE_HZ
+        )
+        return step
+
+    def _process(self, windows: np.ndarray, step: PipelineStep, time_of: _TimeOf) -> None:
+        started = time.perf_counter()
+        scores = self.score_windows(windows)
+        step.inference_seconds += time.perf_counter() - started
+        if self._detector is not None and not self._audio_ok:
+            # Windows are audio: the machine is heard (first window, or after a gap in health).
+            step.extend(self.set_audio(True, time_of(self._windows_since_gap * self.hop_samples)))
+        for window, score in zip(windows, scores, strict=True):
+            start_sample = self._windows_since_gap * self.hop_samples
+            end_sample = start_sample + self.window_samples
+            result = WindowResult(
+                index=self._windows_since_gap,
+                start_time=time_of(start_sample),
+                end_time=time_of(end_sample),
+                score=float(score),
+                dbfs=window_dbfs(window),
+            )
+            self._windows_since_gap += 1
+            step.windows.append(result)
+            if self._detector is not None:
+                self._apply(
+                    step,
+                    self._detector.process(
+                        result.score,
+                        window_start_ts=result.start_time,
+                        window_end_ts=result.end_time,
+                        dbfs=result.dbfs,
+                    ),
+                )
+
+    def run_recording(
+        self, samples: np.ndarray, *, pad_short: bool = False, close: bool = True
+    ) -> RecordingResult:
+        """A whole mono recording (float32, 16 kHz) as one stream from offset 0, in batches so
+        hours of audio are never framed at once. Times are seconds from the file's start.
+
+        `pad_short` zero-pads a recording shorter than one window to one window (so a short
+        evaluation clip still gets a score); otherwise it yields no window. With `close`, an
+        event still open at the end is ended there.
+        """
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim != 1:
+            raise ValueError(f"recording must be 1-D samples, got shape {x.shape}")
+        if x.size == 0:
+            raise ValueError("recording is empty")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("recording contains NaN or inf samples")
+        if pad_short and x.shape[0] < self.window_samples:
+            x = np.pad(x, (0, self.window_samples - x.shape[0]))
+        self.reset()
+        duration = x.shape[0] / SAMPLE_RATE_HZ
+        step = PipelineStep()
+        for batch in self._batches(x):
+            self._process(batch, step, lambda sample: sample / SAMPLE_RATE_HZ)
+        self._samples_since_gap = x.shape[0]
+        if close:
+            step.extend(self.close(duration))
+        return RecordingResult(step=step, duration_seconds=duration)
+
+    def _batches(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        return iter_window_batches(x, self.window_samples, self.hop_samples, EMBED_BATCH_WINDOWS)
+
+
+class _TimeOf(Protocol):
+    def __call__(self, sample: int, /) -> float: ...

@@ -1,0 +1,25 @@
+"""The vocabularies of detection: machine states and event lifecycle steps.
+
+Defined once here; the MQTT payloads, the daemon, replay and the offline tools import them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class MachineState(StrEnum):
+    """Retained per-machine state (published on ``<machine>/state``)."""
+
+    NORMAL = "normal"
+    ANOMALOUS = "anomalous"
+    NO_AUDIO = "no_audio"
+    CALIBRATING = "calibrating"
+
+
+class EventType(StrEnum):
+    """Lifecycle step of one anomaly event."""
+
+    START = "start"
+    UPDATE = "update"
+    END = "end"
