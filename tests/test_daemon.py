@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edge_asd.audio.files import write_wav
+from edge_asd.audio.levels import window_dbfs
 from edge_asd.config import parse_config
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import save_bundle
@@ -20,7 +21,7 @@ from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
 from edge_asd.model.encoder import Encoder, resolve_model
 from edge_asd.mqtt.messages import EventMessage, StatsMessage
 from edge_asd.mqtt.publisher import PublisherStats
-from edge_asd.service.daemon import Daemon, StartupError, check_setup, window_dbfs
+from edge_asd.service.daemon import Daemon, StartupError, check_setup
 from edge_asd_dev.synth import apply_fault, machine_sound
 
 WAIT_SECONDS = 30.0

@@ -26,11 +26,11 @@ import numpy as np
 from edge_asd import __version__
 from edge_asd.audio.capture import CapturedBlock, CaptureSupervisor
 from edge_asd.config import Config, ConfigError, MachineConfig, default_client_id
-from edge_asd.constants import EXIT_OK, SAMPLE_RATE_HZ, seconds_to_samples
+from edge_asd.constants import EXIT_OK, seconds_to_samples
 from edge_asd.detection.bundle import Bundle, BundleError, load_bundle
-from edge_asd.detection.detector import Detector, DetectorSettings, EventTransition
-from edge_asd.detection.memory_bank import MemoryBank
-from edge_asd.detection.windowing import Windower
+from edge_asd.detection.detector import DetectorSettings, EventTransition
+from edge_asd.detection.pipeline import MachinePipeline, PipelineStep, StateChange, WindowResult
+from edge_asd.detection.states import MachineState
 from edge_asd.model.encoder import Encoder, ModelError, resolve_model
 from edge_asd.mqtt.messages import EventMessage, ScoreMessage, StatsMessage, Topics, format_ts
 from edge_asd.mqtt.outbox import Outbox
@@ -51,23 +51,10 @@ DEFAULT_WATCHDOG_SECONDS = 15.0
 """Watchdog cadence when systemd did not ask for one (the notifier then ignores it anyway)."""
 LATENCY_HISTORY = 1000
 """Per-window inference times kept for the p50/p95 in stats."""
-DBFS_FLOOR = -120.0
-
-STATE_NORMAL = "normal"
-STATE_ANOMALOUS = "anomalous"
-STATE_NO_AUDIO = "no_audio"
 
 
 class StartupError(Exception):
     """The daemon cannot start: bad model, bundle, outbox or settings. Message names it."""
-
-
-def window_dbfs(window: np.ndarray) -> float:
-    """RMS level of a window in dB relative to full scale."""
-    rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
-    if rms <= 0.0:
-        return DBFS_FLOOR
-    return max(DBFS_FLOOR, 20.0 * float(np.log10(rms)))
 
 
 # ---------------------------------------------------------------- start-up checks
@@ -156,21 +143,20 @@ def _threshold(machine: MachineConfig, bundle: Bundle) -> float:
 
 @dataclass
 class MachineRuntime:
+    """One machine as the daemon serves it: its config and bundle, and the pipeline that owns
+    framing, scoring, state and detection."""
+
     config: MachineConfig
     bundle: Bundle
-    bank: MemoryBank
+    pipeline: MachinePipeline
     threshold: float
-    detector: Detector
-    windower: Windower
     channel_index: int
     """Column of this machine's channel in its device's captured blocks."""
-    hop_samples: int
-    window_samples: int
-    state: str | None = None
-    audio_ok: bool = False
-    windows_since_gap: int = 0
-    samples_since_gap: int = 0
     last_score_sent: float = 0.0
+
+    @property
+    def state(self) -> MachineState | None:
+        return self.pipeline.state
 
 
 @dataclass
@@ -240,27 +226,24 @@ class Daemon:
             threshold = _threshold(machine, bundle)
             channels = channels_by_device.setdefault(str(machine.device), [])
             channels.append(machine.channel)
-            window = seconds_to_samples(machine.window_seconds)
-            hop = seconds_to_samples(machine.hop_seconds)
-            detector = Detector(
-                DetectorSettings(
+            pipeline = MachinePipeline.from_bundle(
+                bundle,
+                self.encoder,
+                hop_samples=seconds_to_samples(machine.hop_seconds),
+                detector=DetectorSettings(
                     threshold=threshold,
                     trigger_windows=machine.trigger_windows,
                     release_windows=machine.release_windows,
                     max_event_seconds=machine.max_event_seconds,
-                )
+                ),
             )
             self.machines.append(
                 MachineRuntime(
                     config=machine,
                     bundle=bundle,
-                    bank=bundle.memory_bank(),
+                    pipeline=pipeline,
                     threshold=threshold,
-                    detector=detector,
-                    windower=Windower(window, hop),
                     channel_index=len(channels) - 1,
-                    hop_samples=hop,
-                    window_samples=window,
                 )
             )
         self._channels_by_device = channels_by_device
@@ -388,124 +371,98 @@ class Daemon:
             health = dict(self._health)
         for machine in self.machines:
             status = health.get(str(machine.config.device))
-            if status is None:
-                continue
-            healthy = status[0]
-            if healthy and not machine.audio_ok:
-                machine.audio_ok = True
-                self._set_state(machine, STATE_NORMAL)
-            elif not healthy and (machine.audio_ok or machine.state is None):
-                machine.audio_ok = False
-                self._publish_transitions(machine, machine.detector.close(time.time()))
-                self._set_state(machine, STATE_NO_AUDIO)
+            if status is not None:
+                self._publish_step(machine, machine.pipeline.set_audio(status[0], time.time()))
 
     def _process_block(self, block: CapturedBlock) -> None:
         for machine in self.machines:
             if str(machine.config.device) != block.device_key:
                 continue
             if block.discontinuity:
-                self._restart_stream(machine)
-            samples = block.samples[:, machine.channel_index]
-            first_sample = machine.samples_since_gap
-            machine.samples_since_gap += len(samples)
-            windows = machine.windower.push(samples)
-            if len(windows) == 0:
-                continue
-            started = time.perf_counter()
-            embeddings = self.encoder.embed(windows)
-            scores = machine.bank.score(embeddings, machine.bundle.method)
-            elapsed_ms = (time.perf_counter() - started) * 1000.0 / len(windows)
-            block_end_sample = first_sample + len(samples)
-            for window, score in zip(windows, scores, strict=True):
-                start_sample = machine.windows_since_gap * machine.hop_samples
-                machine.windows_since_gap += 1
-                samples_after_window = block_end_sample - start_sample - machine.window_samples
-                end_ts = block.end_ts - samples_after_window / SAMPLE_RATE_HZ
-                start_ts = end_ts - machine.window_samples / SAMPLE_RATE_HZ
-                self.counters.inference_ms.append(elapsed_ms)
-                self.counters.windows_processed += 1
+                machine.pipeline.reset()
+            step = machine.pipeline.push(block.samples[:, machine.channel_index], block.end_ts)
+            if step.windows:
+                per_window_ms = step.inference_seconds * 1000.0 / len(step.windows)
+                self.counters.inference_ms.extend([per_window_ms] * len(step.windows))
+                self.counters.windows_processed += len(step.windows)
                 self._progress_since_watchdog = True
-                self._handle_score(machine, float(score), start_ts, end_ts, window_dbfs(window))
+            self._publish_step(machine, step)
 
-    @staticmethod
-    def _restart_stream(machine: MachineRuntime) -> None:
-        """Audio before this block was lost: never splice a window across the gap."""
-        machine.windower.reset()
-        machine.windows_since_gap = 0
-        machine.samples_since_gap = 0
-
-    def _handle_score(
-        self, machine: MachineRuntime, score: float, start_ts: float, end_ts: float, dbfs: float
-    ) -> None:
-        transitions = machine.detector.process(
-            score, window_start_ts=start_ts, window_end_ts=end_ts, dbfs=dbfs
-        )
-        self._publish_transitions(machine, transitions)
+    def _publish_step(self, machine: MachineRuntime, step: PipelineStep) -> None:
+        """Publish what the pipeline reported, in time order: a state change caused by an
+        event's start goes out right after that start, before later windows' telemetry."""
+        changes = iter(step.state_changes)
+        pending = next(changes, None)
+        for transition in step.transitions:
+            while pending is not None and pending.time < transition.ts:
+                self._publish_state(machine, pending)
+                pending = next(changes, None)
+            self._publish_transition(machine, transition)
+            while pending is not None and pending.time <= transition.ts:
+                self._publish_state(machine, pending)
+                pending = next(changes, None)
+        while pending is not None:
+            self._publish_state(machine, pending)
+            pending = next(changes, None)
         interval = machine.config.score_interval_seconds
-        if interval > 0 and end_ts - machine.last_score_sent >= interval:
-            machine.last_score_sent = end_ts
-            message = ScoreMessage(
-                node=self.config.node_id,
-                machine=machine.config.name,
-                ts=format_ts(end_ts),
-                score=score,
-                threshold=machine.threshold,
-                dbfs=dbfs,
-                state=machine.state or STATE_NORMAL,
-            )
-            self.publisher.publish_telemetry(
-                self.topics.score(machine.config.name), message.to_json(), qos=0
-            )
+        for window in step.windows:
+            if interval > 0 and window.end_time - machine.last_score_sent >= interval:
+                machine.last_score_sent = window.end_time
+                self._publish_score(machine, window)
 
-    def _publish_transitions(
-        self, machine: MachineRuntime, transitions: list[EventTransition]
-    ) -> None:
-        for transition in transitions:
-            info = self.encoder.info
-            end = transition.end_ts
-            message = EventMessage(
-                type=transition.kind,
-                event_id=transition.event_id,
-                node=self.config.node_id,
-                machine=machine.config.name,
-                seq=self.outbox.next_seq(),
-                ts=format_ts(transition.ts),
-                start_ts=format_ts(transition.start_ts),
-                end_ts=format_ts(end) if end is not None else None,
-                score=transition.score,
-                peak_score=transition.peak_score,
-                threshold=machine.threshold,
-                windows_over=transition.windows_over,
-                dbfs=transition.dbfs,
-                duration_seconds=(end if end is not None else transition.ts) - transition.start_ts,
-                model={"name": info.name, "version": info.version, "sha256": info.sha256},
-                bundle_id=machine.bundle.bundle_id,
-            )
-            _LOGGER.info(
-                "%s: event %s %s score %.3f (peak %.3f, threshold %.3f)",
-                machine.config.name,
-                transition.event_id[:8],
-                transition.kind,
-                transition.score,
-                transition.peak_score,
-                machine.threshold,
-            )
-            self.publisher.publish_event(machine.config.name, message)
-            if transition.kind == "start":
-                self._set_state(machine, STATE_ANOMALOUS)
-            elif transition.kind == "end" and machine.audio_ok:
-                self._set_state(machine, STATE_NORMAL)
+    def _publish_score(self, machine: MachineRuntime, window: WindowResult) -> None:
+        message = ScoreMessage(
+            node=self.config.node_id,
+            machine=machine.config.name,
+            ts=format_ts(window.end_time),
+            score=window.score,
+            threshold=machine.threshold,
+            dbfs=window.dbfs,
+            state=machine.state or MachineState.NORMAL,
+        )
+        self.publisher.publish_telemetry(
+            self.topics.score(machine.config.name), message.to_json(), qos=0
+        )
 
-    def _set_state(self, machine: MachineRuntime, state: str) -> None:
-        if machine.state == state:
-            return
-        _LOGGER.info("%s: state %s -> %s", machine.config.name, machine.state, state)
-        machine.state = state
-        self.publisher.publish_state(machine.config.name, state)
+    def _publish_transition(self, machine: MachineRuntime, transition: EventTransition) -> None:
+        info = self.encoder.info
+        end = transition.end_ts
+        message = EventMessage(
+            type=transition.kind,
+            event_id=transition.event_id,
+            node=self.config.node_id,
+            machine=machine.config.name,
+            seq=self.outbox.next_seq(),
+            ts=format_ts(transition.ts),
+            start_ts=format_ts(transition.start_ts),
+            end_ts=format_ts(end) if end is not None else None,
+            score=transition.score,
+            peak_score=transition.peak_score,
+            threshold=machine.threshold,
+            windows_over=transition.windows_over,
+            dbfs=transition.dbfs,
+            duration_seconds=(end if end is not None else transition.ts) - transition.start_ts,
+            model={"name": info.name, "version": info.version, "sha256": info.sha256},
+            bundle_id=machine.bundle.bundle_id,
+        )
+        _LOGGER.info(
+            "%s: event %s %s score %.3f (peak %.3f, threshold %.3f)",
+            machine.config.name,
+            transition.event_id[:8],
+            transition.kind,
+            transition.score,
+            transition.peak_score,
+            machine.threshold,
+        )
+        self.publisher.publish_event(machine.config.name, message)
+
+    def _publish_state(self, machine: MachineRuntime, change: StateChange) -> None:
+        _LOGGER.info("%s: state %s -> %s", machine.config.name, change.previous, change.state)
+        self.publisher.publish_state(machine.config.name, change.state)
 
     def _end_all_events(self, ts: float) -> None:
         for machine in self.machines:
-            self._publish_transitions(machine, machine.detector.close(ts))
+            self._publish_step(machine, machine.pipeline.close(ts))
 
     def _maybe_watchdog(self) -> None:
         """WATCHDOG=1 only while the pipeline demonstrably works.
@@ -553,7 +510,7 @@ class Daemon:
             overwritten_frames=sum(t.overwritten_frames for t in totals),
             # Blocks dropped between capture and inference, in hops of the first machine: the
             # windows that could not be analysed.
-            dropped_windows=sum(t.dropped_frames for t in totals) // self.machines[0].hop_samples,
+            dropped_windows=sum(t.dropped_frames for t in totals) // self.machines[0].pipeline.hop_samples,
             inference_ms_p50=self._percentile_ms(50),
             inference_ms_p95=self._percentile_ms(95),
             outbox_depth=self.outbox.depth(),
@@ -561,7 +518,7 @@ class Daemon:
             outbox_write_errors=self.outbox.write_errors,
             reconnects=publisher_stats.reconnects,
             version=__version__,
-            machines={m.config.name: m.state or STATE_NO_AUDIO for m in self.machines},
+            machines={m.config.name: m.state or MachineState.NO_AUDIO for m in self.machines},
         )
         self.publisher.publish_telemetry(self.topics.stats, message.to_json(), qos=0)
 
