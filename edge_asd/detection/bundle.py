@@ -7,7 +7,14 @@ On disk a bundle is a directory with two files:
   clip or stretch each window came from and its window index there, which decided the
   neighbours kept out of rho). Loaded with ``allow_pickle=False``.
 - ``bundle.json``: every other field, human-readable, including ``rho_scope`` and
-  ``exclusion_windows``.
+  ``exclusion_windows``, the calibrated sequential decision (``evidence``) and the running
+  machine's level profile (``running_profile``); ``off_embeddings`` in ``bank.npz`` holds the
+  recordings of the stopped machine when calibration had them;
+- ``report.json``: the calibration report (what was measured and decided, warnings).
+
+Bundles written before the evidence decision, the running profile or the report existed still
+load; without them the daemon falls back to the hysteresis on single windows and to the
+digital-silence rule for stops.
 
 Bundles written before groups existed (no ``has_groups`` key) still load, as format_version 1:
 they read as rho_scope "all" without groups, which is what they were calibrated with. Scoring
@@ -36,8 +43,10 @@ from typing import Any, Final
 
 import numpy as np
 
+from edge_asd.detection.evidence import EvidenceSettings
 from edge_asd.detection.memory_bank import NO_EXCLUSION, RHO_SCOPES, MemoryBank
 from edge_asd.detection.methods import SCORE_METHODS
+from edge_asd.detection.running import RunningProfile
 from edge_asd.model.encoder import ModelInfo
 
 _LOGGER = logging.getLogger(__name__)
@@ -48,6 +57,7 @@ LEGACY_RHO_SCOPE: Final = "all"
 """rho_scope of a bundle that predates groups (rho over every other window)."""
 BANK_FILE: Final = "bank.npz"
 META_FILE: Final = "bundle.json"
+REPORT_FILE: Final = "report.json"
 BUNDLE_ID_HEX_CHARS: Final = 12
 _SHA_SHOWN_CHARS: Final = 12
 """Hex characters of a model sha256 shown in error messages."""
@@ -107,6 +117,15 @@ class Bundle:
     """Which same-clip entries were kept out of rho (memory_bank.RhoScope)."""
     exclusion_windows: int = NO_EXCLUSION
     """Same-group entries closer than this many windows were not neighbours for rho."""
+    evidence: EvidenceSettings | None = None
+    """The calibrated sequential decision; None in bundles that predate it."""
+    running_profile: RunningProfile | None = None
+    """Level of the running machine, for telling it stopped; None in older bundles."""
+    off_embeddings: np.ndarray | None = None
+    """float32 [M, D] windows of the stopped machine (`calibrate --off-from-dir`), or None."""
+    target_false_alarms_per_week: float | None = None
+    report: dict[str, Any] | None = None
+    """The calibration report (report.json)."""
     created: str = field(default_factory=utc_now_iso)
     """ISO 8601 UTC."""
     format_version: int = FORMAT_VERSION
@@ -127,6 +146,8 @@ class Bundle:
             self.groups = np.asarray(self.groups, dtype=np.int64)
         if self.positions is not None:
             self.positions = np.asarray(self.positions, dtype=np.int64)
+        if self.off_embeddings is not None:
+            self.off_embeddings = np.asarray(self.off_embeddings, dtype=np.float32)
         self.rho_scope = str(self.rho_scope)
         self.exclusion_windows = int(self.exclusion_windows)
         if not self.bundle_id:
@@ -147,6 +168,12 @@ class Bundle:
             positions=self.positions,
             exclusion_windows=self.exclusion_windows,
         )
+
+    def off_bank(self) -> MemoryBank | None:
+        """The stopped machine's windows as a bank (raw distances only), or None."""
+        if self.off_embeddings is None or self.off_embeddings.shape[0] < 2:
+            return None
+        return MemoryBank(self.off_embeddings, k=1)
 
     def metadata(self) -> dict[str, Any]:
         """Everything except the arrays, as JSON-ready values."""
@@ -171,6 +198,12 @@ class Bundle:
             "rho_scope": self.rho_scope,
             "exclusion_windows": self.exclusion_windows,
             "sources": list(self.sources),
+            "evidence": None if self.evidence is None else self.evidence.to_dict(),
+            "running_profile": (
+                None if self.running_profile is None else self.running_profile.to_dict()
+            ),
+            "has_off_embeddings": self.off_embeddings is not None,
+            "target_false_alarms_per_week": self.target_false_alarms_per_week,
         }
 
 
@@ -206,6 +239,8 @@ def save_bundle(bundle: Bundle, out_dir: str | os.PathLike[str]) -> Path:
         if bundle.groups is not None and bundle.positions is not None:
             arrays["groups"] = bundle.groups
             arrays["positions"] = bundle.positions
+        if bundle.off_embeddings is not None:
+            arrays["off_embeddings"] = bundle.off_embeddings
         with open(tmp / BANK_FILE, "wb") as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]
             fh.flush()
@@ -215,6 +250,12 @@ def save_bundle(bundle: Bundle, out_dir: str | os.PathLike[str]) -> Path:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if bundle.report is not None:
+            with open(tmp / REPORT_FILE, "w", encoding="utf-8") as fh:
+                json.dump(bundle.report, fh, indent=_JSON_INDENT, allow_nan=False)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
         _fsync_path(tmp)
         if target.exists():
             os.rename(target, aside)
@@ -271,9 +312,12 @@ class _BankArrays:
     labels: list[str] | None
     groups: np.ndarray | None
     positions: np.ndarray | None
+    off_embeddings: np.ndarray | None
 
 
-def _read_bank(directory: Path, has_labels: bool, has_groups: bool) -> _BankArrays:
+def _read_bank(
+    directory: Path, has_labels: bool, has_groups: bool, has_off: bool = False
+) -> _BankArrays:
     bank_path = directory / BANK_FILE
     if not bank_path.is_file():
         raise BundleError(f"bundle {directory}: {BANK_FILE} is missing")
@@ -284,6 +328,7 @@ def _read_bank(directory: Path, has_labels: bool, has_groups: bool) -> _BankArra
             labels = [str(x) for x in npz["labels"]] if has_labels else None
             groups = np.asarray(npz["groups"]) if has_groups else None
             positions = np.asarray(npz["positions"]) if has_groups else None
+            off = np.asarray(npz["off_embeddings"], dtype=np.float32) if has_off else None
     except KeyError as exc:
         raise BundleError(f"bundle {directory}: {BANK_FILE} lacks array {exc}") from exc
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -291,7 +336,7 @@ def _read_bank(directory: Path, has_labels: bool, has_groups: bool) -> _BankArra
     for name, arr in (("groups", groups), ("positions", positions)):
         if arr is not None and not np.issubdtype(arr.dtype, np.integer):
             raise BundleError(f"bundle {directory}: {name} in {BANK_FILE} are not integers")
-    return _BankArrays(embeddings, rho, labels, groups, positions)
+    return _BankArrays(embeddings, rho, labels, groups, positions, off)
 
 
 def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = None) -> Bundle:
@@ -311,7 +356,10 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
         dim = int(meta["embedding_dim"])
         # Bundles from before groups existed lack these keys: the legacy behaviour.
         has_groups = bool(meta.get("has_groups", False))
-        bank = _read_bank(path, has_labels, has_groups)
+        bank = _read_bank(path, has_labels, has_groups, bool(meta.get("has_off_embeddings")))
+        evidence = meta.get("evidence")
+        profile = meta.get("running_profile")
+        target = meta.get("target_false_alarms_per_week")
         bundle = Bundle(
             embeddings=bank.embeddings,
             rho=bank.rho,
@@ -334,6 +382,11 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
             created=str(meta["created"]),
             format_version=int(meta["format_version"]),
             bundle_id=str(meta["bundle_id"]),
+            evidence=None if evidence is None else EvidenceSettings.from_dict(evidence),
+            running_profile=None if profile is None else RunningProfile.from_dict(profile),
+            off_embeddings=bank.off_embeddings,
+            target_false_alarms_per_week=None if target is None else float(target),
+            report=_read_report(path),
         )
     except KeyError as exc:
         raise BundleError(f"bundle {path}: {META_FILE} lacks key {exc}") from exc
@@ -343,6 +396,19 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
     if model is not None:
         check_model(bundle, model, str(path))
     return bundle
+
+
+def _read_report(directory: Path) -> dict[str, Any] | None:
+    """The calibration report, or None (older bundles; an unreadable report loses nothing)."""
+    path = directory / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _LOGGER.warning("bundle %s: %s is unreadable (%s); ignored", directory, REPORT_FILE, exc)
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _validate(bundle: Bundle, path: Path, n_entries: int, dim: int) -> None:
@@ -380,8 +446,13 @@ def _validate(bundle: Bundle, path: Path, n_entries: int, dim: int) -> None:
         raise BundleError(f"bundle {path}: unknown scoring method {bundle.method!r}")
     if not 1 <= bundle.k < n_entries:
         raise BundleError(f"bundle {path}: k={bundle.k} is invalid for {n_entries} entries")
-    if not np.isfinite(bundle.threshold):
-        raise BundleError(f"bundle {path}: threshold {bundle.threshold} is not finite")
+    if not (np.isfinite(bundle.threshold) and bundle.threshold > 0):
+        raise BundleError(
+            f"bundle {path}: threshold {bundle.threshold} is not a positive number; recalibrate"
+        )
+    off = bundle.off_embeddings
+    if off is not None and (off.ndim != 2 or off.shape[1] != dim or not np.all(np.isfinite(off))):
+        raise BundleError(f"bundle {path}: off_embeddings have shape {off.shape} or bad values")
     expected_id = make_bundle_id(emb, bundle.threshold, bundle.model.sha256)
     if bundle.bundle_id != expected_id:
         raise BundleError(

@@ -1,9 +1,16 @@
-"""Turns per-window anomaly scores into events with hysteresis.
+"""Turns per-window anomaly scores into events: start, updates at most once per
+`update_interval_seconds`, end; one `event_id` from start to end.
 
-An event starts after `trigger_windows` consecutive windows over the threshold and ends after
-`release_windows` consecutive windows under it, or when it has lasted `max_event_seconds` (then a
-new event may start). While it lasts, an update is emitted at most once per
-`update_interval_seconds`. One `event_id` is used from start to end.
+When an event starts and ends is the decision rule's call:
+
+- `HysteresisRule` (no evidence settings): an event starts after `trigger_windows` consecutive
+  windows over the threshold and ends after `release_windows` consecutive windows under it;
+- `EvidenceRule` (the bundle's calibrated `evidence.EvidenceSettings`): evidence accumulates
+  over time (CUSUM) and an event starts when it reaches the calibrated alarm level, or at once
+  when `trigger_windows` consecutive windows are grossly anomalous; it ends when the evidence
+  has drained back to zero.
+
+Events longer than `max_event_seconds` are split (an end, then a fresh start).
 """
 
 from __future__ import annotations
@@ -11,19 +18,27 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final, Protocol
 
+from edge_asd.detection.evidence import EvidenceSettings
 from edge_asd.detection.states import EventType
 
-DEFAULT_UPDATE_INTERVAL_SECONDS = 1.0
+DEFAULT_TRIGGER_WINDOWS: Final = 2
+DEFAULT_RELEASE_WINDOWS: Final = 4
+DEFAULT_MAX_EVENT_SECONDS: Final = 300.0
+DEFAULT_UPDATE_INTERVAL_SECONDS: Final = 1.0
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
     threshold: float
-    trigger_windows: int = 2
-    release_windows: int = 4
-    max_event_seconds: float = 300.0
+    """Score above which a window counts as over (the evidence rule's reference)."""
+    trigger_windows: int = DEFAULT_TRIGGER_WINDOWS
+    release_windows: int = DEFAULT_RELEASE_WINDOWS
+    max_event_seconds: float = DEFAULT_MAX_EVENT_SECONDS
     update_interval_seconds: float = DEFAULT_UPDATE_INTERVAL_SECONDS
+    evidence: EvidenceSettings | None = None
+    """Calibrated sequential decision; None: hysteresis on single windows."""
 
     def __post_init__(self) -> None:
         if not self.threshold > 0:
@@ -36,23 +51,115 @@ class DetectorSettings:
 
 @dataclass(frozen=True)
 class EventTransition:
-    """One step of an event's lifecycle. Times are epoch seconds."""
+    """One step of an event's lifecycle. Times are in the pipeline caller's clock."""
 
     kind: EventType
     event_id: str
     ts: float
     """End of the window that caused this transition."""
     start_ts: float
-    """Start of the first window over the threshold."""
+    """Start of the first window of the evidence that raised the event."""
     end_ts: float | None
     """End of the last window over the threshold; set on `end` only."""
     score: float
     peak_score: float
     windows_over: int
-    """Windows over the threshold since the event started."""
+    """Windows over the threshold since the evidence began."""
     dbfs: float
     """Level of the window that caused this transition."""
     peak_dbfs: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A decision rule's reading of one window."""
+
+    over: bool
+    """The window is above the threshold (counts in windows_over, peak, last-over time)."""
+    candidate: bool
+    """Outside an event: the window belongs to evidence that may still raise one."""
+    start: bool
+    """Outside an event: raise one now."""
+    end: bool
+    """Inside an event: it is over."""
+
+
+class DecisionRule(Protocol):
+    def update(self, score: float, in_event: bool) -> Verdict: ...
+
+    def reset(self) -> None:
+        """Forget accumulated evidence (after an event ends or is closed)."""
+
+
+class HysteresisRule:
+    """N consecutive windows over the threshold start, M under it end."""
+
+    def __init__(self, settings: DetectorSettings) -> None:
+        self._settings = settings
+        self._run_over = 0
+        self._run_under = 0
+
+    def reset(self) -> None:
+        self._run_over = 0
+        self._run_under = 0
+
+    def update(self, score: float, in_event: bool) -> Verdict:
+        over = score > self._settings.threshold
+        if not in_event:
+            self._run_over = self._run_over + 1 if over else 0
+            start = self._run_over >= self._settings.trigger_windows
+            if start:
+                self._run_over = 0
+                self._run_under = 0
+            return Verdict(over=over, candidate=over, start=start, end=False)
+        self._run_under = 0 if over else self._run_under + 1
+        return Verdict(
+            over=over,
+            candidate=False,
+            start=False,
+            end=self._run_under >= self._settings.release_windows,
+        )
+
+
+class EvidenceRule:
+    """CUSUM of calibrated log-score ratios, with a fast path for gross events."""
+
+    def __init__(self, settings: DetectorSettings, evidence: EvidenceSettings) -> None:
+        self._settings = settings
+        self._evidence = evidence
+        self._sum = 0.0
+        self._gross_run = 0
+
+    @property
+    def evidence(self) -> float:
+        """The current CUSUM value (natural-log units)."""
+        return self._sum
+
+    def reset(self) -> None:
+        self._sum = 0.0
+        self._gross_run = 0
+
+    def update(self, score: float, in_event: bool) -> Verdict:
+        ev = self._evidence
+        over = score > self._settings.threshold
+        self._sum = max(0.0, self._sum + ev.increment(score))
+        self._gross_run = self._gross_run + 1 if score >= ev.gross_score else 0
+        if not in_event:
+            start = self._sum >= ev.alarm_level or self._gross_run >= self._settings.trigger_windows
+            if start:
+                # Inside an event the evidence is capped at the alarm level, so that it drains
+                # in bounded time once the fault stops.
+                self._sum = ev.alarm_level
+                self._gross_run = 0
+            return Verdict(over=over, candidate=self._sum > 0 or over, start=start, end=False)
+        self._sum = min(self._sum, ev.alarm_level)
+        return Verdict(over=over, candidate=False, start=False, end=self._sum <= 0.0)
+
+
+def make_rule(settings: DetectorSettings) -> DecisionRule:
+    if settings.evidence is None:
+        return HysteresisRule(settings)
+    return EvidenceRule(settings, settings.evidence)
 
 
 def _new_event_id() -> str:
@@ -60,17 +167,15 @@ def _new_event_id() -> str:
 
 
 class Detector:
-    """Hysteresis over window scores; feed windows in time order."""
+    """Event lifecycle over window scores; feed windows in time order."""
 
     def __init__(
         self, settings: DetectorSettings, *, id_factory: Callable[[], str] = _new_event_id
     ) -> None:
         self.settings = settings
+        self.rule = make_rule(settings)
         self._new_id = id_factory
-        self._run_over = 0  # consecutive windows over the threshold
-        self._run_under = 0  # consecutive windows under it, while in an event
-        self._run_start_ts = 0.0
-        self._run_scores: list[tuple[float, float]] = []  # (score, dbfs) of the pending run
+        self._clear_run()
         self._event_id: str | None = None
         self._start_ts = 0.0
         self._last_over_end_ts = 0.0
@@ -80,6 +185,13 @@ class Detector:
         self._windows_over = 0
         self._last_score = 0.0
         self._last_dbfs = float("-inf")
+
+    def _clear_run(self) -> None:
+        """The evidence outside an event: where it began and what it held."""
+        self._run_start_ts: float | None = None
+        self._run_peak = 0.0
+        self._run_peak_dbfs = float("-inf")
+        self._run_over = 0
 
     @property
     def in_event(self) -> bool:
@@ -93,61 +205,57 @@ class Detector:
         self, score: float, *, window_start_ts: float, window_end_ts: float, dbfs: float
     ) -> list[EventTransition]:
         """Feed one window's score; returns the transitions it caused (usually none)."""
-        over = score > self.settings.threshold
         self._last_score = score
         self._last_dbfs = dbfs
+        verdict = self.rule.update(score, self.in_event)
         if self._event_id is None:
-            return self._idle(score, over, window_start_ts, window_end_ts, dbfs)
-        return self._active(score, over, window_end_ts, dbfs)
+            return self._idle(verdict, score, window_start_ts, window_end_ts, dbfs)
+        return self._active(verdict, score, window_end_ts, dbfs)
 
     def close(self, ts: float) -> list[EventTransition]:
-        """End an open event now (shutdown, lost audio)."""
-        self._run_over = 0
-        self._run_scores.clear()
+        """End an open event now (shutdown, lost audio, machine stopped) and forget evidence."""
+        self.rule.reset()
+        self._clear_run()
         if self._event_id is None:
             return []
         return [self._end(ts, self._last_score, self._last_dbfs, end_ts=self._last_over_end_ts)]
 
     def _idle(
-        self, score: float, over: bool, start_ts: float, end_ts: float, dbfs: float
+        self, verdict: Verdict, score: float, start_ts: float, end_ts: float, dbfs: float
     ) -> list[EventTransition]:
-        if not over:
-            self._run_over = 0
-            self._run_scores.clear()
+        if not verdict.candidate and not verdict.start:
+            self._clear_run()
             return []
-        if self._run_over == 0:
+        if self._run_start_ts is None:
             self._run_start_ts = start_ts
-        self._run_over += 1
-        self._run_scores.append((score, dbfs))
-        if self._run_over < self.settings.trigger_windows:
+        self._run_peak = max(self._run_peak, score)
+        self._run_peak_dbfs = max(self._run_peak_dbfs, dbfs)
+        self._run_over += int(verdict.over)
+        if not verdict.start:
             return []
         self._event_id = self._new_id()
         self._start_ts = self._run_start_ts
         self._last_over_end_ts = end_ts
         self._last_update_ts = end_ts
-        self._peak_score = max(s for s, _ in self._run_scores)
-        self._peak_dbfs = max(d for _, d in self._run_scores)
+        self._peak_score = self._run_peak
+        self._peak_dbfs = self._run_peak_dbfs
         self._windows_over = self._run_over
-        self._run_under = 0
-        self._run_over = 0
-        self._run_scores.clear()
+        self._clear_run()
         return [self._transition(EventType.START, end_ts, score, dbfs, end_ts=None)]
 
     def _active(
-        self, score: float, over: bool, end_ts: float, dbfs: float
+        self, verdict: Verdict, score: float, end_ts: float, dbfs: float
     ) -> list[EventTransition]:
-        if over:
-            self._run_under = 0
+        if verdict.over:
             self._windows_over += 1
             self._last_over_end_ts = end_ts
             self._peak_score = max(self._peak_score, score)
             self._peak_dbfs = max(self._peak_dbfs, dbfs)
-        else:
-            self._run_under += 1
-            if self._run_under >= self.settings.release_windows:
-                return [self._end(end_ts, score, dbfs, end_ts=self._last_over_end_ts)]
+        if verdict.end:
+            return [self._end(end_ts, score, dbfs, end_ts=self._last_over_end_ts)]
         if end_ts - self._start_ts >= self.settings.max_event_seconds:
             # Split very long events so subscribers see an end and a fresh start.
+            self.rule.reset()
             return [self._end(end_ts, score, dbfs, end_ts=end_ts)]
         if end_ts - self._last_update_ts >= self.settings.update_interval_seconds:
             self._last_update_ts = end_ts
@@ -161,9 +269,8 @@ class Detector:
             EventType.END, ts, score, dbfs, end_ts=ts if end_ts is None else end_ts
         )
         self._event_id = None
-        self._run_under = 0
-        self._run_over = 0
         self._windows_over = 0
+        self._clear_run()
         return transition
 
     def _transition(

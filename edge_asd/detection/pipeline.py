@@ -26,6 +26,12 @@ from edge_asd.detection.bundle import Bundle, check_model
 from edge_asd.detection.detector import Detector, DetectorSettings, EventTransition
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.methods import check_method
+from edge_asd.detection.running import (
+    RunningMonitor,
+    RunningProfile,
+    RunningSettings,
+    looks_stopped,
+)
 from edge_asd.detection.states import EventType, MachineState
 from edge_asd.detection.windowing import Windower, iter_window_batches
 from edge_asd.model.encoder import ModelInfo
@@ -143,7 +149,9 @@ class MachinePipeline:
     """Framing, embedding, scoring, machine state and detection for one machine.
 
     Without `detector` settings the pipeline only scores (an evaluation before its threshold is
-    known); with them it also tracks the machine state and raises events.
+    known); with them it also tracks the machine state and raises events. With `running`
+    settings it also tells a stopped machine (`idle`) from a running one, from the calibrated
+    level `profile` and, when given, a bank of recordings of the stopped machine (`off_bank`).
     """
 
     def __init__(
@@ -155,6 +163,9 @@ class MachinePipeline:
         window_samples: int,
         hop_samples: int,
         detector: DetectorSettings | None = None,
+        running: RunningSettings | None = None,
+        profile: RunningProfile | None = None,
+        off_bank: MemoryBank | None = None,
     ) -> None:
         check_method(method)
         if window_samples <= 0 or hop_samples <= 0:
@@ -175,6 +186,9 @@ class MachinePipeline:
         self.detector_settings = detector
         self._detector = None if detector is None else Detector(detector)
         self._windower = Windower(self.window_samples, self.hop_samples)
+        self.profile = profile
+        self.off_bank = off_bank
+        self._running = None if running is None else RunningMonitor(running)
         self._state: MachineState | None = None
         self._audio_ok = False
         self._windows_since_gap = 0
@@ -188,9 +202,11 @@ class MachinePipeline:
         *,
         detector: DetectorSettings | None = None,
         hop_samples: int | None = None,
+        running: RunningSettings | None = None,
     ) -> MachinePipeline:
-        """A pipeline with the bundle's bank, method and framing (hop overridable); the encoder
-        must be the calibrated one (BundleError otherwise)."""
+        """A pipeline with the bundle's bank, method, framing (hop overridable), running-level
+        profile and stopped-machine bank; the encoder must be the calibrated one (BundleError
+        otherwise)."""
         check_model(bundle, encoder.info, bundle.bundle_id)
         return cls(
             encoder,
@@ -199,6 +215,9 @@ class MachinePipeline:
             window_samples=bundle.window_samples,
             hop_samples=bundle.hop_samples if hop_samples is None else hop_samples,
             detector=detector,
+            running=running,
+            profile=bundle.running_profile,
+            off_bank=bundle.off_bank(),
         )
 
     # ------------------------------------------------------------------ state
@@ -228,14 +247,23 @@ class MachinePipeline:
             if transition.kind is EventType.START:
                 self._set_state(step, MachineState.ANOMALOUS, transition.ts)
             elif transition.kind is EventType.END and self._audio_ok:
-                self._set_state(step, MachineState.NORMAL, transition.ts)
+                self._set_state(step, self._heard_state(), transition.ts)
+
+    @property
+    def idle(self) -> bool:
+        """The machine is known to be stopped."""
+        return self._running is not None and self._running.idle
+
+    def _heard_state(self) -> MachineState:
+        """The state while audio flows and no event is open."""
+        return MachineState.IDLE if self.idle else MachineState.NORMAL
 
     def set_audio(self, ok: bool, at: float) -> PipelineStep:
         """The machine's audio came (back) or was lost; lost audio ends an open event."""
         step = PipelineStep()
         if ok and not self._audio_ok:
             self._audio_ok = True
-            self._set_state(step, MachineState.NORMAL, at)
+            self._set_state(step, self._heard_state(), at)
         elif not ok and (self._audio_ok or self._state is None):
             self._audio_ok = False
             if self._detector is not None:
@@ -262,6 +290,17 @@ class MachinePipeline:
         """float32 [B] scores of framed windows [B, window_samples] (no state, no events)."""
         return self.bank.score(embed_windows(self.encoder, windows), self.method)
 
+    def _score_and_distances(
+        self, windows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Scores, and with an off bank each window's raw distance to the running and the
+        stopped machine's recordings."""
+        embeddings = embed_windows(self.encoder, windows)
+        scores = self.bank.score(embeddings, self.method)
+        if self.off_bank is None or self._running is None:
+            return scores, None, None
+        return scores, self.bank.score(embeddings, "raw"), self.off_bank.score(embeddings, "raw")
+
     def push(self, samples: np.ndarray, end_time: float) -> PipelineStep:
         """Feed the next mono block (float32, 16 kHz) of the stream; `end_time` is the time at
         its last sample. Returns the windows it completed and what they caused."""
@@ -280,12 +319,12 @@ class MachinePipeline:
 
     def _process(self, windows: np.ndarray, step: PipelineStep, time_of: _TimeOf) -> None:
         started = time.perf_counter()
-        scores = self.score_windows(windows)
+        scores, running_d, off_d = self._score_and_distances(windows)
         step.inference_seconds += time.perf_counter() - started
         if self._detector is not None and not self._audio_ok:
             # Windows are audio: the machine is heard (first window, or after a gap in health).
             step.extend(self.set_audio(True, time_of(self._windows_since_gap * self.hop_samples)))
-        for window, score in zip(windows, scores, strict=True):
+        for i, (window, score) in enumerate(zip(windows, scores, strict=True)):
             start_sample = self._windows_since_gap * self.hop_samples
             end_sample = start_sample + self.window_samples
             result = WindowResult(
@@ -297,16 +336,41 @@ class MachinePipeline:
             )
             self._windows_since_gap += 1
             step.windows.append(result)
-            if self._detector is not None:
-                self._apply(
-                    step,
-                    self._detector.process(
-                        result.score,
-                        window_start_ts=result.start_time,
-                        window_end_ts=result.end_time,
-                        dbfs=result.dbfs,
-                    ),
+            if self._detector is None:
+                continue
+            if self._running is not None:
+                stopped = looks_stopped(
+                    result.dbfs,
+                    self.profile,
+                    None if running_d is None else float(running_d[i]),
+                    None if off_d is None else float(off_d[i]),
                 )
+                if not self._judge_running(step, stopped, result.end_time):
+                    continue
+            self._apply(
+                step,
+                self._detector.process(
+                    result.score,
+                    window_start_ts=result.start_time,
+                    window_end_ts=result.end_time,
+                    dbfs=result.dbfs,
+                ),
+            )
+
+    def _judge_running(self, step: PipelineStep, stopped: bool, at: float) -> bool:
+        """Update the running state from one window; True if the window may feed detection."""
+        assert self._running is not None and self._detector is not None
+        change = self._running.update(stopped, at)
+        if change is True:
+            # A machine that stops ends its event: what follows is silence, not the fault.
+            self._apply(step, self._detector.close(at))
+            self._set_state(step, MachineState.IDLE, at)
+        elif change is False:
+            self._set_state(step, MachineState.NORMAL, at)
+        if stopped and not self._detector.in_event:
+            # The windows just before a stop are its transient: do not keep their evidence.
+            self._detector.close(at)
+        return not (stopped or self._running.idle or self._running.holding_off(at))
 
     def run_recording(
         self, samples: np.ndarray, *, pad_short: bool = False, close: bool = True

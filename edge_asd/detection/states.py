@@ -13,6 +13,9 @@ class MachineState(StrEnum):
 
     NORMAL = "normal"
     ANOMALOUS = "anomalous"
+    IDLE = "idle"
+    """The machine is not running (silence, far below its running level, or sounding like the
+    recordings of it stopped); no anomaly is raised."""
     NO_AUDIO = "no_audio"
     CALIBRATING = "calibrating"
 
