@@ -19,10 +19,12 @@ from synthetic faults (float port, 1-NN cosine distance, ROC AUC), clean and in 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,10 @@ import onnxruntime as ort
 import torch
 
 from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.detection.memory_bank import MemoryBank
+from edge_asd.detection.pipeline import embed_recording
+from edge_asd.detection.scoring import ClipScorer
+from edge_asd.model.encoder import ModelInfo
 from edge_asd.pretrain.export import (
     BYTES_PER_MB,
     ParityError,
@@ -50,6 +56,8 @@ PROBE_FAULT_LEVEL_DB = -15.0
 PROBE_NOISE_SNR_DB = 10.0
 PROBE_NOISE_FILE = "factory2.wav"
 PROBE_LAYERS = (6, 8, 10, 12, 13, 14)
+PROBE_CACHED_BATCHES = 64
+"""Batches of all-layer embeddings kept: every batch of the clip being scored."""
 
 MODEL_NAME = "yamnet-port"
 MODEL_VERSION = "1.0.0"
@@ -88,11 +96,59 @@ def front_end_ms(port: YamnetPort, out_dir: Path) -> dict[str, float]:
     return time_per_window_ms(session, (0.1 * rng.standard_normal(SAMPLE_RATE_HZ)))
 
 
+class _PortLayers:
+    """Every layer's embedding of the float port for a batch of windows. The port runs once per
+    batch: the other layers' encoders find the batch in the cache, as each layer is scored
+    through its own pipeline."""
+
+    def __init__(self, port: YamnetPort) -> None:
+        self.port = port
+        self._cache: OrderedDict[bytes, list[np.ndarray]] = OrderedDict()
+
+    def layers(self, windows: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(windows, dtype=np.float32)
+        key = hashlib.blake2b(batch.tobytes(), digest_size=16).digest()
+        if key not in self._cache:
+            with torch.no_grad():
+                out = self.port(torch.from_numpy(batch))
+            assert out.layers is not None
+            self._cache[key] = [t.numpy() for t in out.layers]
+            while len(self._cache) > PROBE_CACHED_BATCHES:
+                self._cache.popitem(last=False)
+        return self._cache[key]
+
+    def encoders(self) -> list[_LayerEncoder]:
+        """One `EmbeddingModel` per layer of the port."""
+        count = len(self.layers(np.zeros((1, SAMPLE_RATE_HZ), dtype=np.float32)))
+        return [_LayerEncoder(self, index) for index in range(count)]
+
+
+class _LayerEncoder:
+    """One layer of the port as the pipeline's `EmbeddingModel`."""
+
+    def __init__(self, layers: _PortLayers, index: int) -> None:
+        self._layers = layers
+        self._index = index
+        self.info = ModelInfo(
+            path="<torch>",
+            sha256="",
+            name=f"{MODEL_NAME}-layer{index + 1}",
+            version="probe",
+            sample_rate=SAMPLE_RATE_HZ,
+            window_samples=SAMPLE_RATE_HZ,
+            embedding_dim=0,
+        )
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        return self._layers.layers(windows)[self._index]
+
+
 def layer_probe(tflite: Path, audio: Path) -> dict[str, list[float]]:
     """Mean ROC AUC over the synth faults per layer, clean and with factory noise.
 
     Bank: 1 s windows (0.5 s hop) of the first 30 machine recordings; test: the others, as is
-    and with each fault at -15 dB; clip score = mean 1-NN cosine distance of its windows.
+    and with each fault at -15 dB; clip score = mean 1-NN cosine distance of its windows (the
+    pipeline's raw scoring, one pipeline per layer).
     """
     from edge_asd.offline.metrics import roc_auc
     from edge_asd_dev.synth import FAULTS, apply_fault, mix_at_snr
@@ -101,21 +157,26 @@ def layer_probe(tflite: Path, audio: Path) -> dict[str, list[float]]:
     machine = sorted((audio / "machine_normal_dev").glob("*.wav"))
     noise = load_wav(audio / "noise_dev" / PROBE_NOISE_FILE)
     rng = np.random.default_rng(0)
+    encoders = _PortLayers(port).encoders()
 
-    def layers(x: np.ndarray) -> list[np.ndarray]:
-        starts = range(0, x.size - SAMPLE_RATE_HZ + 1, PROBE_HOP_SAMPLES)
-        windows = np.stack([x[s : s + SAMPLE_RATE_HZ] for s in starts]).astype(np.float32)
-        with torch.no_grad():
-            out = port(torch.from_numpy(windows))
-        assert out.layers is not None
-        return [t.numpy() / np.linalg.norm(t.numpy(), axis=1, keepdims=True) for t in out.layers]
-
-    per_file = [layers(load_wav(p)) for p in machine[:PROBE_BANK_FILES]]
-    banks = [np.concatenate([f[i] for f in per_file]) for i in range(len(per_file[0]))]
+    # File by file, so the port runs once per file for all layers.
+    per_file = [
+        [embed_recording(e, load_wav(p), SAMPLE_RATE_HZ, PROBE_HOP_SAMPLES) for e in encoders]
+        for p in machine[:PROBE_BANK_FILES]
+    ]
+    scorers = [
+        ClipScorer(
+            encoder,
+            MemoryBank(np.concatenate([f[i] for f in per_file]), k=1),
+            method="raw",
+            window_samples=SAMPLE_RATE_HZ,
+            hop_samples=PROBE_HOP_SAMPLES,
+        )
+        for i, encoder in enumerate(encoders)
+    ]
 
     def score(x: np.ndarray) -> np.ndarray:
-        pairs = zip(layers(x), banks, strict=True)
-        return np.array([float(np.mean(1.0 - (e @ b.T).max(axis=1))) for e, b in pairs])
+        return np.array([scorer.score_clip(x).clip_score for scorer in scorers])
 
     result: dict[str, list[float]] = {}
     for condition, snr in (("clean", None), ("factory_noise_10dB", PROBE_NOISE_SNR_DB)):

@@ -38,6 +38,7 @@ import onnxruntime as ort
 
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.memory_bank import MemoryBank
+from edge_asd.detection.pipeline import MachinePipeline
 from edge_asd.model.encoder import Encoder, resolve_model
 
 DEFAULT_ITERATIONS: Final = 500
@@ -125,6 +126,17 @@ def _random_bank(size: int, dim: int, rng: np.random.Generator) -> MemoryBank:
     return MemoryBank(embeddings, k=1, rho=rho)
 
 
+def _pipeline(encoder: Encoder, bank: MemoryBank) -> MachinePipeline:
+    """The daemon's pipeline for one machine (no detector: only scoring is timed)."""
+    return MachinePipeline(
+        encoder,
+        bank,
+        method=SCORE_METHOD,
+        window_samples=encoder.window_samples,
+        hop_samples=encoder.window_samples,
+    )
+
+
 def encoder_timings(model: str | None, iterations: int, threads: int) -> list[Timing]:
     encoder = Encoder(resolve_model(model), intra_op_threads=threads)
     rng = np.random.default_rng(SEED)
@@ -149,16 +161,18 @@ def encoder_timings(model: str | None, iterations: int, threads: int) -> list[Ti
     return timings
 
 
-def scoring_timings(bank_sizes: Sequence[int], dim: int, iterations: int) -> list[Timing]:
+def scoring_timings(model: str | None, bank_sizes: Sequence[int], iterations: int) -> list[Timing]:
+    """The pipeline's scoring stage alone, on one embedding of `model`'s size."""
+    encoder = Encoder(resolve_model(model))
     rng = np.random.default_rng(SEED)
-    query = rng.standard_normal((1, dim)).astype(np.float32)
+    query = rng.standard_normal((1, encoder.embedding_dim)).astype(np.float32)
     timings = []
     for size in bank_sizes:
-        bank = _random_bank(size, dim, rng)
+        pipeline = _pipeline(encoder, _random_bank(size, encoder.embedding_dim, rng))
         timings.append(
             time_call(
                 f"score 1 window vs {size:,}-entry bank ({SCORE_METHOD})",
-                partial(bank.score, query, SCORE_METHOD),
+                partial(pipeline.score_embeddings, query),
                 iterations,
             )
         )
@@ -166,24 +180,24 @@ def scoring_timings(bank_sizes: Sequence[int], dim: int, iterations: int) -> lis
 
 
 def whole_window_timings(model: str | None, iterations: int, threads: int) -> list[Timing]:
-    """Embed then score, as the daemon does per window; each stage timed, and the sum.
+    """Embed then score, as the daemon's pipeline does per window; each stage timed, and the sum.
 
     Scoring here runs right after the encoder has been through the caches, so it is slower
     than the back-to-back scoring rows: this is the figure that the daemon sees.
     """
     encoder = Encoder(resolve_model(model), intra_op_threads=threads)
     rng = np.random.default_rng(SEED)
-    bank = _random_bank(WHOLE_WINDOW_BANK_SIZE, encoder.embedding_dim, rng)
-    window = (NOISE_AMPLITUDE * rng.standard_normal(encoder.window_samples)).astype(np.float32)
+    pipeline = _pipeline(encoder, _random_bank(WHOLE_WINDOW_BANK_SIZE, encoder.embedding_dim, rng))
+    window = (NOISE_AMPLITUDE * rng.standard_normal((1, encoder.window_samples))).astype(np.float32)
     stages: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [
         (f"  of which: encoder {encoder.info.name}", encoder.embed),
         (
             f"  of which: score vs {WHOLE_WINDOW_BANK_SIZE:,}-entry bank",
-            partial(bank.score, method=SCORE_METHOD),
+            pipeline.score_embeddings,
         ),
     ]
     for _ in range(WARMUP_ITERATIONS):
-        bank.score(encoder.embed(window), SCORE_METHOD)
+        pipeline.score_windows(window)
     wall = np.zeros((len(stages) + 1, iterations))
     cpu = np.zeros((len(stages) + 1, iterations))
     for i in range(iterations):
@@ -227,10 +241,10 @@ def rss_child(model: str | None, bank_size: int) -> dict[str, float]:
     """Run as a separate process: load the encoder and a bank, score windows, report RSS."""
     encoder = Encoder(resolve_model(model))
     rng = np.random.default_rng(SEED)
-    bank = _random_bank(bank_size, encoder.embedding_dim, rng)
+    pipeline = _pipeline(encoder, _random_bank(bank_size, encoder.embedding_dim, rng))
     window = (NOISE_AMPLITUDE * rng.standard_normal(encoder.window_samples)).astype(np.float32)
     for _ in range(RSS_WINDOWS):
-        bank.score(encoder.embed(window), SCORE_METHOD)
+        pipeline.score_windows(window[np.newaxis])
     return {
         "bank_size": bank_size,
         "peak_rss_mib": _peak_rss_mib(),
@@ -333,17 +347,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     encoder_rows: list[Timing] = []
     whole: list[Timing] = []
-    dims = set()
+    model_of_dim: dict[int, str | None] = {}
     for model in models:
         encoder_rows += encoder_timings(model, args.iterations, args.threads)
         whole += whole_window_timings(model, args.iterations, args.threads)
-        dims.add(Encoder(resolve_model(model)).embedding_dim)
+        model_of_dim.setdefault(Encoder(resolve_model(model)).embedding_dim, model)
     _print_table("Encoder", _timing_rows(encoder_rows), header, args.markdown)
     scoring: list[Timing] = []
-    for dim in sorted(dims):
+    for dim, model in sorted(model_of_dim.items()):
         scoring += [
             replace(t, label=f"{t.label}, D={dim}")
-            for t in scoring_timings(args.bank_sizes, dim, args.iterations)
+            for t in scoring_timings(model, args.bank_sizes, args.iterations)
         ]
     _print_table("Scoring", _timing_rows(scoring), header, args.markdown)
     _print_table("Whole window (embed, then score)", _timing_rows(whole), header, args.markdown)

@@ -81,7 +81,7 @@ def make_assets() -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
 def check(out: Path) -> int:
     """Calibrate on the normal asset and show how the test asset scores (bundled model)."""
     from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
-    from edge_asd.detection.windowing import frame_signal
+    from edge_asd.detection.pipeline import MachinePipeline
     from edge_asd.model.encoder import Encoder, resolve_model
 
     encoder = Encoder(resolve_model(None))
@@ -91,16 +91,18 @@ def check(out: Path) -> int:
     normal = Clip("demo_normal.wav", read_wav(out / "demo_normal.wav"))
     bundle = calibrate([normal], encoder, settings, progress=False)
     test = read_wav(out / "demo_test.wav")
-    scores = bundle.memory_bank().score(encoder.embed(frame_signal(test, window, hop)), "density")
+    # The windows as the demo (and the daemon) score them: the bundle's method and framing.
+    windows = MachinePipeline.from_bundle(bundle, encoder).run_recording(test).step.windows
     inside: list[float] = []
     outside: list[float] = []
-    for i, score in enumerate(scores):
-        t0 = i * hop / SAMPLE_RATE_HZ
-        t1 = t0 + window / SAMPLE_RATE_HZ
-        in_fault = t1 > ANOMALY_START_S and t0 < ANOMALY_END_S
-        (inside if in_fault else outside).append(float(score))
-        flag = "OVER" if score > bundle.threshold else ""
-        print(f"{t0:5.1f}-{t1:5.1f} s  {score:8.3f}  {'fault' if in_fault else '':5s} {flag}")
+    for w in windows:
+        in_fault = w.end_time > ANOMALY_START_S and w.start_time < ANOMALY_END_S
+        (inside if in_fault else outside).append(w.score)
+        flag = "OVER" if w.score > bundle.threshold else ""
+        print(
+            f"{w.start_time:5.1f}-{w.end_time:5.1f} s  {w.score:8.3f}  "
+            f"{'fault' if in_fault else '':5s} {flag}"
+        )
     print(
         f"threshold {bundle.threshold:.3f}; fault windows min {min(inside):.3f}, "
         f"normal windows max {max(outside):.3f}"

@@ -29,7 +29,8 @@ from typing import Any, Final
 import numpy as np
 
 from edge_asd.model.encoder import Encoder, resolve_model
-from edge_asd.offline.evaluation import evaluate, parse_test_name
+from edge_asd.offline.dcase import parse_test_name
+from edge_asd.offline.evaluation import evaluate
 from edge_asd.offline.metrics import dcase_section_metrics, harmonic_mean
 
 GROUPS: Final = ("clean", "stationary", "nonstationary", "mismatched")

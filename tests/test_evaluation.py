@@ -13,17 +13,23 @@ import pytest
 from edge_asd.audio.files import write_wav
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.calibration import DEFAULT_RHO_SCOPE
+from edge_asd.detection.detector import DetectorSettings
+from edge_asd.detection.memory_bank import MemoryBank
+from edge_asd.detection.pipeline import RecordingResult
+from edge_asd.detection.scoring import ClipScorer
+from edge_asd.detection.states import EventType
 from edge_asd.model.encoder import ModelInfo
+from edge_asd.offline.dcase import (
+    LabelledClip,
+    discover_sections,
+    parse_test_name,
+    train_domain,
+)
 from edge_asd.offline.evaluation import (
     EvaluationError,
-    LabelledClip,
-    count_alarms,
-    discover_sections,
     evaluate,
     format_table,
     operating_point,
-    parse_test_name,
-    train_domain,
 )
 from edge_asd_dev import synth
 
@@ -160,6 +166,31 @@ def test_operating_point_is_reported(evaluated: tuple[Path, dict]) -> None:
     # The whine sits far above normal variation: the held-out threshold catches most faults.
     assert op["anomalous_clips_caught"] >= 0.5
     assert np.isfinite(op["threshold"])
+
+
+def test_operating_point_follows_the_detector_settings(dcase_root: Path, tmp_path: Path) -> None:
+    """The trigger run reaches the detector: a clip of 3 windows can never hold 4 over in a row,
+    and one window over is enough with trigger 1."""
+    ops = {
+        trigger: evaluate(
+            dcase_root,
+            tmp_path / str(trigger),
+            FakeEncoder(),
+            window_samples=WINDOW,
+            hop_samples=HOP,
+            progress=False,
+            trigger_windows=trigger,
+        )["sections"]["fan"]["operating_point"]
+        for trigger in (1, 2, 4)
+    }
+    assert ops[4]["false_alarms"] == 0
+    assert ops[4]["anomalous_clips_caught"] == 0.0
+    assert ops[4]["median_seconds_to_alarm"] is None
+    assert ops[1]["false_alarms"] >= ops[2]["false_alarms"]
+    assert ops[1]["anomalous_clips_caught"] >= ops[2]["anomalous_clips_caught"]
+    # The first alarm is known at the end of the window completing the trigger run.
+    assert ops[1]["median_seconds_to_alarm"] >= WINDOW / SAMPLE_RATE_HZ
+    assert ops[2]["median_seconds_to_alarm"] >= (WINDOW + HOP) / SAMPLE_RATE_HZ
 
 
 def test_format_table(evaluated: tuple[Path, dict]) -> None:
@@ -365,39 +396,100 @@ def test_parse_names() -> None:
     assert train_domain("normal_id_00_00000001.wav") == "source"
 
 
-def test_count_alarms_hysteresis() -> None:
-    # Threshold 1, trigger 2, release 2. Over-threshold windows marked X:
-    # idx:    0  1  2  3  4  5  6  7  8  9
-    # score: .5  2 .5  2  2  2 .5  2 .5 .5 -> single overs (1, 7 after one under) never
-    # re-trigger; the run 3-4 starts an alarm at 4; one under (6) does not release.
-    scores = np.array([0.5, 2, 0.5, 2, 2, 2, 0.5, 2, 0.5, 0.5])
-    assert count_alarms(scores, 1.0, 2, 2) == [4]
+class ScriptedEncoder:
+    """Scripts window scores: each window's first sample is the score it gets against
+    `SCRIPTED_BANK` with raw scoring (cosine distance (1 - cos) / 2 to the bank's [1, 0])."""
+
+    def __init__(self, window_samples: int) -> None:
+        self.info = ModelInfo(
+            path="/fake/scripted.onnx",
+            sha256="1" * 64,
+            name="scripted",
+            version="1",
+            sample_rate=SAMPLE_RATE_HZ,
+            window_samples=window_samples,
+            embedding_dim=2,
+        )
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        score = np.asarray(windows, dtype=np.float64)[:, 0]
+        # A unit vector at cosine 1 - 2 * score from [1, 0].
+        cos = 1.0 - 2.0 * score
+        return np.stack([cos, np.sqrt(np.clip(1.0 - cos**2, 0.0, None))], axis=1).astype(np.float32)
+
+
+SCRIPTED_BANK = np.array([[1.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+LOW, HIGH, THRESHOLD = 0.1, 0.9, 0.5
+"""Scripted window scores under and over the threshold."""
+
+
+def _scripted_run(
+    over: list[int], *, trigger: int, release: int, window: int = WINDOW, hop: int = HOP
+) -> RecordingResult:
+    """A clip whose windows score HIGH where `over` is 1 and LOW elsewhere, through the
+    pipeline with the production detector. Window i starts at sample i * hop; with window = 2 *
+    hop its first hop holds its score."""
+    assert window == 2 * hop
+    scores = [HIGH if o else LOW for o in over]
+    samples = np.repeat(np.asarray([*scores, LOW], dtype=np.float32), hop)
+    scorer = ClipScorer(
+        ScriptedEncoder(window),
+        MemoryBank(SCRIPTED_BANK, k=1),
+        method="raw",
+        window_samples=window,
+        hop_samples=hop,
+        detector=DetectorSettings(
+            threshold=THRESHOLD, trigger_windows=trigger, release_windows=release
+        ),
+    )
+    result = scorer.score_clip(samples)
+    np.testing.assert_allclose(result.window_scores, scores, atol=1e-5)
+    return result.recording
+
+
+def _start_windows(recording: RecordingResult) -> list[int]:
+    """Index of the window at whose end each event started."""
+    ends = {w.end_time: w.index for w in recording.step.windows}
+    return [ends[t.ts] for t in recording.event_starts]
+
+
+def test_detector_hysteresis_gives_the_alarms() -> None:
+    """The alarms the operating point counts are the detector's event starts, with hysteresis.
+
+    Trigger 2, release 2. Over-threshold windows are 1:
+    idx:   0 1 2 3 4 5 6 7 8 9
+    over:  0 1 0 1 1 1 0 1 0 0 -> single overs (1, 7 after one under) never re-trigger; the
+    run 3-4 starts an alarm at 4; one under (6) does not release.
+    """
+    over = [0, 1, 0, 1, 1, 1, 0, 1, 0, 0]
+    assert _start_windows(_scripted_run(over, trigger=2, release=2)) == [4]
     # Release after 2 unders (8, 9), then a new run of 2 starts a second alarm at 11.
-    more = np.concatenate([scores, [2, 2]])
-    assert count_alarms(more, 1.0, 2, 2) == [4, 11]
+    assert _start_windows(_scripted_run([*over, 1, 1], trigger=2, release=2)) == [4, 11]
     # Trigger 1: every over window after a release starts one.
-    assert count_alarms(np.array([2, 0, 0, 2]), 1.0, 1, 2) == [0, 3]
-    assert count_alarms(np.array([0.5, 0.9]), 1.0, 1, 1) == []
+    assert _start_windows(_scripted_run([1, 0, 0, 1], trigger=1, release=2)) == [0, 3]
+    assert _start_windows(_scripted_run([0, 0], trigger=1, release=1)) == []
 
 
-def test_operating_point_by_hand() -> None:
-    # Two normal 10 s clips (source, target), one with one alarm; two anomalous clips, one caught
-    # at window 3 -> known at (3 * 8000 + 16000) / 16000 = 2.5 s.
+def test_operating_point_counts_the_detectors_events() -> None:
+    # Two normal clips (source, target), one with one alarm; two anomalous clips, one caught
+    # at window 3 -> known at the end of that window, (3 * 8000 + 16000) / 16000 = 2.5 s.
     clips = [
         LabelledClip(Path("a.wav"), "source", False),
         LabelledClip(Path("b.wav"), "target", False),
         LabelledClip(Path("c.wav"), "source", True),
         LabelledClip(Path("d.wav"), "target", True),
     ]
-    scores = [
-        np.array([0, 0, 0, 0]),
-        np.array([0, 5, 5, 0]),
-        np.array([0, 0, 5, 5]),
-        np.array([5, 0, 5, 0]),
+    settings = DetectorSettings(threshold=THRESHOLD)
+    recordings = [
+        _scripted_run(over, trigger=settings.trigger_windows, release=settings.release_windows)
+        for over in ([0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 1, 0])
     ]
-    op = operating_point(
-        clips, scores, [10.0, 10.0, 10.0, 10.0], 1.0, window_samples=16000, hop_samples=8000
-    )
+    assert [len(r.event_starts) for r in recordings] == [0, 1, 1, 0]
+    caught = recordings[2].event_starts[0]
+    assert caught.kind is EventType.START
+    assert caught.ts == pytest.approx(recordings[2].step.windows[3].end_time)
+    op = operating_point(clips, recordings, [10.0, 10.0, 10.0, 10.0], settings)
+    assert (op["threshold"], op["trigger_windows"], op["release_windows"]) == (THRESHOLD, 2, 4)
     assert op["false_alarms"] == 1
     assert op["false_alarms_per_hour"] == pytest.approx(1 * 3600 / 20)
     assert op["false_alarms_per_hour_source"] == pytest.approx(0.0)

@@ -79,6 +79,18 @@ def test_window_scores_match_direct_scoring(bank: MemoryBank) -> None:
     assert isinstance(result, ClipScore)
 
 
+def test_scoring_stage_alone_scores_like_the_windows(bank: MemoryBank) -> None:
+    """`score_embeddings` (what benchmarks/latency.py times) is `score_windows` after the
+    encoder, with the pipeline's method."""
+    windows = frame_signal(_noise(1.0, np.random.default_rng(4)), WINDOW, HOP)
+    enc = FakeEncoder()
+    for method in ("density", "raw"):
+        scorer = ClipScorer(enc, bank, method=method, window_samples=WINDOW, hop_samples=HOP)
+        np.testing.assert_array_equal(
+            scorer.pipeline.score_embeddings(enc.embed(windows)), scorer.score_windows(windows)
+        )
+
+
 def test_long_clip_is_embedded_in_bounded_batches(bank: MemoryBank) -> None:
     rng = np.random.default_rng(2)
     x = _noise(3.3, rng)  # 65 windows: two full batches and a ragged one

@@ -288,7 +288,12 @@ class MachinePipeline:
 
     def score_windows(self, windows: np.ndarray) -> np.ndarray:
         """float32 [B] scores of framed windows [B, window_samples] (no state, no events)."""
-        return self.bank.score(embed_windows(self.encoder, windows), self.method)
+        return self.score_embeddings(embed_windows(self.encoder, windows))
+
+    def score_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """float32 [B] scores of the encoder's embeddings [B, D] against the bank with the
+        pipeline's method: the scoring stage alone (benchmarks/latency.py times it)."""
+        return self.bank.score(embeddings, self.method)
 
     def _score_and_distances(
         self, windows: np.ndarray

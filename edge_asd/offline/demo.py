@@ -2,13 +2,14 @@
 
 Calibrates on a bundled recording of a (synthetic) machine running normally, then scores a
 bundled recording in which the machine develops a fault for a few seconds, and prints the
-per-window scores and the anomalous stretch the detector finds.
+per-window scores and the anomalous stretch the detector finds. The test recording runs
+through the daemon's machine pipeline (`pipeline.MachinePipeline`), so what it prints is what
+the daemon would have scored and raised.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -18,13 +19,13 @@ from edge_asd.constants import (
     DEFAULT_WINDOW_SECONDS,
     EXIT_FAILURE,
     EXIT_OK,
-    SAMPLE_RATE_HZ,
     seconds_to_samples,
 )
 from edge_asd.detection.bundle import save_bundle
 from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
-from edge_asd.detection.detector import Detector, DetectorSettings
-from edge_asd.detection.windowing import frame_signal
+from edge_asd.detection.detector import DetectorSettings
+from edge_asd.detection.pipeline import MachinePipeline
+from edge_asd.detection.states import EventType
 from edge_asd.model.encoder import Encoder, resolve_model
 
 NORMAL_ASSET = "demo_normal.wav"
@@ -47,42 +48,40 @@ def run_demo(*, model: str | None = None, out: Path | None = None) -> int:
     print(f"calibrating on {NORMAL_ASSET} (normal running) ...")
     normal = Clip(name=NORMAL_ASSET, samples=read_wav(_asset(NORMAL_ASSET)))
     bundle = calibrate([normal], encoder, settings, progress=True, sources=[NORMAL_ASSET])
-    with tempfile.TemporaryDirectory(prefix="edge-asd-demo-") as tmp:
-        bundle_dir = out if out is not None else Path(tmp) / "bundle"
-        save_bundle(bundle, bundle_dir)
-        print(
-            f"bundle {bundle.bundle_id}: {len(bundle.embeddings)} windows, threshold "
-            f"{bundle.threshold:.3f} ({bundle.threshold_method}), saved to {bundle_dir}"
-        )
-    samples = read_wav(_asset(TEST_ASSET))
-    windows = frame_signal(samples, window, hop)
-    scores = bundle.memory_bank().score(encoder.embed(windows), bundle.method)
-    detector = Detector(DetectorSettings(threshold=bundle.threshold))
+    saved = ""
+    if out is not None:
+        save_bundle(bundle, out)
+        saved = f", saved to {out}"
     print(
-        f"\nscoring {TEST_ASSET} ({len(samples) / SAMPLE_RATE_HZ:.1f} s), window {window} "
-        f"samples, hop {hop}:"
+        f"bundle {bundle.bundle_id}: {len(bundle.embeddings)} windows, threshold "
+        f"{bundle.threshold:.3f} ({bundle.threshold_method}){saved}"
+    )
+    detector = DetectorSettings(threshold=bundle.threshold)
+    pipeline = MachinePipeline.from_bundle(bundle, encoder, detector=detector)
+    samples = read_wav(_asset(TEST_ASSET))
+    result = pipeline.run_recording(samples)
+    print(
+        f"\nscoring {TEST_ASSET} ({result.duration_seconds:.1f} s), window "
+        f"{pipeline.window_samples} samples, hop {pipeline.hop_samples}:"
     )
     print("   time (s)     score  ")
-    stretches: list[tuple[float, float, float]] = []
-    open_start: float | None = None
-    for index, score in enumerate(scores):
-        start = index * hop / SAMPLE_RATE_HZ
-        end = start + window / SAMPLE_RATE_HZ
-        over = score > bundle.threshold
-        filled = min(BAR_WIDTH, round(BAR_WIDTH * score / (2 * bundle.threshold)))
+    for w in result.step.windows:
+        over = w.score > bundle.threshold
+        filled = min(BAR_WIDTH, round(BAR_WIDTH * w.score / (2 * bundle.threshold)))
         bar = "#" * filled + " " * (BAR_WIDTH - filled)
         marker = "  <- over threshold" if over else ""
-        print(f"  {start:5.1f}-{end:5.1f}  {score:8.3f}  |{bar}|{marker}")
-        for transition in detector.process(
-            float(score), window_start_ts=start, window_end_ts=end, dbfs=0.0
-        ):
-            if transition.kind == "start":
-                open_start = transition.start_ts
-            elif transition.kind == "end" and open_start is not None:
-                stretches.append((open_start, transition.end_ts or end, transition.peak_score))
-                open_start = None
-    for transition in detector.close(len(samples) / SAMPLE_RATE_HZ):
-        stretches.append((transition.start_ts, transition.end_ts or 0.0, transition.peak_score))
+        print(f"  {w.start_time:5.1f}-{w.end_time:5.1f}  {w.score:8.3f}  |{bar}|{marker}")
+    print(
+        "  a single window over the threshold is not an alarm: an event needs "
+        f"{detector.trigger_windows} windows in a row over it (trigger_windows)"
+    )
+    # The pipeline closed any event still open at the end of the file, so every stretch
+    # detected has its end transition.
+    stretches = [
+        (t.start_ts, t.ts if t.end_ts is None else t.end_ts, t.peak_score)
+        for t in result.step.transitions
+        if t.kind is EventType.END
+    ]
     truth = json.loads(_asset(TRUTH_ASSET).read_text(encoding="utf-8"))
     print(
         f"\nthreshold {bundle.threshold:.3f}; the fault in this recording is at "

@@ -1,19 +1,12 @@
-"""Evaluation on the DCASE Task 2 layout: per-section AUCs, pAUC, official score, operating point.
-
-Layout (DCASE 2023/2025 development sets)::
-
-    ROOT/<section>/train/section_00_{source|target}_train_normal_NNNN_<attributes>.wav
-    ROOT/<section>/test/section_00_{source|target}_test_{normal|anomaly}_NNNN_<attributes>.wav
-
-DCASE 2020 names (`normal_id_00_NNNNNNNN.wav`, `anomaly_id_00_...`) are read as source-only,
-with one section per machine ID (`<folder>_id_00`, ...) when a folder holds several.
-ROOT may also be one section itself (it holds `train/` and `test/`).
+"""Evaluation on the DCASE Task 2 layout (`dcase`): per-section AUCs, pAUC, official score,
+operating point.
 
 Per section: every train window is embedded into a memory bank (domain labels from the file
-names), every test clip is scored (clip score = mean of its window scores by default), and the
-DCASE metrics are computed. The operating point (docs/method.md, section 5) uses a threshold
-from held-out train windows (whole clips per fold, as `calibration` does) and counts alarms with
-hysteresis on the test clips' window scores.
+names), every test clip is scored through the machine pipeline (clip score = mean of its window
+scores by default), and the DCASE metrics are computed. The operating point (docs/method.md,
+section 5) uses a threshold from held-out train windows (whole clips per fold, as `calibration`
+does); the test clips then run through the pipeline with the daemon's detector at that
+threshold, and its events are the alarms counted.
 """
 
 from __future__ import annotations
@@ -21,10 +14,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,240 +35,46 @@ from edge_asd.detection.calibration import (
     heldout_scores,
     window_groups,
 )
+from edge_asd.detection.detector import DetectorSettings
 from edge_asd.detection.methods import SCORE_METHODS
-from edge_asd.detection.scoring import (
-    EMBED_BATCH_WINDOWS,
-    ClipScorer,
-    EmbeddingModel,
-    embed_windows,
-    iter_window_batches,
-    window_count,
-)
+from edge_asd.detection.pipeline import EmbeddingModel, RecordingResult, embed_recording
+from edge_asd.detection.scoring import ClipScorer
+from edge_asd.offline.dcase import EvaluationError, LabelledClip, Section, discover_sections
 from edge_asd.offline.metrics import SOURCE, TARGET, dcase_section_metrics, harmonic_mean
 
 _LOGGER = logging.getLogger(__name__)
 
-TRAIN_DIR: Final = "train"
-TEST_DIR: Final = "test"
-WAV_GLOB: Final = "*.wav"
 RESULTS_FILE: Final = "results.json"
-SCORE_CSV_TEMPLATE: Final = "anomaly_score_{section}_section_{number}_test.csv"
-SCORE_CSV_2020_TEMPLATE: Final = "anomaly_score_{section}_id_{machine_id}.csv"
 
-DEFAULT_TRIGGER_WINDOWS: Final = 2
+# The daemon's defaults, read off the detector so they cannot drift apart (the threshold is a
+# placeholder: each section fits its own).
+_DETECTOR_DEFAULTS: Final = DetectorSettings(threshold=1.0)
+DEFAULT_TRIGGER_WINDOWS: Final = _DETECTOR_DEFAULTS.trigger_windows
 """Consecutive windows over the threshold that start an alarm (the detector's default)."""
-DEFAULT_RELEASE_WINDOWS: Final = 4
+DEFAULT_RELEASE_WINDOWS: Final = _DETECTOR_DEFAULTS.release_windows
 """Consecutive windows under the threshold that end an alarm (the detector's default)."""
 DEFAULT_THRESHOLD_METHOD: Final = "gamma"
 DEFAULT_THRESHOLD_PERCENTILE: Final = 0.995
 DEFAULT_FOLDS: Final = 5
 SECONDS_PER_HOUR: Final = 3600.0
 
-_DCASE2023_TEST = re.compile(
-    r"section_(?P<number>\d+)_(?P<domain>source|target)_test_(?P<label>normal|anomaly)_"
-)
-_DCASE2020_TEST = re.compile(r"^(?P<label>normal|anomaly)_id_(?P<number>\d+)_")
-_TARGET_TOKEN = re.compile(r"(^|_)target(_|$)")
-
-LAYOUT_HELP: Final = (
-    "expected ROOT/<section>/train/*.wav (normal clips; 'source' or 'target' in the name) and "
-    "ROOT/<section>/test/section_00_{source|target}_test_{normal|anomaly}_NNNN*.wav "
-    "(or DCASE 2020 names normal_id_00_*.wav / anomaly_id_00_*.wav)"
-)
-
-
-class EvaluationError(Exception):
-    """The evaluation root or a section does not follow the layout; the message says where."""
-
-
-@dataclass(frozen=True)
-class LabelledClip:
-    """One labelled test clip."""
-
-    path: Path
-    domain: str
-    """"source" or "target"."""
-    is_anomaly: bool
-
-
-@dataclass(frozen=True)
-class TrainClip:
-    path: Path
-    domain: str
-
-
-@dataclass(frozen=True)
-class Section:
-    """One machine type / condition: its normal train clips and labelled test clips."""
-
-    name: str
-    number: str
-    """The two-digit section number in the file names ("00"); the machine ID for DCASE 2020."""
-    csv_name: str
-    """The score file's name, as the challenge's submission format names it."""
-    train: list[TrainClip]
-    test: list[LabelledClip]
-    unlabelled: list[Path] = field(default_factory=list)
-
-
-def parse_test_name(filename: str) -> tuple[str, bool, str] | None:
-    """(domain, is_anomaly, section number) from a test file name, or None if unlabelled.
-
-    DCASE 2020 names give the machine ID as the number (source domain only).
-    """
-    match = _DCASE2023_TEST.search(filename)
-    if match:
-        return match["domain"], match["label"] == "anomaly", match["number"]
-    match = _DCASE2020_TEST.search(filename)
-    if match:
-        return SOURCE, match["label"] == "anomaly", match["number"]
-    return None
-
-
-def train_domain(filename: str) -> str:
-    """ "target" when the name has a `target` token, else "source" (DCASE 2020 is source-only)."""
-    return TARGET if _TARGET_TOKEN.search(Path(filename).stem) else SOURCE
-
-
-def _section_from_dir(path: Path, name: str) -> list[Section]:
-    """The section(s) of one folder: one for DCASE 2023 names, one per machine ID for 2020."""
-    train_files = sorted((path / TRAIN_DIR).glob(WAV_GLOB))
-    test_files = sorted((path / TEST_DIR).glob(WAV_GLOB))
-    if not train_files:
-        raise EvaluationError(f"{path / TRAIN_DIR}: no .wav files; {LAYOUT_HELP}")
-    if not test_files:
-        raise EvaluationError(f"{path / TEST_DIR}: no .wav files; {LAYOUT_HELP}")
-    test: list[LabelledClip] = []
-    unlabelled: list[Path] = []
-    numbers: set[str] = set()
-    for wav in test_files:
-        parsed = parse_test_name(wav.name)
-        if parsed is None:
-            unlabelled.append(wav)
-            continue
-        domain, is_anomaly, number = parsed
-        numbers.add(number)
-        test.append(LabelledClip(wav, domain, is_anomaly))
-    if unlabelled:
-        _LOGGER.warning(
-            "%s: %d test files have no normal/anomaly label in their name (e.g. %s); skipped",
-            path / TEST_DIR,
-            len(unlabelled),
-            unlabelled[0].name,
-        )
-    if not test:
-        raise EvaluationError(
-            f"{path / TEST_DIR}: none of the {len(test_files)} .wav files has a label in its "
-            f"name; {LAYOUT_HELP}"
-        )
-    train = [TrainClip(wav, train_domain(wav.name)) for wav in train_files]
-    if all(_DCASE2020_TEST.search(c.path.name) for c in test):
-        return _split_machine_ids(path, name, train, test, unlabelled)
-    number = min(numbers)
-    if len(numbers) > 1:
-        _LOGGER.warning("%s: several section numbers %s; using %s", path, sorted(numbers), number)
-    csv_name = SCORE_CSV_TEMPLATE.format(section=name, number=number)
-    return [Section(name, number, csv_name, train, test, unlabelled)]
-
-
-def _split_machine_ids(
-    path: Path,
-    name: str,
-    train: list[TrainClip],
-    test: list[LabelledClip],
-    unlabelled: list[Path],
-) -> list[Section]:
-    """DCASE 2020: one bank and one set of metrics per machine ID, as that challenge scored."""
-    by_id: dict[str, list[LabelledClip]] = {}
-    for clip in test:
-        match = _DCASE2020_TEST.search(clip.path.name)
-        assert match is not None  # checked by the caller
-        by_id.setdefault(match["number"], []).append(clip)
-    if len(by_id) == 1:
-        (machine_id,) = by_id
-        csv_name = SCORE_CSV_2020_TEMPLATE.format(section=name, machine_id=machine_id)
-        return [Section(name, machine_id, csv_name, train, test, unlabelled)]
-    sections = []
-    for machine_id, clips in sorted(by_id.items()):
-        id_train = [c for c in train if f"_id_{machine_id}_" in c.path.name]
-        if not id_train:
-            raise EvaluationError(
-                f"{path / TRAIN_DIR}: no train files for machine ID {machine_id} "
-                f"(expected names like normal_id_{machine_id}_00000000.wav)"
-            )
-        sections.append(
-            Section(
-                f"{name}_id_{machine_id}",
-                machine_id,
-                SCORE_CSV_2020_TEMPLATE.format(section=name, machine_id=machine_id),
-                id_train,
-                clips,
-                unlabelled,
-            )
-        )
-    return sections
-
-
-def discover_sections(root: Path | str) -> list[Section]:
-    """Sections under ROOT (sorted by name); EvaluationError naming ROOT when none is there."""
-    root_path = Path(root)
-    if not root_path.is_dir():
-        raise EvaluationError(f"{root_path}: not a directory; {LAYOUT_HELP}")
-    if (root_path / TRAIN_DIR).is_dir() and (root_path / TEST_DIR).is_dir():
-        return _section_from_dir(root_path, root_path.resolve().name)
-    candidates = sorted(
-        p for p in root_path.iterdir() if (p / TRAIN_DIR).is_dir() and (p / TEST_DIR).is_dir()
-    )
-    if not candidates:
-        raise EvaluationError(
-            f"{root_path}: no section folders with train/ and test/; {LAYOUT_HELP}"
-        )
-    return [section for p in candidates for section in _section_from_dir(p, p.name)]
-
 
 # ---------------------------------------------------------------------------------------------
 # Operating point
 
 
-def count_alarms(
-    window_scores: np.ndarray, threshold: float, trigger_windows: int, release_windows: int
-) -> list[int]:
-    """Indices of the windows at which alarms start, with hysteresis.
-
-    An alarm starts at the window completing `trigger_windows` consecutive windows over the
-    threshold, and ends after `release_windows` consecutive windows at or under it.
-    """
-    starts: list[int] = []
-    over_run = 0
-    under_run = 0
-    active = False
-    for i, score in enumerate(np.asarray(window_scores, dtype=np.float64)):
-        if score > threshold:
-            over_run += 1
-            under_run = 0
-            if not active and over_run >= trigger_windows:
-                active = True
-                starts.append(i)
-        else:
-            over_run = 0
-            under_run += 1
-            if active and under_run >= release_windows:
-                active = False
-    return starts
-
-
 def operating_point(
     clips: Sequence[LabelledClip],
-    window_scores: Sequence[np.ndarray],
+    recordings: Sequence[RecordingResult],
     durations_s: Sequence[float],
-    threshold: float,
-    *,
-    window_samples: int,
-    hop_samples: int,
-    trigger_windows: int = DEFAULT_TRIGGER_WINDOWS,
-    release_windows: int = DEFAULT_RELEASE_WINDOWS,
+    detector: DetectorSettings,
 ) -> dict[str, Any]:
-    """False alarms per hour of normal test audio and share of anomalous clips caught."""
+    """False alarms per hour of normal test audio and share of anomalous clips caught.
+
+    `recordings` are the clips run through the pipeline with `detector`: an alarm is an event
+    the daemon would have started, and it is known at that start's `ts` (the end of the window
+    completing the trigger run, in seconds from the clip's start).
+    """
     normal_alarms = {SOURCE: 0, TARGET: 0}
     normal_seconds = {SOURCE: 0.0, TARGET: 0.0}
     normal_clips = {SOURCE: 0, TARGET: 0}
@@ -284,14 +82,13 @@ def operating_point(
     n_anomalous = 0
     caught = 0
     delays: list[float] = []
-    for clip, scores, seconds in zip(clips, window_scores, durations_s, strict=True):
-        starts = count_alarms(scores, threshold, trigger_windows, release_windows)
+    for clip, recording, seconds in zip(clips, recordings, durations_s, strict=True):
+        starts = recording.event_starts
         if clip.is_anomaly:
             n_anomalous += 1
             if starts:
                 caught += 1
-                # The alarm is known at the end of the window that completes the trigger run.
-                delays.append((starts[0] * hop_samples + window_samples) / SAMPLE_RATE_HZ)
+                delays.append(starts[0].ts)
         else:
             normal_alarms[clip.domain] += len(starts)
             normal_seconds[clip.domain] += seconds
@@ -307,9 +104,9 @@ def operating_point(
     total_alarms = sum(normal_alarms.values())
     total_seconds = sum(normal_seconds.values())
     return {
-        "threshold": float(threshold),
-        "trigger_windows": trigger_windows,
-        "release_windows": release_windows,
+        "threshold": float(detector.threshold),
+        "trigger_windows": detector.trigger_windows,
+        "release_windows": detector.release_windows,
         "normal_hours": total_seconds / SECONDS_PER_HOUR,
         "false_alarms": total_alarms,
         "false_alarms_per_hour": per_hour(total_alarms, total_seconds),
@@ -353,18 +150,17 @@ def _embed_train(
             skipped.append(str(exc))
             bar.update(1)
             continue
-        count = window_count(x.size, window_samples, hop_samples)
+        embeddings = embed_recording(encoder, x, window_samples, hop_samples)
+        count = embeddings.shape[0]
+        bar.update(1)
         if count == 0:
             _LOGGER.warning("%s: shorter than one window; skipped", clip.path)
             skipped.append(f"{clip.path}: shorter than one window ({window_samples} samples)")
-            bar.update(1)
             continue
-        for batch in iter_window_batches(x, window_samples, hop_samples, EMBED_BATCH_WINDOWS):
-            parts.append(embed_windows(encoder, batch))
+        parts.append(embeddings)
         labels.extend([clip.domain] * count)
         counts.append(count)
         n_clips[clip.domain] += 1
-        bar.update(1)
     if not parts:
         raise EvaluationError(f"section {section.name}: no usable train clips")
     return _TrainSet(np.concatenate(parts, axis=0), labels, counts, n_clips, skipped)
@@ -375,6 +171,37 @@ def _write_scores(path: Path, names: Sequence[str], scores: Sequence[float]) -> 
         writer = csv.writer(handle)
         for name, score in zip(names, scores, strict=True):
             writer.writerow([name, f"{score:.8g}"])
+
+
+def _detector_settings(
+    section: Section,
+    embeddings: np.ndarray,
+    folds: np.ndarray,
+    mask: np.ndarray,
+    groups: np.ndarray,
+    positions: np.ndarray,
+    settings: CalibrationSettings,
+    trigger_windows: int,
+    release_windows: int,
+) -> DetectorSettings | None:
+    """The detector at the threshold fitted on held-out train windows, or None (logged) when no
+    threshold the daemon could run at comes out."""
+    try:
+        held = heldout_scores(
+            embeddings, folds, settings, score_mask=mask, groups=groups, positions=positions
+        )
+        threshold = fit_threshold(held, settings.threshold_method, settings.threshold_percentile)
+    except CalibrationError as exc:
+        _LOGGER.warning("section %s: no operating point (%s)", section.name, exc)
+        return None
+    try:
+        return DetectorSettings(
+            threshold=threshold, trigger_windows=trigger_windows, release_windows=release_windows
+        )
+    except ValueError as exc:
+        # e.g. a non-positive threshold of "difference" scores: the daemon refuses it too.
+        _LOGGER.warning("section %s: no operating point (%s)", section.name, exc)
+        return None
 
 
 def _evaluate_section(
@@ -413,21 +240,19 @@ def _evaluate_section(
             raise EvaluationError(
                 f"section {section.name}: {exc} (rho_scope {settings.rho_scope!r})"
             ) from exc
-        threshold: float | None = None
-        try:
-            held = heldout_scores(
-                train.embeddings,
-                folds,
-                settings,
-                score_mask=mask,
-                groups=groups,
-                positions=positions,
-            )
-            threshold = fit_threshold(
-                held, settings.threshold_method, settings.threshold_percentile
-            )
-        except CalibrationError as exc:
-            _LOGGER.warning("section %s: no operating point (%s)", section.name, exc)
+        detector = _detector_settings(
+            section,
+            train.embeddings,
+            folds,
+            mask,
+            groups,
+            positions,
+            settings,
+            trigger_windows,
+            release_windows,
+        )
+        # With detector settings, each clip also runs through the daemon's detector (closed at
+        # the clip's end, so no event carries over to the next clip).
         scorer = ClipScorer(
             encoder,
             bank,
@@ -435,10 +260,11 @@ def _evaluate_section(
             window_samples=settings.window_samples,
             hop_samples=settings.hop_samples,
             aggregate=aggregate,
+            detector=detector,
         )
         scored: list[LabelledClip] = []
         clip_scores: list[float] = []
-        window_scores: list[np.ndarray] = []
+        recordings: list[RecordingResult] = []
         durations: list[float] = []
         skipped = list(train.skipped)
         for clip in section.test:
@@ -453,7 +279,9 @@ def _evaluate_section(
                 continue
             scored.append(clip)
             clip_scores.append(result.clip_score)
-            window_scores.append(result.window_scores)
+            recordings.append(result.recording)
+            # The clip's own length: a short clip is scored zero-padded to one window, but the
+            # padding is not audio the machine made.
             durations.append(x.size / SAMPLE_RATE_HZ)
             bar.update(1)
     if not scored:
@@ -481,17 +309,8 @@ def _evaluate_section(
         "skipped_files": skipped,
         "operating_point": None,
     }
-    if threshold is not None:
-        result_dict["operating_point"] = operating_point(
-            scored,
-            window_scores,
-            durations,
-            threshold,
-            window_samples=settings.window_samples,
-            hop_samples=settings.hop_samples,
-            trigger_windows=trigger_windows,
-            release_windows=release_windows,
-        )
+    if detector is not None:
+        result_dict["operating_point"] = operating_point(scored, recordings, durations, detector)
         result_dict["operating_point"]["threshold_method"] = settings.threshold_method
         result_dict["operating_point"]["threshold_percentile"] = settings.threshold_percentile
     return result_dict
@@ -637,14 +456,7 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 __all__ = [
     "EvaluationError",
-    "LabelledClip",
-    "Section",
-    "TrainClip",
-    "count_alarms",
-    "discover_sections",
     "evaluate",
     "format_table",
     "operating_point",
-    "parse_test_name",
-    "train_domain",
 ]

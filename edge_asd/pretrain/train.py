@@ -9,10 +9,11 @@ Validation each epoch (rank 0):
 - retention check: mean cosine similarity between the student's projected embeddings and the
   teacher's on held-out CLEAN segments (1.0 = the teacher's view kept);
 - held-out loss on fixed mixtures of held-out clean files;
-- ASD score on a DCASE-layout dev set (`validation.devset`, built by benchmarks/make_devset.py):
-  the torch student, wrapped as an `EmbeddingModel`, feeds the core's own scoring
-  (`memory_bank.MemoryBank` from the train clips' windows, `scoring.ClipScorer` on the test
-  clips, `metrics.dcase_section_metrics` and `metrics.official_score`).
+- ASD score on a DCASE-layout dev set (`validation.devset`, built by benchmarks/make_devset.py,
+  read by `offline.dcase` as `edge-asd evaluate` reads it): the torch student, wrapped as an
+  `EmbeddingModel`, feeds the core's own pipeline (`pipeline.embed_recording` for the memory
+  bank of the train clips' windows, `scoring.ClipScorer` on the test clips,
+  `metrics.dcase_section_metrics` and `metrics.official_score`).
 
 Distributed: under `torchrun` (WORLD_SIZE > 1) the process group is initialised, batches are
 split over ranks with a DistributedSampler (batch_size is per process), the model is wrapped in
@@ -26,7 +27,6 @@ import logging
 import math
 import os
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,8 +39,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.detection.scoring import EmbeddingModel
+from edge_asd.detection.memory_bank import MemoryBank
+from edge_asd.detection.pipeline import EmbeddingModel, embed_recording
+from edge_asd.detection.scoring import ClipScorer
 from edge_asd.model.encoder import ModelInfo
+from edge_asd.offline.dcase import EvaluationError, discover_sections
+from edge_asd.offline.metrics import dcase_section_metrics, official_score
 from edge_asd.pretrain.compact import CompactStudent
 from edge_asd.pretrain.data import (
     AudioReader,
@@ -73,7 +77,6 @@ EMBED_BATCH: Final = 32
 """Windows per student call during validation."""
 HOLDOUT_SEED_OFFSET: Final = 7_919
 """Held-out mixtures use their own seed so they are the same every epoch and every run."""
-_DEVSET_NAME = re.compile(r"section_(\d+)_(source|target)_(train|test)_(normal|anomaly)_")
 
 
 # --------------------------------------------------------------------------- distributed
@@ -482,7 +485,7 @@ class Trainer:
         self.start_epoch = 0
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self._devset: list[_DevSection] | None = None
+        self._devset: list[DevSection] | None = None
         self._holdout_index = {s: i for i, s in enumerate(self.corpus.holdout_segments)}
         _LOGGER.info(
             "student %s: %d parameters (%d frozen), device %s, world %d",
@@ -796,24 +799,17 @@ class Trainer:
 
 
 def devset_score(
-    encoder: EmbeddingModel, devset: Sequence[_DevSection], spec: ValidationSpec
+    encoder: EmbeddingModel, devset: Sequence[DevSection], spec: ValidationSpec
 ) -> dict[str, Any]:
     """The ASD official score of `encoder` (any `EmbeddingModel`) on dev-set sections, through
-    the core's memory bank and clip scoring (the per-epoch validation, and the export's report)."""
-    from edge_asd.detection.memory_bank import MemoryBank
-    from edge_asd.detection.scoring import ClipScorer, embed_windows, iter_window_batches
-    from edge_asd.offline.metrics import dcase_section_metrics, official_score
-
+    the core's pipeline: a memory bank of every train window (`embed_recording`), test clips
+    scored by `ClipScorer` (the per-epoch validation, and the export's report)."""
     window = round(spec.window_seconds * SAMPLE_RATE_HZ)
     hop = round(spec.hop_seconds * SAMPLE_RATE_HZ)
     sections = {}
     for section in devset:
-        bank_parts = [
-            embed_windows(encoder, w)
-            for clip in section.train
-            for w in iter_window_batches(clip, window, hop, EMBED_BATCH)
-        ]
-        bank = MemoryBank(np.concatenate(bank_parts), k=spec.k)
+        train = [embed_recording(encoder, clip, window, hop) for clip in section.train]
+        bank = MemoryBank(np.concatenate(train), k=spec.k)
         scorer = ClipScorer(
             encoder, bank, method=spec.score_method, window_samples=window, hop_samples=hop
         )
@@ -837,8 +833,11 @@ def _warmup_cosine(step: int, warmup: int, total: int) -> float:
 # --------------------------------------------------------------------------- dev set
 
 
-@dataclass
-class _DevSection:
+@dataclass(frozen=True)
+class DevSection:
+    """A section of the dev set (`offline.dcase.Section`) with its audio read once: it is
+    scored every epoch."""
+
     name: str
     train: list[np.ndarray]
     test: list[np.ndarray]
@@ -848,8 +847,9 @@ class _DevSection:
 
 def load_devset(
     root: Path, max_train_clips: int | None = None, names: Sequence[str] | None = None
-) -> list[_DevSection]:
-    """A DCASE 2023 Task 2 layout: <type>/train/*.wav (normal) and <type>/test/*.wav."""
+) -> list[DevSection]:
+    """The sections of a DCASE-layout dev set, read by `offline.dcase` as `edge-asd evaluate`
+    reads them: all, or those in `names`; at most `max_train_clips` train clips each."""
     from edge_asd.audio.files import read_wav
 
     if not root.is_dir():
@@ -857,33 +857,29 @@ def load_devset(
             f"validation.devset: {root} is not a directory; build it with "
             f"`python benchmarks/make_devset.py --out {root}` or set validation.devset: null"
         )
-    dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    try:
+        sections = discover_sections(root)
+    except EvaluationError as exc:
+        raise RecipeError(f"validation.devset: {exc}") from None
     if names is not None:
-        missing = sorted(set(names) - {p.name for p in dirs})
+        wanted = set(names)
+        missing = sorted(wanted - {s.name for s in sections})
         if missing:
             raise RecipeError(f"validation.sections: {root} has no section {missing[0]!r}")
-        dirs = [p for p in dirs if p.name in set(names)]
-    sections = []
-    for type_dir in dirs:
-        train_files = sorted((type_dir / "train").glob("*.wav"))
-        test_files = sorted((type_dir / "test").glob("*.wav"))
-        if not train_files or not test_files:
-            continue
-        if max_train_clips:
-            train_files = train_files[:max_train_clips]
-        is_anomaly, domains, test = [], [], []
-        for path in test_files:
-            match = _DEVSET_NAME.search(path.name)
-            if match is None:
-                raise RecipeError(f"{path}: not a DCASE test file name (section_XX_domain_...)")
-            domains.append(match.group(2))
-            is_anomaly.append(match.group(4) == "anomaly")
-            test.append(read_wav(path, target_rate=SAMPLE_RATE_HZ))
-        train = [read_wav(p, target_rate=SAMPLE_RATE_HZ) for p in train_files]
-        sections.append(_DevSection(type_dir.name, train, test, is_anomaly, domains))
-    if not sections:
-        raise RecipeError(f"validation.devset: {root} has no <type>/train and <type>/test")
-    return sections
+        sections = [s for s in sections if s.name in wanted]
+    loaded = []
+    for section in sections:
+        train = section.train[:max_train_clips] if max_train_clips else section.train
+        loaded.append(
+            DevSection(
+                section.name,
+                [read_wav(c.path, target_rate=SAMPLE_RATE_HZ) for c in train],
+                [read_wav(c.path, target_rate=SAMPLE_RATE_HZ) for c in section.test],
+                [c.is_anomaly for c in section.test],
+                [c.domain for c in section.test],
+            )
+        )
+    return loaded
 
 
 # --------------------------------------------------------------------------- entry points
