@@ -1,11 +1,15 @@
 """Typed, versioned MQTT payloads and topic names.
 
 Every payload is a flat JSON object whose ``schema`` field names its type and major version
-(``edge-asd.event/1``). Timestamps, in the dataclasses as on the wire, are ISO 8601 UTC strings
-with milliseconds (``2026-11-22T03:04:05.123Z``); build them with `format_ts(epoch_seconds)`
-(checked on construction, so a payload never carries another format). Non-finite
-floats (a NaN score, the -inf dBFS of digital silence) become JSON ``null``, so a payload is
-always valid JSON. The JSON Schemas live in ``edge_asd/schemas/``.
+(``edge-asd.event/1``). The payloads are pydantic models, and they are the single source of the
+wire format: `to_dict()`/`to_json()` serialise them and `edge_asd.mqtt.schemas` generates the
+JSON Schemas in ``edge_asd/schemas/`` from the same models (only on demand, never at import).
+
+Timestamps, in the models as on the wire, are ISO 8601 UTC strings with milliseconds
+(``2026-11-22T03:04:05.123Z``); build them with `format_ts(epoch_seconds)` (checked on
+construction, so a payload never carries another format). Non-finite floats (a NaN score, an
+infinite level) become JSON ``null``, and ``null`` reads back as NaN, so a payload is always
+valid JSON.
 """
 
 from __future__ import annotations
@@ -15,12 +19,19 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from functools import cache
-from importlib import resources
-from typing import Any, Final
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
 
 from edge_asd.detection.states import EventType, MachineState
 
@@ -32,18 +43,18 @@ SCHEMA_STATS: Final = "edge-asd.stats/1"
 
 DEFAULT_TOPIC_PREFIX: Final = "edge-asd"
 
+TS_PATTERN: Final = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
+"""What `format_ts` writes. ``[0-9]``, not ``\\d``: \\d also matches non-ASCII digits."""
+TOPIC_LEVEL_PATTERN: Final = r"^[^/+#\u0000]+$"
+"""One MQTT topic level: no separator, no wildcard, no NUL (the ``\\u0000`` escape is read
+alike by Python, pydantic's regex engine and ECMA 262, the dialect of JSON Schema)."""
+
 _MS_PER_SECOND: Final = 1000
-_TS_PATTERN: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+_TS_RE: Final = re.compile(TS_PATTERN)
 _TS_FORMAT: Final = "%Y-%m-%dT%H:%M:%S"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 # MQTT reserves these in topic names (wildcards) or forbids them (NUL).
 _FORBIDDEN_TOPIC_CHARS: Final = ("+", "#", "\x00")
-
-_SCHEMA_FILES: Final = {
-    SCHEMA_EVENT: "event.schema.json",
-    SCHEMA_SCORE: "score.schema.json",
-    SCHEMA_STATS: "stats.schema.json",
-}
 
 
 class Availability(StrEnum):
@@ -68,300 +79,274 @@ def format_ts(epoch_seconds: float) -> str:
 
 def parse_ts(text: str) -> float:
     """Epoch seconds from a timestamp written by `format_ts`."""
-    if not isinstance(text, str) or not _TS_PATTERN.match(text):
+    # fullmatch: with match(), '$' would also accept a trailing newline.
+    if not isinstance(text, str) or not _TS_RE.fullmatch(text):
         raise ValueError(f"timestamp {text!r} is not ISO 8601 UTC with milliseconds")
     moment = datetime.strptime(text[:-1], f"{_TS_FORMAT}.%f").replace(tzinfo=UTC)
     return round((moment - _EPOCH) / timedelta(milliseconds=1)) / _MS_PER_SECOND
 
 
-def _finite_or_none(value: float | None) -> float | None:
+def _null_for_non_finite(value: float | None) -> float | None:
     """JSON has no NaN/inf: map them to null."""
     if value is None or not math.isfinite(value):
         return None
     return float(value)
 
 
-def _float_or_nan(value: Any) -> float:
-    return math.nan if value is None else float(value)
+def _nan_for_null(value: object) -> object:
+    """A null number on the wire was not finite: NaN in Python."""
+    return math.nan if value is None else value
 
 
-def _check_ts(key: str, value: str | None, *, nullable: bool = False) -> None:
-    if value is None and nullable:
-        return
-    if not isinstance(value, str) or not _TS_PATTERN.match(value):
-        raise ValueError(
-            f"{key}: {value!r} is not ISO 8601 UTC with milliseconds; build it with format_ts()"
-        )
+# ------------------------------------------------------------------ field types
+# Each constraint is written once, here; it checks the Python value on construction and
+# becomes the matching JSON Schema keyword (the schemas are generated in serialization mode,
+# so they describe what `to_dict()` writes).
+
+Timestamp = Annotated[
+    str,
+    StringConstraints(pattern=TS_PATTERN),
+    Field(json_schema_extra={"format": "date-time"}, examples=["2026-11-22T03:04:05.123Z"]),
+]
+"""`format_ts` output; anything else is rejected on construction."""
+
+TopicLevel = Annotated[str, StringConstraints(min_length=1, pattern=TOPIC_LEVEL_PATTERN)]
+"""A node id or machine name: both are one level of the topic the payload is published on."""
+
+WireFloat = Annotated[
+    float,
+    BeforeValidator(_nan_for_null),
+    PlainSerializer(_null_for_non_finite, return_type=float | None),
+]
+"""A float that may legitimately be NaN/inf in Python; null on the wire, NaN when read back."""
+
+OptionalWireFloat = Annotated[
+    float | None, PlainSerializer(_null_for_non_finite, return_type=float | None)
+]
+"""A float that is None while unknown (and null when not finite); read back as None."""
+
+Count = Annotated[int, Field(ge=0)]
+
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+"""A non-negative, finite number of seconds (differences of finite timestamps or clocks)."""
+
+_SCHEMA_FIELD_DESCRIPTION: Final = "Payload type and major version."
+
+
+class _WireModel(BaseModel):
+    """Immutable, strict about unknown fields (the schemas say additionalProperties false)."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        # `schema` has a default but is always written: required in the generated schema.
+        json_schema_serialization_defaults_required=True,
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The payload as plain JSON types, fields in wire order."""
+        return self.model_dump(mode="json", by_alias=True)
 
 
 def _dumps(payload: Mapping[str, Any]) -> str:
-    # allow_nan=False turns a forgotten NaN into an error here instead of invalid JSON on the wire.
+    # json.dumps, not model_dump_json: the bytes stay exactly those of earlier releases (ASCII
+    # escapes, Python's float repr). allow_nan=False turns a forgotten NaN into an error here
+    # instead of invalid JSON on the wire.
     return json.dumps(payload, allow_nan=False, separators=(",", ":"), sort_keys=False)
 
 
-def _check_schema(data: Mapping[str, Any], expected: str) -> None:
-    found = data.get("schema")
-    if found != expected:
-        raise ValueError(f"payload field 'schema' is {found!r}, expected {expected!r}")
+class ModelRef(_WireModel):
+    """Encoder identity in an event (`EventMessage.model`), from `ModelInfo`."""
 
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which encoder produced the scores."""
-
-    name: str
-    version: str
-    sha256: str
-    """Hex SHA-256 of the ONNX file."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+    name: str = Field(description="Encoder name from the ONNX metadata.")
+    version: str = Field(description="Encoder version from the ONNX metadata.")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the ONNX encoder file, lowercase hex."
+    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelRef:
-        return cls(name=str(data["name"]), version=str(data["version"]), sha256=str(data["sha256"]))
+        return cls.model_validate(data)
 
 
-def _set(obj: object, name: str, value: Any) -> None:
-    """Normalise a field of a frozen dataclass in __post_init__."""
-    object.__setattr__(obj, name, value)
+class Payload(_WireModel):
+    """A top-level payload: carries its ``schema`` id and reads back from JSON."""
+
+    SCHEMA_ID: ClassVar[str]
+    """The ``schema`` value, e.g. `SCHEMA_EVENT`; the field's default, repeated for lookups."""
+
+    def to_json(self) -> str:
+        """Compact JSON, as published."""
+        return _dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Parse a received payload; unknown fields are ignored, a wrong ``schema`` is not."""
+        found = data.get("schema")
+        if found != cls.SCHEMA_ID:
+            raise ValueError(f"payload field 'schema' is {found!r}, expected {cls.SCHEMA_ID!r}")
+        # Consumers must ignore fields they do not know (docs/mqtt.md): a minor addition within
+        # a major version must not break this reader, even though the model forbids extras.
+        known = {info.alias or name for name, info in cls.model_fields.items()}
+        return cls.model_validate({key: value for key, value in data.items() if key in known})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        loaded = json.loads(text)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"payload is not a JSON object: {type(loaded).__name__}")
+        return cls.from_dict(loaded)
 
 
-@dataclass(frozen=True)
-class EventMessage:
-    """One lifecycle step of an anomaly event (``<machine>/event``).
-
-    ``type`` accepts the strings ``start``/``update``/``end`` and ``model`` a mapping with
-    name/version/sha256; both are normalised (and checked) on construction.
+class EventMessage(Payload):
+    """One lifecycle step (start, update, end) of an anomaly event, published on
+    <prefix>/<node>/<machine>/event with QoS 1, not retained. Delivery is at-least-once:
+    (event_id, type, seq) identifies duplicates.
     """
 
-    type: EventType | str
-    event_id: str
-    """Same for start, updates and end of one event."""
-    node: str
-    machine: str
-    seq: int
-    """Per-node, strictly increasing across restarts (`Outbox.next_seq`)."""
-    ts: str
-    """When this message was produced (`format_ts`)."""
-    start_ts: str
-    """First window over the threshold (`format_ts`)."""
-    end_ts: str | None
-    """End of the event; None until ``type`` is end."""
-    score: float
-    """Latest (smoothed) window score, same units as ``threshold``."""
-    peak_score: float
-    """Highest window score so far in this event."""
-    threshold: float
-    windows_over: int
-    """Windows over the threshold so far in this event."""
-    dbfs: float
-    """Level of the latest window, dB relative to full scale (<= 0)."""
-    duration_seconds: float
-    """Seconds from ``start_ts`` to ``ts`` (or to ``end_ts`` for end)."""
-    model: ModelRef | Mapping[str, str]
-    bundle_id: str
-    """Calibration bundle that set the threshold."""
-    schema: str = field(default=SCHEMA_EVENT)
+    model_config = ConfigDict(title="edge-asd event")
+    SCHEMA_ID: ClassVar[str] = SCHEMA_EVENT
 
-    def __post_init__(self) -> None:
-        _set(self, "type", EventType(self.type))
-        if not isinstance(self.model, ModelRef):
-            _set(self, "model", ModelRef.from_dict(self.model))
-        _check_ts("ts", self.ts)
-        _check_ts("start_ts", self.start_ts)
-        _check_ts("end_ts", self.end_ts, nullable=True)
+    # `schema` itself would shadow a (deprecated) BaseModel method: the alias keeps the wire name.
+    schema_id: Literal["edge-asd.event/1"] = Field(
+        default=SCHEMA_EVENT, alias="schema", description=_SCHEMA_FIELD_DESCRIPTION
+    )
+    # Enum fields also accept their plain strings ("start"), as the daemon passes them.
+    type: EventType = Field(description="Lifecycle step of the event.")
+    event_id: str = Field(
+        min_length=1,
+        description="Same id for the start, updates and end of one event (the daemon uses a "
+        "uuid4 as 32 lowercase hex digits; treat it as opaque).",
+    )
+    node: TopicLevel = Field(description="Node id (one MQTT topic level).")
+    machine: TopicLevel = Field(description="Machine name (one MQTT topic level).")
+    seq: int = Field(
+        ge=1,
+        description="Per-node sequence number, strictly increasing across restarts.",
+    )
+    ts: Timestamp = Field(
+        description="When this message was produced; ISO 8601 UTC with milliseconds."
+    )
+    start_ts: Timestamp = Field(
+        description="Start of the first window over the threshold; ISO 8601 UTC with milliseconds."
+    )
+    end_ts: Timestamp | None = Field(
+        description="End of the last window over the threshold; null until type is end."
+    )
+    score: WireFloat = Field(
+        description="Latest window score, same scale as threshold; null when not finite."
+    )
+    peak_score: WireFloat = Field(
+        description="Highest window score so far in this event; null when not finite."
+    )
+    threshold: WireFloat = Field(
+        description="Decision threshold from the calibration bundle; null when not finite."
+    )
+    windows_over: Count = Field(description="Windows over the threshold so far in this event.")
+    dbfs: WireFloat = Field(
+        description="Level of the latest window, dB relative to full scale (RMS 1.0); null "
+        "when not finite."
+    )
+    duration_seconds: Seconds = Field(
+        description="Seconds from start_ts to ts (to end_ts for end)."
+    )
+    # Also accepts a mapping with name/version/sha256 (the daemon passes one).
+    model: ModelRef = Field(description="The encoder that produced the scores.")
+    bundle_id: str = Field(description="Calibration bundle that set the threshold.")
 
     @property
     def model_ref(self) -> ModelRef:
-        assert isinstance(self.model, ModelRef)  # normalised in __post_init__
+        """Kept from the dataclass API, where `model` could still be a mapping."""
         return self.model
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema,
-            "type": str(self.type),
-            "event_id": self.event_id,
-            "node": self.node,
-            "machine": self.machine,
-            "seq": int(self.seq),
-            "ts": self.ts,
-            "start_ts": self.start_ts,
-            "end_ts": self.end_ts,
-            "score": _finite_or_none(self.score),
-            "peak_score": _finite_or_none(self.peak_score),
-            "threshold": _finite_or_none(self.threshold),
-            "windows_over": int(self.windows_over),
-            "dbfs": _finite_or_none(self.dbfs),
-            "duration_seconds": _finite_or_none(self.duration_seconds),
-            "model": self.model_ref.to_dict(),
-            "bundle_id": self.bundle_id,
-        }
 
-    def to_json(self) -> str:
-        return _dumps(self.to_dict())
+class ScoreMessage(Payload):
+    """Per-window score telemetry on <prefix>/<node>/<machine>/score, QoS 0, not retained,
+    rate-limited by score_interval_seconds; dropped while the broker is away.
+    """
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EventMessage:
-        _check_schema(data, SCHEMA_EVENT)
-        return cls(
-            type=EventType(data["type"]),
-            event_id=str(data["event_id"]),
-            node=str(data["node"]),
-            machine=str(data["machine"]),
-            seq=int(data["seq"]),
-            ts=data["ts"],
-            start_ts=data["start_ts"],
-            end_ts=data.get("end_ts"),
-            score=_float_or_nan(data["score"]),
-            peak_score=_float_or_nan(data["peak_score"]),
-            threshold=_float_or_nan(data["threshold"]),
-            windows_over=int(data["windows_over"]),
-            dbfs=_float_or_nan(data["dbfs"]),
-            duration_seconds=_float_or_nan(data["duration_seconds"]),
-            model=ModelRef.from_dict(data["model"]),
-            bundle_id=str(data["bundle_id"]),
-        )
+    model_config = ConfigDict(title="edge-asd score")
+    SCHEMA_ID: ClassVar[str] = SCHEMA_SCORE
+
+    schema_id: Literal["edge-asd.score/1"] = Field(
+        default=SCHEMA_SCORE, alias="schema", description=_SCHEMA_FIELD_DESCRIPTION
+    )
+    node: TopicLevel = Field(description="Node id (one MQTT topic level).")
+    machine: TopicLevel = Field(description="Machine name (one MQTT topic level).")
+    ts: Timestamp = Field(description="End of the window; ISO 8601 UTC with milliseconds.")
+    score: WireFloat = Field(description="Window score; null when not finite.")
+    threshold: WireFloat = Field(description="Decision threshold; null when not finite.")
+    dbfs: WireFloat = Field(
+        description="Window level, dB relative to full scale (RMS 1.0); null when not finite."
+    )
+    state: MachineState = Field(description="Machine state after this window.")
 
 
-@dataclass(frozen=True)
-class ScoreMessage:
-    """Per-window score telemetry (``<machine>/score``), QoS 0, rate-limited by the daemon."""
+class StatsMessage(Payload):
+    """Node health on <prefix>/<node>/stats, QoS 0, not retained, every
+    stats_interval_seconds; counters are totals since the process started unless noted.
+    """
 
-    node: str
-    machine: str
-    ts: str
-    """End of the window (`format_ts`)."""
-    score: float
-    threshold: float
-    dbfs: float
-    """Window level, dB relative to full scale."""
-    state: MachineState | str
-    schema: str = field(default=SCHEMA_SCORE)
+    model_config = ConfigDict(title="edge-asd stats")
+    SCHEMA_ID: ClassVar[str] = SCHEMA_STATS
 
-    def __post_init__(self) -> None:
-        _set(self, "state", MachineState(self.state))
-        _check_ts("ts", self.ts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema,
-            "node": self.node,
-            "machine": self.machine,
-            "ts": self.ts,
-            "score": _finite_or_none(self.score),
-            "threshold": _finite_or_none(self.threshold),
-            "dbfs": _finite_or_none(self.dbfs),
-            "state": str(self.state),
-        }
-
-    def to_json(self) -> str:
-        return _dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScoreMessage:
-        _check_schema(data, SCHEMA_SCORE)
-        return cls(
-            node=str(data["node"]),
-            machine=str(data["machine"]),
-            ts=data["ts"],
-            score=_float_or_nan(data["score"]),
-            threshold=_float_or_nan(data["threshold"]),
-            dbfs=_float_or_nan(data["dbfs"]),
-            state=MachineState(data["state"]),
-        )
-
-
-@dataclass(frozen=True)
-class StatsMessage:
-    """Node health counters (``stats``); counters are totals since the process started."""
-
-    node: str
-    ts: str
-    """When the snapshot was taken (`format_ts`)."""
-    uptime_seconds: float
-    windows_processed: int
-    capture_overruns: int
-    overwritten_frames: int
-    """Audio frames the ring buffer overwrote before inference read them."""
-    dropped_windows: int
-    inference_ms_p50: float | None
-    """Median encoder+scoring time per window, milliseconds; None before the first window."""
-    inference_ms_p95: float | None
-    outbox_depth: int
-    outbox_discarded: int
-    """Persisted total of events dropped by the outbox bounds (count or age)."""
-    outbox_write_errors: int
-    reconnects: int
-    version: str
-    """edge-asd package version."""
-    machines: Mapping[str, MachineState | str]
-    """Current state of every machine on this node."""
-    schema: str = field(default=SCHEMA_STATS)
-
-    def __post_init__(self) -> None:
-        _set(self, "machines", {str(k): MachineState(v) for k, v in self.machines.items()})
-        _check_ts("ts", self.ts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema,
-            "node": self.node,
-            "ts": self.ts,
-            "uptime_seconds": _finite_or_none(self.uptime_seconds),
-            "windows_processed": int(self.windows_processed),
-            "capture_overruns": int(self.capture_overruns),
-            "overwritten_frames": int(self.overwritten_frames),
-            "dropped_windows": int(self.dropped_windows),
-            "inference_ms_p50": _finite_or_none(self.inference_ms_p50),
-            "inference_ms_p95": _finite_or_none(self.inference_ms_p95),
-            "outbox_depth": int(self.outbox_depth),
-            "outbox_discarded": int(self.outbox_discarded),
-            "outbox_write_errors": int(self.outbox_write_errors),
-            "reconnects": int(self.reconnects),
-            "version": self.version,
-            "machines": {name: str(state) for name, state in self.machines.items()},
-        }
-
-    def to_json(self) -> str:
-        return _dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StatsMessage:
-        _check_schema(data, SCHEMA_STATS)
-        p50 = data.get("inference_ms_p50")
-        p95 = data.get("inference_ms_p95")
-        return cls(
-            node=str(data["node"]),
-            ts=data["ts"],
-            uptime_seconds=_float_or_nan(data["uptime_seconds"]),
-            windows_processed=int(data["windows_processed"]),
-            capture_overruns=int(data["capture_overruns"]),
-            overwritten_frames=int(data["overwritten_frames"]),
-            dropped_windows=int(data["dropped_windows"]),
-            inference_ms_p50=None if p50 is None else float(p50),
-            inference_ms_p95=None if p95 is None else float(p95),
-            outbox_depth=int(data["outbox_depth"]),
-            outbox_discarded=int(data["outbox_discarded"]),
-            outbox_write_errors=int(data["outbox_write_errors"]),
-            reconnects=int(data["reconnects"]),
-            version=str(data["version"]),
-            machines=dict(data["machines"]),
-        )
+    schema_id: Literal["edge-asd.stats/1"] = Field(
+        default=SCHEMA_STATS, alias="schema", description=_SCHEMA_FIELD_DESCRIPTION
+    )
+    node: TopicLevel = Field(description="Node id (one MQTT topic level).")
+    ts: Timestamp = Field(
+        description="When the snapshot was taken; ISO 8601 UTC with milliseconds."
+    )
+    uptime_seconds: Seconds = Field(description="Seconds since the daemon started.")
+    windows_processed: Count = Field(description="Windows scored.")
+    capture_overruns: Count = Field(description="Audio driver overruns reported by PortAudio.")
+    overwritten_frames: Count = Field(
+        description="Audio frames the ring buffer overwrote before inference read them."
+    )
+    dropped_windows: Count = Field(description="Windows skipped because inference fell behind.")
+    inference_ms_p50: OptionalWireFloat = Field(
+        description="Median encoder+scoring time per window, milliseconds; null before the "
+        "first window."
+    )
+    inference_ms_p95: OptionalWireFloat = Field(
+        description="95th percentile encoder+scoring time per window, milliseconds; null "
+        "before the first window."
+    )
+    outbox_depth: Count = Field(description="Events stored and not yet acknowledged.")
+    outbox_discarded: Count = Field(
+        description="Events dropped by the outbox bounds (count or age); persisted, total "
+        "over the outbox file's life."
+    )
+    outbox_write_errors: Count = Field(
+        description="Outbox writes that failed (disk full, I/O error)."
+    )
+    reconnects: Count = Field(
+        description="Successful reconnections to the broker after the first connection."
+    )
+    version: str = Field(description="edge-asd package version.")
+    machines: dict[TopicLevel, MachineState] = Field(
+        description="Current state of every machine on this node."
+    )
 
 
-@cache
-def _schema_text(schema_id: str) -> str:
-    name = _SCHEMA_FILES[schema_id]
-    return resources.files("edge_asd").joinpath("schemas", name).read_text(encoding="utf-8")
+PAYLOAD_MODELS: Final[Mapping[str, type[Payload]]] = {
+    SCHEMA_EVENT: EventMessage,
+    SCHEMA_SCORE: ScoreMessage,
+    SCHEMA_STATS: StatsMessage,
+}
+"""Payload model of each ``schema`` id."""
 
 
 def json_schema(schema_id: str) -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) for `schema_id`, e.g. `SCHEMA_EVENT`; a fresh copy."""
-    if schema_id not in _SCHEMA_FILES:
-        raise ValueError(f"unknown payload schema {schema_id!r}; known: {sorted(_SCHEMA_FILES)}")
-    loaded: dict[str, Any] = json.loads(_schema_text(schema_id))
-    return loaded
+    """The JSON Schema (draft 2020-12) for `schema_id`, e.g. `SCHEMA_EVENT`; a fresh copy.
+
+    Generated from the payload model on first use; the files in ``edge_asd/schemas/`` are the
+    same text (a test keeps them so).
+    """
+    # Imported here, not at the top: only tests and tools need schemas, the daemon never does.
+    from edge_asd.mqtt.schemas import payload_schema
+
+    return payload_schema(schema_id)
 
 
 def event_schema() -> dict[str, Any]:
