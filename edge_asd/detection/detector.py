@@ -11,18 +11,29 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from edge_asd.detection.states import EventType
 
-DEFAULT_UPDATE_INTERVAL_SECONDS = 1.0
+# The hysteresis defaults, defined here once: the config's machine section, the detector and
+# the offline evaluation's operating point all read them.
+DEFAULT_TRIGGER_WINDOWS: Final = 2
+"""Consecutive windows over the threshold that start an event."""
+DEFAULT_RELEASE_WINDOWS: Final = 4
+"""Consecutive windows under the threshold that end an event."""
+DEFAULT_MAX_EVENT_SECONDS: Final = 300.0
+"""Longer events are ended and a new one may start."""
+DEFAULT_UPDATE_INTERVAL_SECONDS: Final = 1.0
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
+    """Built from a machine's config by `config.detector_settings`."""
+
     threshold: float
-    trigger_windows: int = 2
-    release_windows: int = 4
-    max_event_seconds: float = 300.0
+    trigger_windows: int = DEFAULT_TRIGGER_WINDOWS
+    release_windows: int = DEFAULT_RELEASE_WINDOWS
+    max_event_seconds: float = DEFAULT_MAX_EVENT_SECONDS
     update_interval_seconds: float = DEFAULT_UPDATE_INTERVAL_SECONDS
 
     def __post_init__(self) -> None:

@@ -801,7 +801,9 @@ def devset_score(
     """The ASD official score of `encoder` (any `EmbeddingModel`) on dev-set sections, through
     the core's memory bank and clip scoring (the per-epoch validation, and the export's report)."""
     from edge_asd.detection.memory_bank import MemoryBank
-    from edge_asd.detection.scoring import ClipScorer, embed_windows, iter_window_batches
+    from edge_asd.detection.pipeline import embed_windows
+    from edge_asd.detection.scoring import ClipScorer
+    from edge_asd.detection.windowing import iter_window_batches
     from edge_asd.offline.metrics import dcase_section_metrics, official_score
 
     window = round(spec.window_seconds * SAMPLE_RATE_HZ)
