@@ -80,14 +80,14 @@ def make_assets() -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
 
 def check(out: Path) -> int:
     """Calibrate on the normal asset and show how the test asset scores (bundled model)."""
-    from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
+    from edge_asd.detection.calibration import Clip, Framing, calibrate
     from edge_asd.detection.pipeline import MachinePipeline
     from edge_asd.model.encoder import Encoder, resolve_model
 
     encoder = Encoder(resolve_model(None))
     window = seconds_to_samples(DEFAULT_WINDOW_SECONDS)
     hop = seconds_to_samples(DEFAULT_HOP_SECONDS)
-    settings = CalibrationSettings(window_samples=window, hop_samples=hop)
+    settings = Framing(window_samples=window, hop_samples=hop)
     normal = Clip("demo_normal.wav", read_wav(out / "demo_normal.wav"))
     bundle = calibrate([normal], encoder, settings, progress=False)
     test = read_wav(out / "demo_test.wav")

@@ -95,12 +95,7 @@ def _wav_files(directory: Path) -> list[Path]:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from edge_asd.audio.files import AudioFileError, read_wav
     from edge_asd.detection.bundle import save_bundle
-    from edge_asd.detection.calibration import (
-        CalibrationError,
-        CalibrationSettings,
-        Clip,
-        calibrate,
-    )
+    from edge_asd.detection.calibration import CalibrationError, Clip, Framing, calibrate
 
     config = _load_config(args.config)
     machine = None
@@ -114,18 +109,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     window_seconds = machine.window_seconds if machine else args.window_seconds
     hop_seconds = machine.hop_seconds if machine else args.hop_seconds
     encoder = _open_encoder(args.model or config.model, window_seconds)
-    cal = config.calibration
-    settings = CalibrationSettings(
-        window_samples=_samples(window_seconds),
-        hop_samples=_samples(hop_seconds),
-        scoring=cal.scoring,
-        k=cal.k,
-        rho_scope=cal.rho_scope,
-        threshold_method=cal.threshold_method,
-        threshold_percentile=cal.threshold_percentile,
-        folds=cal.folds,
-        min_windows=cal.min_windows,
-    )
     clips: list[Clip] = []
     if args.from_dir is not None:
         for path in _wav_files(args.from_dir):
@@ -146,7 +129,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         clips.append(Clip(name=f"recording from {device} channel {channel}", samples=samples))
     try:
-        bundle = calibrate(clips, encoder, settings, progress=True)
+        framing = Framing.from_seconds(window_seconds, hop_seconds)
+        bundle = calibrate(clips, encoder, framing, config.calibration, progress=True)
     except CalibrationError as exc:
         print(f"edge-asd calibrate: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -270,6 +254,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The choices and defaults come from their owners. None of these imports loads numpy:
+    # `run` limits the BLAS threads after parsing, which only works before numpy loads.
+    from edge_asd.config import CalibrationConfig
+    from edge_asd.constants import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
+    from edge_asd.detection.methods import DEFAULT_SCORE_METHOD, SCORE_METHODS
+    from edge_asd.detection.vocabulary import AGGREGATES, DEFAULT_AGGREGATE, RHO_SCOPES
+
     parser = argparse.ArgumentParser(
         prog="edge-asd",
         description="Anomalous sound detection for machines: calibrate on normal sound, "
@@ -296,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--channel", type=int, default=0, help="input channel for --record")
     cal.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     cal.add_argument("--model", help="encoder ONNX path or bundled name (default: config's)")
-    cal.add_argument("--window-seconds", type=_positive_float, default=1.0)
-    cal.add_argument("--hop-seconds", type=_positive_float, default=0.5)
+    cal.add_argument("--window-seconds", type=_positive_float, default=DEFAULT_WINDOW_SECONDS)
+    cal.add_argument("--hop-seconds", type=_positive_float, default=DEFAULT_HOP_SECONDS)
     cal.set_defaults(handler=_cmd_calibrate)
 
     score = sub.add_parser(
@@ -307,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "An unreadable file gives an error line; the others are still scored.",
     )
     score.add_argument("--bundle", type=Path, required=True)
-    score.add_argument("--aggregate", choices=["mean", "max"], default="mean")
+    score.add_argument("--aggregate", choices=AGGREGATES, default=DEFAULT_AGGREGATE)
     score.add_argument("--model", help="encoder (default: the one the bundle was made with)")
     score.add_argument("files", type=Path, nargs="+", metavar="FILE")
     score.set_defaults(handler=_cmd_score)
@@ -321,18 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("root", type=Path, metavar="ROOT")
     ev.add_argument("--out", type=Path, required=True)
     ev.add_argument("--model", help="encoder ONNX path or bundled name")
-    ev.add_argument("--scoring", choices=["density", "raw", "difference"], default="density")
-    ev.add_argument("--k", type=_positive_int, default=1, help="neighbours for rho_K")
+    ev.add_argument("--scoring", choices=SCORE_METHODS, default=DEFAULT_SCORE_METHOD)
+    ev.add_argument(
+        "--k", type=_positive_int, default=CalibrationConfig().k, help="neighbours for rho_K"
+    )
     ev.add_argument(
         "--rho-scope",
-        choices=["all", "non_overlapping", "other_groups"],
+        choices=RHO_SCOPES,
         default=None,
         help="bank entries kept out of rho_K: none (all), the same clip's overlapping windows "
         "(non_overlapping) or the whole clip (other_groups); default: calibration's",
     )
-    ev.add_argument("--aggregate", choices=["mean", "max"], default="mean")
-    ev.add_argument("--window-seconds", type=_positive_float, default=1.0)
-    ev.add_argument("--hop-seconds", type=_positive_float, default=0.5)
+    ev.add_argument("--aggregate", choices=AGGREGATES, default=DEFAULT_AGGREGATE)
+    ev.add_argument("--window-seconds", type=_positive_float, default=DEFAULT_WINDOW_SECONDS)
+    ev.add_argument("--hop-seconds", type=_positive_float, default=DEFAULT_HOP_SECONDS)
     ev.set_defaults(handler=_cmd_evaluate)
 
     chk = sub.add_parser(

@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from edge_asd.constants import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
+from edge_asd.detection.detector import (
+    DEFAULT_MAX_EVENT_SECONDS,
+    DEFAULT_RELEASE_WINDOWS,
+    DEFAULT_TRIGGER_WINDOWS,
+    DetectorSettings,
+)
+from edge_asd.detection.methods import DEFAULT_SCORE_METHOD, SCORE_METHODS
+from edge_asd.detection.vocabulary import RHO_SCOPES, THRESHOLD_METHODS
+from edge_asd.mqtt.messages import DEFAULT_TOPIC_PREFIX
 
 # Names end up in MQTT topics: no wildcards, no separators, nothing a shell would mangle.
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -31,6 +41,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _one_of(what: str, names: tuple[str, ...]) -> AfterValidator:
+    """Validator for a name from a registry owned elsewhere (the config never re-lists them)."""
+
+    def check(value: str) -> str:
+        if value not in names:
+            raise PydanticCustomError(
+                "unknown_name",
+                "unknown {what} {value}; expected one of: {expected}",
+                {"what": what, "value": repr(value), "expected": ", ".join(names)},
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+ScoreMethod = Annotated[str, _one_of("scoring method", SCORE_METHODS)]
+"""A name registered in detection.methods."""
+RhoScopeName = Annotated[str, _one_of("rho scope", RHO_SCOPES)]
+ThresholdMethod = Annotated[str, _one_of("threshold method", THRESHOLD_METHODS)]
+
+
 class MachineConfig(_Section):
     """One monitored machine: a microphone channel plus its calibration."""
 
@@ -42,9 +73,15 @@ class MachineConfig(_Section):
     hop_seconds: float = Field(DEFAULT_HOP_SECONDS, gt=0.01, le=10.0)
     threshold_scale: float = Field(1.0, gt=0.0, description="Multiplies the calibrated threshold.")
     threshold: float | None = Field(None, gt=0.0, description="Absolute threshold; overrides.")
-    trigger_windows: int = Field(2, ge=1, le=100, description="Windows over threshold to start.")
-    release_windows: int = Field(4, ge=1, le=100, description="Windows under threshold to end.")
-    max_event_seconds: float = Field(300.0, gt=0.0, description="Longer events are split.")
+    trigger_windows: int = Field(
+        DEFAULT_TRIGGER_WINDOWS, ge=1, le=100, description="Windows over threshold to start."
+    )
+    release_windows: int = Field(
+        DEFAULT_RELEASE_WINDOWS, ge=1, le=100, description="Windows under threshold to end."
+    )
+    max_event_seconds: float = Field(
+        DEFAULT_MAX_EVENT_SECONDS, gt=0.0, description="Longer events are split."
+    )
     no_audio_seconds: float = Field(10.0, gt=0.0, description="Silence or no data -> no_audio.")
     score_interval_seconds: float = Field(1.0, ge=0.0, description="Score telemetry period; 0=off.")
 
@@ -75,9 +112,9 @@ class MqttConfig(_Section):
     host: str = Field("localhost", min_length=1)
     port: int = Field(_DEFAULT_MQTT_PORT, ge=1, le=_MAX_PORT)
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = (
-        "edge-asd"
+        DEFAULT_TOPIC_PREFIX
     )
-    client_id: str | None = Field(None, description="Default: edge-asd-<node_id>.")
+    client_id: str | None = Field(None, description="Default: edge-asd-<node_id>, sanitised.")
     qos: Literal[0, 1, 2] = 1
     keepalive_seconds: int = Field(60, ge=5, le=3600)
     username: str | None = None
@@ -90,6 +127,12 @@ class MqttConfig(_Section):
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("give password_file or password_env, not both")
         return self
+
+    def client_id_for(self, node_id: str) -> str:
+        """The client id this node connects with: the configured one, else
+        `default_client_id`. The publisher and `check-config` both ask here, so what
+        check-config reports is what the broker sees."""
+        return self.client_id or default_client_id(node_id)
 
     def resolve_password(self) -> str | None:
         """The password from its file or environment variable; never logged."""
@@ -117,7 +160,10 @@ class OutboxConfig(_Section):
 
 
 class CalibrationConfig(_Section):
-    scoring: Literal["density", "difference", "raw"] = "density"
+    """The `calibration` section; also the one place the calibration defaults live (the CLI,
+    `calibrate` and the offline evaluation read them from `CalibrationConfig()`)."""
+
+    scoring: ScoreMethod = DEFAULT_SCORE_METHOD
     k: int = Field(
         1,
         ge=1,
@@ -127,17 +173,19 @@ class CalibrationConfig(_Section):
             "the development sets, docs/benchmarks.md)."
         ),
     )
-    threshold_method: Literal["gamma", "quantile"] = "gamma"
+    threshold_method: ThresholdMethod = "gamma"
     threshold_percentile: float = Field(0.995, gt=0.5, lt=1.0)
     folds: int = Field(5, ge=2, le=50)
     min_windows: int = Field(60, ge=10)
-    rho_scope: Literal["all", "non_overlapping", "other_groups"] = Field(
+    rho_scope: RhoScopeName = Field(
         "all",
         description=(
             "Bank windows kept out of each window's local density rho_K: none (all), the "
             "windows of the same clip that overlap it in time (non_overlapping), or every "
             "window of the same clip or contiguous stretch (other_groups). Overlapping windows "
-            "are near-duplicates, so with them rho measures clip smoothness, not domain density."
+            "are near-duplicates, so with them rho measures clip smoothness, not domain density. "
+            "all stays the default: other_groups measured best only together with k: 16, and at "
+            "k = 1 it doubles false alarms (docs/benchmarks.md)."
         ),
     )
 
@@ -179,15 +227,22 @@ class Config(_Section):
         raise ConfigError(f"machines: no machine named {name!r} (configured: {known})")
 
 
-def _format_error(path: Path, error: ValidationError) -> str:
-    lines = [f"invalid configuration {path}:"]
+def error_lines(error: ValidationError) -> list[str]:
+    """One "key: message" line per problem, the key dotted as in the YAML."""
+    lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+        lines.append(f"{key}: {message}")
+    return lines
+
+
+def _format_error(path: Path, error: ValidationError) -> str:
+    return "\n".join(
+        [f"invalid configuration {path}:", *(f"  {line}" for line in error_lines(error))]
+    )
 
 
 def parse_config(data: Any, *, source: Path) -> Config:
@@ -218,5 +273,18 @@ def load_config(path: Path) -> Config:
 
 
 def default_client_id(node_id: str) -> str:
-    """MQTT client ids must be unique per broker; duplicates make availability flap."""
+    """MQTT client ids must be unique per broker; duplicates make availability flap. Other
+    characters than letters, digits, '-' and '_' (a node id may hold '.') become '-': MQTT 3.1.1
+    only obliges brokers to accept letters and digits."""
     return "edge-asd-" + re.sub(r"[^A-Za-z0-9_-]", "-", node_id)
+
+
+def detector_settings(machine: MachineConfig, threshold: float) -> DetectorSettings:
+    """The event detector of `machine` at `threshold` (already resolved: the absolute one, or
+    the calibrated one times threshold_scale)."""
+    return DetectorSettings(
+        threshold=threshold,
+        trigger_windows=machine.trigger_windows,
+        release_windows=machine.release_windows,
+        max_event_seconds=machine.max_event_seconds,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as settings_hyp
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from edge_asd.config import CalibrationConfig
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import load_bundle, save_bundle
 from edge_asd.detection.calibration import (
-    DEFAULT_RHO_SCOPE,
     CalibrationError,
-    CalibrationSettings,
     Clip,
+    Framing,
     assign_folds,
     calibrate,
     contiguous_folds,
@@ -86,9 +86,12 @@ def with_burst(x: np.ndarray, start_s: float, seconds: float) -> np.ndarray:
     return y
 
 
-def settings(**kwargs: object) -> CalibrationSettings:
-    base = CalibrationSettings(window_samples=WINDOW, hop_samples=HOP)
-    return dataclasses.replace(base, **kwargs)  # type: ignore[arg-type]
+FRAMING = Framing(WINDOW, HOP)
+
+
+def settings(**kwargs: object) -> CalibrationConfig:
+    """The config's calibration section with `kwargs` changed, validated as the YAML is."""
+    return CalibrationConfig.model_validate(kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +107,7 @@ def test_too_little_audio_message() -> None:
     rng = np.random.default_rng(0)
     clip = Clip("short.wav", machine(10.0, rng))
     with pytest.raises(CalibrationError) as info:
-        calibrate([clip], FakeEncoder(), settings(), progress=False)
+        calibrate([clip], FakeEncoder(), FRAMING, settings(), progress=False)
     assert str(info.value) == (
         "too little audio: 19 windows, need at least 60 (= 30.5 s of audio at hop 0.5 s)"
     )
@@ -114,10 +117,10 @@ def test_silence_is_refused() -> None:
     rng = np.random.default_rng(1)
     quiet = (1e-5 * rng.normal(size=40 * SAMPLE_RATE_HZ)).astype(np.float32)  # -100 dBFS
     with pytest.raises(CalibrationError, match=r"silent: RMS level -100\.\d dBFS"):
-        calibrate([Clip("quiet.wav", quiet)], FakeEncoder(), settings(), progress=False)
+        calibrate([Clip("quiet.wav", quiet)], FakeEncoder(), FRAMING, settings(), progress=False)
     zeros = np.zeros(40 * SAMPLE_RATE_HZ, dtype=np.float32)
     with pytest.raises(CalibrationError, match="silent"):
-        calibrate([Clip("zeros.wav", zeros)], FakeEncoder(), settings(), progress=False)
+        calibrate([Clip("zeros.wav", zeros)], FakeEncoder(), FRAMING, settings(), progress=False)
 
 
 def test_clipping_is_refused_naming_the_clip() -> None:
@@ -126,12 +129,16 @@ def test_clipping_is_refused_naming_the_clip() -> None:
     bad = np.clip(machine(40.0, rng) * 100.0, -1.0, 1.0)
     with pytest.raises(CalibrationError, match=r"clip loud\.wav: \d+\.\d % of samples are clipped"):
         calibrate(
-            [Clip("ok.wav", good), Clip("loud.wav", bad)], FakeEncoder(), settings(), progress=False
+            [Clip("ok.wav", good), Clip("loud.wav", bad)],
+            FakeEncoder(),
+            FRAMING,
+            settings(),
+            progress=False,
         )
     # A few clipped peaks (under 1 %) are accepted.
     peaky = good.copy()
     peaky[::SAMPLE_RATE_HZ] = 1.0
-    calibrate([Clip("peaky.wav", peaky)], FakeEncoder(), settings(), progress=False)
+    calibrate([Clip("peaky.wav", peaky)], FakeEncoder(), FRAMING, settings(), progress=False)
 
 
 def test_nan_is_refused_naming_the_clip() -> None:
@@ -140,20 +147,23 @@ def test_nan_is_refused_naming_the_clip() -> None:
     x[100:103] = np.nan
     x[200] = np.inf
     with pytest.raises(CalibrationError, match=r"clip broken\.wav: 4 samples are NaN or inf"):
-        calibrate([Clip("broken.wav", x)], FakeEncoder(), settings(), progress=False)
+        calibrate([Clip("broken.wav", x)], FakeEncoder(), FRAMING, settings(), progress=False)
 
 
 def test_model_window_mismatch_and_bad_settings() -> None:
     rng = np.random.default_rng(4)
     clips = [Clip("a.wav", machine(40.0, rng))]
     with pytest.raises(CalibrationError, match=r"fake-bands.*8000 samples.*16000"):
-        calibrate(clips, FakeEncoder(window_samples=8000), settings(), progress=False)
-    with pytest.raises(CalibrationError, match="threshold_percentile"):
-        calibrate(clips, FakeEncoder(), settings(threshold_percentile=1.5), progress=False)
-    with pytest.raises(CalibrationError, match="scoring method 'lof'"):
-        calibrate(clips, FakeEncoder(), settings(scoring="lof"), progress=False)
+        calibrate(clips, FakeEncoder(window_samples=8000), FRAMING, settings(), progress=False)
+    # Bad settings are refused by the config model, before any audio is looked at.
+    with pytest.raises(ValidationError, match="threshold_percentile"):
+        settings(threshold_percentile=1.5)
+    with pytest.raises(ValidationError, match="scoring method 'lof'"):
+        settings(scoring="lof")
+    with pytest.raises(CalibrationError, match=r"window_samples \(0\) .* must be positive"):
+        Framing(0, HOP)
     with pytest.raises(CalibrationError, match="no calibration clips"):
-        calibrate([], FakeEncoder(), settings(), progress=False)
+        calibrate([], FakeEncoder(), FRAMING, settings(), progress=False)
 
 
 # --- folds ------------------------------------------------------------------------------------
@@ -161,7 +171,7 @@ def test_model_window_mismatch_and_bad_settings() -> None:
 
 def test_folds_by_whole_clips_when_enough_clips() -> None:
     counts = [19, 19, 7, 19, 0, 12, 19]
-    folds, mask, scheme = assign_folds(counts, settings(folds=5))
+    folds, mask, scheme = assign_folds(counts, 5, FRAMING)
     assert scheme == "clips"
     assert mask.all()
     assert set(folds.tolist()) == set(range(5))
@@ -175,7 +185,7 @@ def test_uneven_clips_fall_back_to_contiguous_folds() -> None:
     """One long recording and a few short clips: whole-clip folds would leave the long clip's
     fold with a bank of the short clips only."""
     counts = [700, 19, 19, 19, 19, 19]
-    folds, mask, scheme = assign_folds(counts, settings(folds=5))
+    folds, mask, scheme = assign_folds(counts, 5, FRAMING)
     assert scheme == "contiguous"
     assert np.bincount(folds).max() <= 2 * sum(counts) / 5
     assert 0 < np.count_nonzero(~mask) < 20
@@ -184,8 +194,8 @@ def test_uneven_clips_fall_back_to_contiguous_folds() -> None:
 @pytest.mark.parametrize("hop", [HOP, WINDOW // 4, WINDOW])
 def test_contiguous_folds_never_overlap_a_bank_window(hop: int) -> None:
     counts = [150, 30]  # a long recording and a short one, fewer clips than folds
-    s = settings(hop_samples=hop)
-    folds, mask, scheme = assign_folds(counts, s)
+    s = settings()
+    folds, mask, scheme = assign_folds(counts, s.folds, Framing(WINDOW, hop))
     assert scheme == "contiguous"
     clip_id = np.repeat([0, 1], counts)
     starts = np.concatenate([np.arange(c) * hop for c in counts])
@@ -211,7 +221,7 @@ def test_heldout_scores_use_other_folds_only() -> None:
     mask = np.ones(40, dtype=bool)
     mask[:3] = False
     s = settings(k=2, scoring="raw")
-    got = heldout_scores(emb, folds, s, score_mask=mask)
+    got = heldout_scores(emb, folds, FRAMING, s, score_mask=mask)
     assert got.shape == (37,)
     want = np.concatenate(
         [MemoryBank(emb[folds != f], k=2).score(emb[(folds == f) & mask], "raw") for f in range(4)]
@@ -228,9 +238,9 @@ def test_contiguous_heldout_scores_exceed_interleaved_ones() -> None:
     x = machine(60.0, rng)
     emb = FakeEncoder().embed(frame_signal(x, WINDOW, HOP))
     s = settings(scoring="raw")
-    folds, mask, _ = assign_folds([emb.shape[0]], s)
-    fair = heldout_scores(emb, folds, s, score_mask=mask)
-    interleaved = heldout_scores(emb, np.arange(emb.shape[0]) % s.folds, s)
+    folds, mask, _ = assign_folds([emb.shape[0]], s.folds, FRAMING)
+    fair = heldout_scores(emb, folds, FRAMING, s, score_mask=mask)
+    interleaved = heldout_scores(emb, np.arange(emb.shape[0]) % s.folds, FRAMING, s)
     assert np.median(fair) > np.median(interleaved)
 
 
@@ -239,13 +249,13 @@ def test_contiguous_heldout_scores_exceed_interleaved_ones() -> None:
 
 def test_quantile_threshold_is_the_heldout_percentile(normal_clips: list[Clip]) -> None:
     s = settings(threshold_method="quantile", threshold_percentile=0.9)
-    bundle = calibrate(normal_clips, FakeEncoder(), s, progress=False)
+    bundle = calibrate(normal_clips, FakeEncoder(), FRAMING, s, progress=False)
     counts = [19] * len(normal_clips)
-    folds, mask, scheme = assign_folds(counts, s)
+    folds, mask, scheme = assign_folds(counts, s.folds, FRAMING)
     assert scheme == "clips" and bundle.normal_stats["fold_scheme"] == "clips"
     groups, positions = window_groups(counts, scheme, s.folds)
     scores = heldout_scores(
-        bundle.embeddings, folds, s, score_mask=mask, groups=groups, positions=positions
+        bundle.embeddings, folds, FRAMING, s, score_mask=mask, groups=groups, positions=positions
     )
     assert bundle.normal_stats["n"] == scores.size == 152
     assert np.mean(scores <= bundle.threshold) == pytest.approx(0.9, abs=0.01)
@@ -275,7 +285,7 @@ def test_fit_threshold_methods() -> None:
 def test_bundle_contents(normal_clips: list[Clip]) -> None:
     enc = FakeEncoder()
     s = settings(k=2)
-    bundle = calibrate(normal_clips, enc, s, progress=False, sources=["/data/x.wav"])
+    bundle = calibrate(normal_clips, enc, FRAMING, s, progress=False, sources=["/data/x.wav"])
     assert bundle.embeddings.shape == (152, N_BANDS)
     assert bundle.labels == ["a"] * 152
     assert (bundle.k, bundle.method, bundle.threshold_method) == (2, "density", "gamma")
@@ -287,8 +297,8 @@ def test_bundle_contents(normal_clips: list[Clip]) -> None:
     assert stats["min"] <= stats["median"] <= stats["max"]
     assert stats["min"] <= stats["mean"] <= stats["max"]
     # rho of the bundle is that of the full bank, with the default scope's exclusion.
-    assert bundle.rho_scope == DEFAULT_RHO_SCOPE
-    assert bundle.exclusion_windows == s.exclusion_windows
+    assert bundle.rho_scope == CalibrationConfig().rho_scope
+    assert bundle.exclusion_windows == FRAMING.exclusion_windows(s.rho_scope)
     assert bundle.groups is not None and bundle.positions is not None
     np.testing.assert_array_equal(bundle.groups, np.repeat(np.arange(8), 19))
     np.testing.assert_array_equal(bundle.positions, np.tile(np.arange(19), 8))
@@ -297,19 +307,19 @@ def test_bundle_contents(normal_clips: list[Clip]) -> None:
         k=2,
         groups=bundle.groups,
         positions=bundle.positions,
-        exclusion_windows=s.exclusion_windows,
+        exclusion_windows=FRAMING.exclusion_windows(s.rho_scope),
     )
     np.testing.assert_allclose(bundle.rho, full.rho, atol=1e-6)
     # Embedded in batches, not all at once and not window by window.
     assert 152 // 32 <= enc.calls <= 2 * len(normal_clips)
-    default = calibrate(normal_clips, enc, s, progress=False)
+    default = calibrate(normal_clips, enc, FRAMING, s, progress=False)
     assert default.sources == [c.name for c in normal_clips]
 
 
 def test_single_long_recording_uses_contiguous_folds() -> None:
     rng = np.random.default_rng(8)
     bundle = calibrate(
-        [Clip("long.wav", machine(60.0, rng))], FakeEncoder(), settings(), progress=False
+        [Clip("long.wav", machine(60.0, rng))], FakeEncoder(), FRAMING, settings(), progress=False
     )
     assert bundle.normal_stats["fold_scheme"] == "contiguous"
     assert bundle.normal_stats["windows_left_out"] == 8  # one each side of 4 boundaries
@@ -318,7 +328,7 @@ def test_single_long_recording_uses_contiguous_folds() -> None:
 
 def test_anomaly_scores_over_threshold_normal_under(normal_clips: list[Clip]) -> None:
     enc = FakeEncoder()
-    bundle = calibrate(normal_clips, enc, settings(), progress=False)
+    bundle = calibrate(normal_clips, enc, FRAMING, settings(), progress=False)
     scorer = ClipScorer.from_bundle(bundle, enc)
     rng = np.random.default_rng(99)
     normal_windows = np.concatenate(
@@ -332,37 +342,30 @@ def test_anomaly_scores_over_threshold_normal_under(normal_clips: list[Clip]) ->
     assert result.window_scores[8:11].min() > 2 * np.median(normal_windows)
 
 
-def test_settings_accept_the_config_section() -> None:
-    from edge_asd.config import CalibrationConfig
-
+def test_calibrate_takes_the_config_section_as_it_is(normal_clips: list[Clip]) -> None:
     cfg = CalibrationConfig(scoring="difference", k=3, folds=4)
-    s = CalibrationSettings(window_samples=WINDOW, hop_samples=HOP, **cfg.model_dump())
-    s.check()
-    assert (s.scoring, s.method, s.k, s.folds) == ("difference", "difference", 3, 4)
-    assert (s.window_seconds, s.hop_seconds) == (1.0, 0.5)
-    # `method` is another name for `scoring`; both survive dataclasses.replace.
-    m = CalibrationSettings(window_samples=WINDOW, hop_samples=HOP, method="raw")
-    assert m.scoring == "raw" and dataclasses.replace(m, k=2).scoring == "raw"
-    assert m == CalibrationSettings(window_samples=WINDOW, hop_samples=HOP, scoring="raw")
-    assert CalibrationSettings().scoring == "density"
-    with pytest.raises(CalibrationError, match="disagree"):
-        CalibrationSettings(scoring="raw", method="density")
+    bundle = calibrate(normal_clips, FakeEncoder(), FRAMING, cfg, progress=False)
+    assert (bundle.method, bundle.k, bundle.normal_stats["folds"]) == ("difference", 3, 4)
+    assert (FRAMING.window_seconds, FRAMING.hop_seconds) == (1.0, 0.5)
+    # Without a section, calibrate uses the config's defaults (defined only there).
+    default = calibrate(normal_clips, FakeEncoder(), FRAMING, progress=False)
+    assert (default.method, default.k, default.rho_scope) == ("density", 1, "all")
 
 
 def test_progress_bar_goes_to_stderr(
     normal_clips: list[Clip], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    calibrate(normal_clips[:4], FakeEncoder(), settings(), progress=True)
+    calibrate(normal_clips[:4], FakeEncoder(), FRAMING, settings(), progress=True)
     captured = capsys.readouterr()
     assert "embedding" in captured.err and "76/76" in captured.err
     assert captured.out == ""
-    calibrate(normal_clips[:4], FakeEncoder(), settings(), progress=False)
+    calibrate(normal_clips[:4], FakeEncoder(), FRAMING, settings(), progress=False)
     assert capsys.readouterr().err == ""
 
 
 def test_saved_bundle_scores_like_the_fresh_one(normal_clips: list[Clip], tmp_path: Path) -> None:
     enc = FakeEncoder()
-    fresh = calibrate(normal_clips, enc, settings(k=2), progress=False)
+    fresh = calibrate(normal_clips, enc, FRAMING, settings(k=2), progress=False)
     loaded = load_bundle(save_bundle(fresh, tmp_path / "b"), model=enc.info)
     assert loaded.bundle_id == fresh.bundle_id and loaded.threshold == fresh.threshold
     x = with_burst(machine(5.0, np.random.default_rng(11)), 1.0, 1.0)
@@ -380,8 +383,7 @@ def test_saved_bundle_scores_like_the_fresh_one(normal_clips: list[Clip], tmp_pa
 def test_heldout_windows_never_overlap_bank_windows_property(
     counts: list[int], hop: int, n_folds: int
 ) -> None:
-    s = settings(hop_samples=hop, folds=n_folds)
-    folds, mask, _ = assign_folds(counts, s)
+    folds, mask, _ = assign_folds(counts, n_folds, Framing(WINDOW, hop))
     assert folds.shape == mask.shape == (sum(counts),)
     clip_id = np.repeat(np.arange(len(counts)), counts)
     starts = np.concatenate([np.arange(c) * hop for c in counts]) if counts else np.zeros(0)
@@ -419,8 +421,8 @@ def test_window_groups_by_clip_and_by_stretch() -> None:
 def test_bundle_rho_follows_the_scope(normal_clips: list[Clip], scope: str, exclusion: int) -> None:
     enc = FakeEncoder()
     s = settings(rho_scope=scope)
-    assert s.exclusion_windows == exclusion
-    bundle = calibrate(normal_clips, enc, s, progress=False)
+    assert FRAMING.exclusion_windows(scope) == exclusion
+    bundle = calibrate(normal_clips, enc, FRAMING, s, progress=False)
     assert (bundle.rho_scope, bundle.exclusion_windows) == (scope, exclusion)
     groups = np.repeat(np.arange(8), 19)
     positions = np.tile(np.arange(19), 8)
@@ -437,7 +439,7 @@ def test_bundle_rho_follows_the_scope(normal_clips: list[Clip], scope: str, excl
 def test_wider_scope_never_lowers_rho(normal_clips: list[Clip]) -> None:
     enc = FakeEncoder()
     rho = {
-        scope: calibrate(normal_clips, enc, settings(rho_scope=scope), progress=False).rho
+        scope: calibrate(normal_clips, enc, FRAMING, settings(rho_scope=scope), progress=False).rho
         for scope in ("all", "non_overlapping", "other_groups")
     }
     assert np.all(rho["non_overlapping"] >= rho["all"] - 1e-7)
@@ -454,7 +456,7 @@ def test_heldout_banks_apply_the_scope() -> None:
     groups = np.repeat(np.arange(8), 5)
     positions = np.tile(np.arange(5), 8)
     s = settings(rho_scope="other_groups")
-    got = heldout_scores(emb, folds, s, groups=groups, positions=positions)
+    got = heldout_scores(emb, folds, FRAMING, s, groups=groups, positions=positions)
     want = np.concatenate(
         [
             MemoryBank(
@@ -468,22 +470,24 @@ def test_heldout_banks_apply_the_scope() -> None:
     )
     np.testing.assert_allclose(got, want, rtol=1e-6)
     # Without groups there is nothing to exclude: the old behaviour.
-    old = heldout_scores(emb, folds, s)
-    np.testing.assert_allclose(old, heldout_scores(emb, folds, settings(rho_scope="all")))
+    old = heldout_scores(emb, folds, FRAMING, s)
+    np.testing.assert_allclose(old, heldout_scores(emb, folds, FRAMING, settings(rho_scope="all")))
     assert not np.allclose(got, old)
 
 
 def test_single_long_recording_other_groups_uses_stretches() -> None:
     rng = np.random.default_rng(13)
     clip = [Clip("long.wav", machine(60.0, rng))]
-    bundle = calibrate(clip, FakeEncoder(), settings(rho_scope="other_groups"), progress=False)
+    bundle = calibrate(
+        clip, FakeEncoder(), FRAMING, settings(rho_scope="other_groups"), progress=False
+    )
     assert bundle.normal_stats["fold_scheme"] == "contiguous"
     assert bundle.groups is not None
     assert sorted(set(bundle.groups.tolist())) == list(range(10))  # 2 stretches per fold
     assert np.isfinite(bundle.threshold)
     # Two folds still leave two stretches in each held-out bank.
     two = calibrate(
-        clip, FakeEncoder(), settings(rho_scope="other_groups", folds=2), progress=False
+        clip, FakeEncoder(), FRAMING, settings(rho_scope="other_groups", folds=2), progress=False
     )
     assert np.isfinite(two.threshold)
     # A held-out bank (59 windows, 2 stretches of about 30) cannot give 40 other-stretch
@@ -492,17 +496,18 @@ def test_single_long_recording_other_groups_uses_stretches() -> None:
         calibrate(
             clip,
             FakeEncoder(),
+            FRAMING,
             settings(rho_scope="other_groups", folds=2, k=40),
             progress=False,
         )
 
 
 def test_rho_scope_setting_is_checked_and_taken_from_the_config() -> None:
-    from edge_asd.config import CalibrationConfig
-
-    with pytest.raises(CalibrationError, match="rho_scope 'nearest'"):
-        settings(rho_scope="nearest").check()
+    with pytest.raises(ValidationError, match=r"rho_scope\n.*unknown rho scope 'nearest'"):
+        settings(rho_scope="nearest")
     cfg = CalibrationConfig(rho_scope="other_groups")
-    s = CalibrationSettings(window_samples=WINDOW, hop_samples=HOP, **cfg.model_dump())
-    assert (s.rho_scope, s.exclusion_windows) == ("other_groups", WHOLE_GROUP)
-    assert CalibrationConfig().rho_scope == DEFAULT_RHO_SCOPE == CalibrationSettings().rho_scope
+    assert (cfg.rho_scope, FRAMING.exclusion_windows(cfg.rho_scope)) == (
+        "other_groups",
+        WHOLE_GROUP,
+    )
+    assert CalibrationConfig().rho_scope == "all"

@@ -179,10 +179,32 @@ def test_runtime_never_imports_torch(tmp_path: Path, normal_dir: Path) -> None:
 
 
 def test_evaluate_rho_scope_option() -> None:
-    from edge_asd.detection.memory_bank import RHO_SCOPES
+    from edge_asd.detection.vocabulary import RHO_SCOPES
 
     result = _cli("evaluate", "--help")
     assert "--rho-scope {" + ",".join(RHO_SCOPES) + "}" in result.stdout
     bad = _cli("evaluate", "root", "--out", "o", "--rho-scope", "nearest")
     assert bad.returncode == 2
     assert "--rho-scope: invalid choice: 'nearest'" in bad.stderr
+
+
+def test_choices_come_from_the_registries_and_the_parser_leaves_numpy_unloaded() -> None:
+    from edge_asd.detection.methods import SCORE_METHODS
+    from edge_asd.detection.vocabulary import AGGREGATES
+
+    evaluate_help = _cli("evaluate", "--help").stdout
+    assert "--scoring {" + ",".join(SCORE_METHODS) + "}" in evaluate_help
+    assert "--aggregate {" + ",".join(AGGREGATES) + "}" in evaluate_help
+    assert "--aggregate {" + ",".join(AGGREGATES) + "}" in _cli("score", "--help").stdout
+    # `run` limits the BLAS threads after parsing: that only works if numpy is not loaded yet.
+    code = (
+        "import sys\n"
+        "from edge_asd.cli import build_parser\n"
+        "build_parser().parse_args(['run', '--config', 'c.yaml'])\n"
+        "print(sorted(m for m in ('numpy', 'scipy', 'onnxruntime') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

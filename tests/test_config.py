@@ -7,7 +7,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_asd.config import ConfigError, load_config, parse_config
+from edge_asd.config import (
+    CalibrationConfig,
+    ConfigError,
+    MachineConfig,
+    default_client_id,
+    detector_settings,
+    load_config,
+    parse_config,
+)
+from edge_asd.detection.detector import DetectorSettings
+from edge_asd.detection.methods import SCORE_METHODS
+from edge_asd.detection.vocabulary import RHO_SCOPES, THRESHOLD_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,14 +47,13 @@ def test_calibration_example_is_valid() -> None:
 
 
 def test_examples_show_the_default_rho_scope_and_k() -> None:
-    from edge_asd.detection.calibration import DEFAULT_K, DEFAULT_RHO_SCOPE
-
+    default = CalibrationConfig()
     for path in ("deploy/config.example.yaml", "calibration/calibration.example.yaml"):
         raw = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))
-        assert raw["calibration"]["rho_scope"] == DEFAULT_RHO_SCOPE, path
-        assert raw["calibration"]["k"] == DEFAULT_K, path
+        assert raw["calibration"]["rho_scope"] == default.rho_scope, path
+        assert raw["calibration"]["k"] == default.k, path
     defaults = parse_config({}, source=Path("x.yaml")).calibration
-    assert (defaults.rho_scope, defaults.k) == (DEFAULT_RHO_SCOPE, DEFAULT_K)
+    assert (defaults.rho_scope, defaults.k) == (default.rho_scope, default.k) == ("all", 1)
 
 
 def test_defaults() -> None:
@@ -113,3 +123,45 @@ def test_machine_lookup() -> None:
         config.machine(None)
     with pytest.raises(ConfigError, match="no machine named 'x'"):
         config.machine("x")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "registered"),
+    [
+        ("scoring", "cosine", SCORE_METHODS),
+        ("rho_scope", "nearest", RHO_SCOPES),
+        ("threshold_method", "median", THRESHOLD_METHODS),
+    ],
+)
+def test_unregistered_names_list_the_registered_ones(
+    tmp_path: Path, key: str, value: str, registered: tuple[str, ...]
+) -> None:
+    """The config does not re-list the vocabularies: its errors come from the registries."""
+    path = _write(tmp_path, {"calibration": {key: value}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    line = next(x for x in str(info.value).splitlines() if x.startswith(f"  calibration.{key}:"))
+    assert repr(value) in line
+    assert line.endswith("expected one of: " + ", ".join(registered))
+    for name in registered:  # every registered name is accepted
+        assert getattr(CalibrationConfig.model_validate({key: name}), key) == name
+
+
+def test_detector_settings_from_the_machine() -> None:
+    machine = MachineConfig.model_validate(
+        {"name": "m", "bundle": "/b", "trigger_windows": 3, "max_event_seconds": 60}
+    )
+    assert detector_settings(machine, 0.7) == DetectorSettings(
+        threshold=0.7, trigger_windows=3, release_windows=4, max_event_seconds=60.0
+    )
+    # The machine section's defaults are the detector's own.
+    default = MachineConfig.model_validate({"name": "m", "bundle": "/b"})
+    assert detector_settings(default, 1.0) == DetectorSettings(threshold=1.0)
+
+
+def test_client_id() -> None:
+    config = parse_config({"node_id": "gw.hall-2"}, source=Path("c"))
+    assert default_client_id("gw.hall-2") == "edge-asd-gw-hall-2"
+    assert config.mqtt.client_id_for(config.node_id) == "edge-asd-gw-hall-2"
+    config = parse_config({"node_id": "gw.hall-2", "mqtt": {"client_id": "mine"}}, source=Path("c"))
+    assert config.mqtt.client_id_for(config.node_id) == "mine"

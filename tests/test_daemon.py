@@ -17,10 +17,10 @@ from edge_asd.audio.levels import window_dbfs
 from edge_asd.config import parse_config
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import save_bundle
-from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
+from edge_asd.detection.calibration import Clip, Framing, calibrate
 from edge_asd.model.encoder import Encoder, resolve_model
 from edge_asd.mqtt.messages import EventMessage, StatsMessage
-from edge_asd.mqtt.publisher import PublisherStats
+from edge_asd.mqtt.publisher import MqttPublisher, PublisherStats
 from edge_asd.service.daemon import Daemon, StartupError, check_setup
 from edge_asd_dev.synth import apply_fault, machine_sound
 
@@ -83,7 +83,8 @@ def _wait(predicate, timeout: float = WAIT_SECONDS) -> bool:  # type: ignore[no-
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(3)
     clips = [Clip(f"n{i}", machine_sound(8.0, rng=rng)) for i in range(5)]
-    bundle = calibrate(clips, Encoder(resolve_model(None)), CalibrationSettings(), progress=False)
+    encoder = Encoder(resolve_model(None))
+    bundle = calibrate(clips, encoder, Framing.from_seconds(), progress=False)
     out = tmp_path_factory.mktemp("bundle") / "b"
     save_bundle(bundle, out)
     return out
@@ -331,3 +332,29 @@ def test_two_machines_share_one_multichannel_stream(
     assert len(daemon.supervisors) == 1, "one capture stream for both channels"
     assert {e.machine for e in publisher.events} == {"right"}
     assert ("left", "normal") in publisher.states and ("right", "anomalous") in publisher.states
+
+
+def test_mqtt_publisher_is_built_from_the_config(
+    tmp_path: Path, bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an injected publisher, the daemon connects with the config's mqtt section and
+    the resolved password, as the client id that check-config reports."""
+    monkeypatch.setenv("EDGE_ASD_TEST_PASSWORD", "s3cret")
+    config = parse_config(
+        {
+            "node_id": "gw.hall-2",
+            "machines": [{"name": "m1", "device": "wav:/none.wav", "bundle": str(bundle_dir)}],
+            "mqtt": {"username": "sensor", "password_env": "EDGE_ASD_TEST_PASSWORD"},
+            "outbox": {"path": str(tmp_path / "outbox.sqlite")},
+        },
+        source=tmp_path / "config.yaml",
+    )
+    daemon = Daemon(config)
+    try:
+        publisher = daemon.publisher
+        assert isinstance(publisher, MqttPublisher)
+        assert publisher.client_id == "edge-asd-gw-hall-2"
+        assert publisher._password == "s3cret"
+        assert any(f" as {publisher.client_id}," in line for line in check_setup(config))
+    finally:
+        daemon.outbox.close()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edge_asd.audio.files import write_wav
+from edge_asd.config import CalibrationConfig
 from edge_asd.constants import SAMPLE_RATE_HZ
-from edge_asd.detection.calibration import DEFAULT_RHO_SCOPE
-from edge_asd.detection.detector import DetectorSettings
+from edge_asd.detection.detector import DEFAULT_TRIGGER_WINDOWS, DetectorSettings
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.pipeline import RecordingResult
 from edge_asd.detection.scoring import ClipScorer
@@ -131,7 +131,7 @@ def test_results_structure_and_metrics(evaluated: tuple[Path, dict]) -> None:
     assert results["scoring"] == {
         "method": "density",
         "k": 1,
-        "rho_scope": DEFAULT_RHO_SCOPE,
+        "rho_scope": CalibrationConfig().rho_scope,
         "window_seconds": 1.0,
         "hop_seconds": 0.5,
         "aggregate": "mean",
@@ -158,7 +158,7 @@ def test_score_csv_is_dcase_submission_format(evaluated: tuple[Path, dict]) -> N
 def test_operating_point_is_reported(evaluated: tuple[Path, dict]) -> None:
     _, results = evaluated
     op = results["sections"]["fan"]["operating_point"]
-    assert op["trigger_windows"] == 2
+    assert op["trigger_windows"] == DEFAULT_TRIGGER_WINDOWS == 2
     assert op["normal_hours"] == pytest.approx(6 * CLIP_SECONDS / 3600)
     assert op["false_alarms_per_hour"] >= 0.0
     assert op["false_alarms_per_hour"] == pytest.approx(op["false_alarms"] * 3600 / 12.0)
@@ -237,7 +237,7 @@ def test_rho_scope_reaches_the_bank(dcase_root: Path, tmp_path: Path) -> None:
         assert results["sections"]["fan"]["operating_point"] is not None
         scores[scope] = (out / "anomaly_score_fan_section_00_test.csv").read_text().splitlines()
     assert scores["all"] != scores["non_overlapping"] != scores["other_groups"]
-    with pytest.raises(ValueError, match="rho_scope 'nearest'"):
+    with pytest.raises(ValueError, match="rho_scope: unknown rho scope 'nearest'"):
         evaluate(dcase_root, tmp_path / "x", FakeEncoder(), rho_scope="nearest", progress=False)
 
 

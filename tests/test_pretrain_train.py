@@ -101,7 +101,8 @@ def _state(path: Path) -> dict:
 
 
 def test_train_export_calibrate_and_score(workspace: Path, tmp_path: Path) -> None:
-    from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
+    from edge_asd.config import CalibrationConfig
+    from edge_asd.detection.calibration import Clip, Framing, calibrate
     from edge_asd.detection.scoring import ClipScorer
     from edge_asd.model.encoder import Encoder
     from edge_asd.pretrain.train import export_checkpoint
@@ -160,8 +161,8 @@ def test_train_export_calibrate_and_score(workspace: Path, tmp_path: Path) -> No
     # Calibrate and score through the core runtime with the int8 model.
     encoder = Encoder(int8_path)
     clips = [Clip(f"n{i}", machine_sound(8.0, rng=rng)) for i in range(4)]
-    settings = CalibrationSettings(min_windows=20, folds=2)
-    bundle = calibrate(clips, encoder, settings, progress=False)
+    settings = CalibrationConfig(min_windows=20, folds=2)
+    bundle = calibrate(clips, encoder, Framing.from_seconds(), settings, progress=False)
     assert bundle.model.sha256 == encoder.info.sha256
     assert np.isfinite(bundle.threshold)
     scorer = ClipScorer.from_bundle(bundle, encoder)

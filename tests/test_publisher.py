@@ -16,6 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from edge_asd.config import MqttConfig, TlsConfig, default_client_id
 from edge_asd.mqtt.messages import (
     EventMessage,
     EventType,
@@ -31,7 +32,6 @@ from edge_asd.mqtt.outbox import Outbox
 from edge_asd.mqtt.publisher import (
     MAX_INFLIGHT_MESSAGES,
     MqttPublisher,
-    MqttSettings,
     PublisherError,
 )
 from tests.mqtt_fixture import (
@@ -68,18 +68,35 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_SECONDS) -> 
     return predicate()
 
 
-def settings_for(port: int, **changes: object) -> MqttSettings:
+def config_for(port: int, **changes: object) -> MqttConfig:
+    """The `mqtt` config section for the test broker, validated as the YAML is."""
     values: dict[str, object] = {
         "host": "127.0.0.1",
         "port": port,
         "topic_prefix": PREFIX,
         "keepalive_seconds": 5,
-        # Short back-off keeps the restart tests quick; production uses 1..60 s.
-        "reconnect_min_delay_seconds": 1,
-        "reconnect_max_delay_seconds": 1,
     }
     values.update(changes)
-    return MqttSettings(**values)  # type: ignore[arg-type]
+    return MqttConfig.model_validate(values)
+
+
+def publisher_for(
+    port: int,
+    outbox: Outbox,
+    *,
+    node_id: str = NODE,
+    password: str | None = None,
+    **changes: object,
+) -> MqttPublisher:
+    return MqttPublisher(
+        config_for(port, **changes),
+        outbox,
+        node_id=node_id,
+        password=password,
+        # Short back-off keeps the restart tests quick; production uses 1..60 s.
+        reconnect_min_delay_seconds=1,
+        reconnect_max_delay_seconds=1,
+    )
 
 
 def make_event(seq: int, *, kind: EventType = EventType.UPDATE) -> EventMessage:
@@ -164,7 +181,7 @@ def publisher_factory(outbox: Outbox) -> Iterator[Callable[..., MqttPublisher]]:
     created: list[MqttPublisher] = []
 
     def factory(port: int, box: Outbox | None = None, **changes: object) -> MqttPublisher:
-        publisher = MqttPublisher(settings_for(port, **changes), box or outbox, node_id=NODE)
+        publisher = publisher_for(port, box or outbox, **changes)
         created.append(publisher)
         return publisher
 
@@ -244,10 +261,11 @@ def test_stopped_on_clean_stop_and_no_will(
 CHILD_SCRIPT = """
 import sys, time
 from edge_asd.mqtt.outbox import Outbox
-from edge_asd.mqtt.publisher import MqttPublisher, MqttSettings
+from edge_asd.config import MqttConfig
+from edge_asd.mqtt.publisher import MqttPublisher
 port, db = int(sys.argv[1]), sys.argv[2]
-settings = MqttSettings(host="127.0.0.1", port=port, keepalive_seconds=2)
-publisher = MqttPublisher(settings, Outbox(db), node_id=sys.argv[3])
+config = MqttConfig(host="127.0.0.1", port=port, keepalive_seconds=5)
+publisher = MqttPublisher(config, Outbox(db), node_id=sys.argv[3])
 publisher.start()
 for _ in range(1000):
     if publisher.connected:
@@ -530,12 +548,8 @@ def test_password_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     broker.start()
     box = Outbox(tmp_path / "o.sqlite")
     caplog.set_level(logging.DEBUG)
-    wrong = MqttPublisher(
-        settings_for(broker.port, username="sensor", password=secret + "-wrong"), box, node_id=NODE
-    )
-    right = MqttPublisher(
-        settings_for(broker.port, username="sensor", password=secret), box, node_id="gw-other"
-    )
+    wrong = publisher_for(broker.port, box, username="sensor", password=secret + "-wrong")
+    right = publisher_for(broker.port, box, node_id="gw-other", username="sensor", password=secret)
     try:
         wrong.start()
         assert wait_until(lambda: wrong.stats().last_connect_error is not None)
@@ -549,7 +563,7 @@ def test_password_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         right.stop(timeout_seconds=5)
         assert "refused" in caplog.text  # the refusal itself is logged
         assert secret not in caplog.text
-        assert secret not in repr(right._settings)
+        assert secret not in repr(right._config) and secret not in repr(right)
     finally:
         wrong.stop(timeout_seconds=1)
         right.stop(timeout_seconds=1)
@@ -590,11 +604,9 @@ def test_tls_connection_verifies_the_broker(tmp_path: Path) -> None:
     )
     broker.start()
     box = Outbox(tmp_path / "o.sqlite")
-    trusted = MqttPublisher(
-        settings_for(broker.port, tls_enabled=True, ca_file=str(ca)), box, node_id=NODE
-    )
-    untrusted = MqttPublisher(
-        settings_for(broker.port, tls_enabled=True, ca_file=str(other_ca)), box, node_id="gw-x"
+    trusted = publisher_for(broker.port, box, tls=TlsConfig(enabled=True, ca_file=ca))
+    untrusted = publisher_for(
+        broker.port, box, node_id="gw-x", tls=TlsConfig(enabled=True, ca_file=other_ca)
     )
     try:
         untrusted.start()
@@ -615,15 +627,27 @@ def test_tls_connection_verifies_the_broker(tmp_path: Path) -> None:
 
 def test_missing_tls_file_names_the_key(outbox: Outbox, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-ca.pem"
-    settings = settings_for(free_port(), tls_enabled=True, ca_file=str(missing))
-    with pytest.raises(PublisherError, match="ca_file") as info:
-        MqttPublisher(settings, outbox, node_id=NODE)
+    with pytest.raises(PublisherError, match=r"mqtt\.tls\.ca_file") as info:
+        publisher_for(free_port(), outbox, tls=TlsConfig(enabled=True, ca_file=missing))
     assert str(missing) in str(info.value)
 
 
 def test_bad_node_id_rejected(outbox: Outbox) -> None:
     with pytest.raises(ValueError, match="node_id"):
-        MqttPublisher(settings_for(free_port()), outbox, node_id="a/b")
+        publisher_for(free_port(), outbox, node_id="a/b")
+
+
+def test_client_id_is_the_configs(outbox: Outbox) -> None:
+    """The publisher connects as `check-config` reports: one function decides, sanitising."""
+    node = "gw.hall-2"  # a valid node id whose '.' is not kept in the client id
+    config = config_for(free_port())
+    publisher = MqttPublisher(config, outbox, node_id=node)
+    assert publisher.client_id == default_client_id(node) == "edge-asd-gw-hall-2"
+    assert publisher.client_id == config.client_id_for(node)
+    configured = MqttPublisher(
+        config_for(free_port(), client_id="press-hall"), outbox, node_id=node
+    )
+    assert configured.client_id == "press-hall"
 
 
 def test_stop_without_broker_is_bounded(

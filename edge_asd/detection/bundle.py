@@ -44,9 +44,10 @@ from typing import Any, Final
 import numpy as np
 
 from edge_asd.detection.evidence import EvidenceSettings
-from edge_asd.detection.memory_bank import NO_EXCLUSION, RHO_SCOPES, MemoryBank
+from edge_asd.detection.memory_bank import NO_EXCLUSION, MemoryBank
 from edge_asd.detection.methods import SCORE_METHODS
 from edge_asd.detection.running import RunningProfile
+from edge_asd.detection.vocabulary import RHO_SCOPES
 from edge_asd.model.encoder import ModelInfo
 
 _LOGGER = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Bundle:
     positions: np.ndarray | None = None
     """int64 [N] window index of each entry within its clip, or None."""
     rho_scope: str = LEGACY_RHO_SCOPE
-    """Which same-clip entries were kept out of rho (memory_bank.RhoScope)."""
+    """Which same-clip entries were kept out of rho (vocabulary.RhoScope)."""
     exclusion_windows: int = NO_EXCLUSION
     """Same-group entries closer than this many windows were not neighbours for rho."""
     evidence: EvidenceSettings | None = None

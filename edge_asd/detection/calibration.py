@@ -12,8 +12,11 @@ and each fold is scored against a bank built, with its own rho, from the other f
 
 Every bank entry carries its group (the clip it came from; with contiguous folds, the part of a
 clip inside one stretch, so that a single long recording still has several groups) and its window
-index in the clip; `rho_scope` (memory_bank.RhoScope) decides which same-group entries are kept
+index in the clip; `rho_scope` (vocabulary.RhoScope) decides which same-group entries are kept
 out of rho. The final bank and every held-out fold's bank follow the same rule.
+
+What to do comes from the config's `calibration` section as it is (`config.CalibrationConfig`,
+which also holds the defaults); how to cut the audio, from the model and machine (`Framing`).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
+from edge_asd.config import CalibrationConfig
 from edge_asd.constants import (
     DEFAULT_HOP_SECONDS,
     DEFAULT_WINDOW_SECONDS,
@@ -39,18 +43,14 @@ from edge_asd.detection.bundle import Bundle
 from edge_asd.detection.memory_bank import (
     NO_EXCLUSION,
     RHO_FLOOR,
-    RHO_SCOPES,
     MemoryBank,
     exclusion_windows_for,
 )
-from edge_asd.detection.methods import DEFAULT_SCORE_METHOD, SCORE_METHODS
 from edge_asd.detection.pipeline import EmbeddingModel, embed_recording
+from edge_asd.detection.vocabulary import THRESHOLD_METHODS
 from edge_asd.detection.windowing import window_count
 
 _LOGGER = logging.getLogger(__name__)
-
-ThresholdMethod = Literal["gamma", "quantile"]
-THRESHOLD_METHODS: Final = ("gamma", "quantile")
 
 SILENCE_DBFS: Final = -70.0
 """RMS level (dB re full-scale square wave, i.e. RMS 1.0) under which the material is silence."""
@@ -76,87 +76,32 @@ class CalibrationError(Exception):
     """Calibration audio or settings cannot give a usable bundle (message says why)."""
 
 
-DEFAULT_WINDOW_SAMPLES: Final = seconds_to_samples(DEFAULT_WINDOW_SECONDS)
-DEFAULT_HOP_SAMPLES: Final = seconds_to_samples(DEFAULT_HOP_SECONDS)
-DEFAULT_K: Final = 1
-DEFAULT_THRESHOLD_METHOD: Final = "gamma"
-DEFAULT_THRESHOLD_PERCENTILE: Final = 0.995
-DEFAULT_FOLDS: Final = 5
-DEFAULT_MIN_WINDOWS: Final = 60
-DEFAULT_RHO_SCOPE: Final = "all"
-"""rho from other clips (or stretches) only, as the paper computes it over independent reference
-items: better official score than "all" and "non_overlapping" at K = 1 and K = 16 on both
-development sets (docs/benchmarks.md, "Detection on the development sets"). Overlapping windows
-of one clip are near-duplicates; with them rho measures how smooth a clip is."""
-
-
-@dataclass(frozen=True, init=False)
-class CalibrationSettings:
-    """How to cut, score and threshold the calibration material.
-
-    Keyword-only. The fields after the framing mirror the `calibration` section of the config,
-    so ``CalibrationSettings(window_samples=w, hop_samples=h, **cfg.calibration.model_dump())``
-    works; `method=` is accepted as another name for `scoring` (the name Bundle and ClipScorer
-    use).
-    """
+@dataclass(frozen=True)
+class Framing:
+    """How the audio is cut into windows. Not part of the `calibration` section: the model
+    fixes the window and each machine's config sets window and hop, so it is passed next to
+    the section rather than copied into it."""
 
     window_samples: int
     """Samples at 16 kHz."""
     hop_samples: int
     """Samples at 16 kHz."""
-    scoring: str
-    """Scoring method: density, difference or raw (memory_bank)."""
-    k: int
-    """Neighbours for the local density rho_K."""
-    threshold_method: str
-    """gamma or quantile."""
-    threshold_percentile: float
-    """Fraction of held-out normal windows under the threshold."""
-    folds: int
-    min_windows: int
-    rho_scope: str
-    """Which same-clip bank entries are kept out of rho_K: all, non_overlapping, other_groups."""
 
-    def __init__(
-        self,
-        *,
-        window_samples: int = DEFAULT_WINDOW_SAMPLES,
-        hop_samples: int = DEFAULT_HOP_SAMPLES,
-        scoring: str | None = None,
-        k: int = DEFAULT_K,
-        threshold_method: str = DEFAULT_THRESHOLD_METHOD,
-        threshold_percentile: float = DEFAULT_THRESHOLD_PERCENTILE,
-        folds: int = DEFAULT_FOLDS,
-        min_windows: int = DEFAULT_MIN_WINDOWS,
-        rho_scope: str = DEFAULT_RHO_SCOPE,
-        method: str | None = None,
-    ) -> None:
-        if scoring is not None and method is not None and scoring != method:
-            raise CalibrationError(f"scoring {scoring!r} and method {method!r} disagree")
-        chosen = scoring if scoring is not None else method
-        values = {
-            "window_samples": int(window_samples),
-            "hop_samples": int(hop_samples),
-            "scoring": chosen if chosen is not None else DEFAULT_SCORE_METHOD,
-            "k": int(k),
-            "threshold_method": threshold_method,
-            "threshold_percentile": float(threshold_percentile),
-            "folds": int(folds),
-            "min_windows": int(min_windows),
-            "rho_scope": str(rho_scope),
-        }
-        for name, value in values.items():
-            object.__setattr__(self, name, value)  # frozen: the dataclass way around it
+    def __post_init__(self) -> None:
+        if self.window_samples <= 0 or self.hop_samples <= 0:
+            raise CalibrationError(
+                f"window_samples ({self.window_samples}) and hop_samples ({self.hop_samples}) "
+                "must be positive"
+            )
 
-    @property
-    def method(self) -> str:
-        """Alias of `scoring`."""
-        return self.scoring
-
-    @property
-    def exclusion_windows(self) -> int:
-        """memory_bank exclusion_windows for `rho_scope` at this window and hop."""
-        return exclusion_windows_for(self.rho_scope, self.window_samples, self.hop_samples)
+    @classmethod
+    def from_seconds(
+        cls,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        hop_seconds: float = DEFAULT_HOP_SECONDS,
+    ) -> Framing:
+        """Window and hop given in seconds (a machine's config, the CLI), rounded to samples."""
+        return cls(seconds_to_samples(window_seconds), seconds_to_samples(hop_seconds))
 
     @property
     def window_seconds(self) -> float:
@@ -166,31 +111,9 @@ class CalibrationSettings:
     def hop_seconds(self) -> float:
         return self.hop_samples / SAMPLE_RATE_HZ
 
-    def check(self) -> None:
-        """Raise CalibrationError naming the bad field."""
-        if self.window_samples <= 0 or self.hop_samples <= 0:
-            raise CalibrationError(
-                f"window_samples ({self.window_samples}) and hop_samples ({self.hop_samples}) "
-                "must be positive"
-            )
-        if self.scoring not in SCORE_METHODS:
-            raise CalibrationError(f"scoring method {self.scoring!r} is not one of {SCORE_METHODS}")
-        if self.threshold_method not in THRESHOLD_METHODS:
-            raise CalibrationError(
-                f"threshold_method {self.threshold_method!r} is not one of {THRESHOLD_METHODS}"
-            )
-        if not 0.0 < self.threshold_percentile < 1.0:
-            raise CalibrationError(
-                f"threshold_percentile {self.threshold_percentile} must be in (0, 1)"
-            )
-        if self.folds < 2:
-            raise CalibrationError(f"folds {self.folds} must be at least 2")
-        if self.k < 1:
-            raise CalibrationError(f"k {self.k} must be at least 1")
-        if self.min_windows < 1:
-            raise CalibrationError(f"min_windows {self.min_windows} must be at least 1")
-        if self.rho_scope not in RHO_SCOPES:
-            raise CalibrationError(f"rho_scope {self.rho_scope!r} is not one of {RHO_SCOPES}")
+    def exclusion_windows(self, rho_scope: str) -> int:
+        """memory_bank exclusion_windows that implements `rho_scope` at this window and hop."""
+        return exclusion_windows_for(rho_scope, self.window_samples, self.hop_samples)
 
 
 @dataclass(frozen=True)
@@ -242,20 +165,20 @@ def overlap_free_mask(
 
 
 def assign_folds(
-    window_counts: Sequence[int], settings: CalibrationSettings
+    window_counts: Sequence[int], n_folds: int, framing: Framing
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """(fold per window, held-out score mask, scheme name "clips" or "contiguous").
 
-    Whole clips per fold when there are at least `folds` clips and the folds come out balanced;
+    Whole clips per fold when there are at least `n_folds` clips and the folds come out balanced;
     otherwise contiguous stretches (one long recording, or one that dwarfs the others and would
     leave a fold's bank too small, which would inflate the threshold).
     """
     counts = [int(c) for c in window_counts]
     n_windows = sum(counts)
-    if sum(1 for c in counts if c > 0) >= settings.folds:
-        folds = clip_folds(counts, settings.folds)
-        largest = int(np.bincount(folds, minlength=settings.folds).max())
-        if largest <= MAX_FOLD_IMBALANCE * n_windows / settings.folds:
+    if sum(1 for c in counts if c > 0) >= n_folds:
+        folds = clip_folds(counts, n_folds)
+        largest = int(np.bincount(folds, minlength=n_folds).max())
+        if largest <= MAX_FOLD_IMBALANCE * n_windows / n_folds:
             return folds, np.ones(n_windows, dtype=bool), "clips"
         _LOGGER.info(
             "clip lengths too uneven for whole-clip folds (largest fold %d of %d windows); "
@@ -263,9 +186,9 @@ def assign_folds(
             largest,
             n_windows,
         )
-    folds = contiguous_folds(n_windows, settings.folds)
+    folds = contiguous_folds(n_windows, n_folds)
     clip_ids = np.repeat(np.arange(len(counts)), counts)
-    mask = overlap_free_mask(folds, clip_ids, settings.window_samples, settings.hop_samples)
+    mask = overlap_free_mask(folds, clip_ids, framing.window_samples, framing.hop_samples)
     return folds, mask, "contiguous"
 
 
@@ -296,34 +219,38 @@ def window_groups(
 
 def bank_for(
     embeddings: np.ndarray,
-    settings: CalibrationSettings,
+    framing: Framing,
+    config: CalibrationConfig,
     *,
     groups: np.ndarray | None = None,
     positions: np.ndarray | None = None,
     labels: Sequence[str] | None = None,
 ) -> MemoryBank:
-    """A MemoryBank with `settings`' k and rho scope (no exclusion without groups)."""
+    """A MemoryBank with `config`'s k and rho scope (no exclusion without groups)."""
     return MemoryBank(
         embeddings,
-        k=settings.k,
+        k=config.k,
         labels=labels,
         groups=groups,
         positions=positions,
-        exclusion_windows=settings.exclusion_windows if groups is not None else NO_EXCLUSION,
+        exclusion_windows=(
+            framing.exclusion_windows(config.rho_scope) if groups is not None else NO_EXCLUSION
+        ),
     )
 
 
 def heldout_scores(
     embeddings: np.ndarray,
     folds: np.ndarray,
-    settings: CalibrationSettings,
+    framing: Framing,
+    config: CalibrationConfig,
     *,
     score_mask: np.ndarray | None = None,
     groups: np.ndarray | None = None,
     positions: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scores float32 of the windows where `score_mask` is true (all when None), in window order,
-    each against a bank (own rho, with `settings.rho_scope` applied through `groups` and
+    each against a bank (own rho, with `config.rho_scope` applied through `groups` and
     `positions` when given) of the windows of all OTHER folds."""
     folds = np.asarray(folds)
     if folds.shape != (embeddings.shape[0],):
@@ -336,23 +263,22 @@ def heldout_scores(
         if not held.any():
             continue
         n_bank = int(np.count_nonzero(~in_fold))
-        if n_bank <= settings.k:
+        if n_bank <= config.k:
             raise CalibrationError(
-                f"fold {fold} leaves {n_bank} bank windows, too few for k={settings.k}; "
+                f"fold {fold} leaves {n_bank} bank windows, too few for k={config.k}; "
                 "give more audio or fewer folds"
             )
         try:
             bank = bank_for(
                 embeddings[~in_fold],
-                settings,
+                framing,
+                config,
                 groups=None if groups is None else np.asarray(groups)[~in_fold],
                 positions=None if positions is None else np.asarray(positions)[~in_fold],
             )
         except ValueError as exc:
-            raise CalibrationError(
-                f"fold {fold}: {exc} (rho_scope {settings.rho_scope!r})"
-            ) from exc
-        out[held] = bank.score(embeddings[held], settings.scoring)
+            raise CalibrationError(f"fold {fold}: {exc} (rho_scope {config.rho_scope!r})") from exc
+        out[held] = bank.score(embeddings[held], config.scoring)
     return out[mask]
 
 
@@ -447,41 +373,43 @@ def _rms_dbfs(sum_squares: float, n: int) -> float:
     return -math.inf if rms == 0.0 else 20.0 * math.log10(rms)
 
 
-def _too_little_audio(n_windows: int, settings: CalibrationSettings) -> CalibrationError:
-    need = settings.min_windows
-    seconds = (settings.window_samples + (need - 1) * settings.hop_samples) / SAMPLE_RATE_HZ
+def _too_little_audio(n_windows: int, need: int, framing: Framing) -> CalibrationError:
+    seconds = (framing.window_samples + (need - 1) * framing.hop_samples) / SAMPLE_RATE_HZ
     return CalibrationError(
         f"too little audio: {n_windows} windows, need at least {need} "
-        f"(= {seconds:g} s of audio at hop {settings.hop_seconds:g} s)"
+        f"(= {seconds:g} s of audio at hop {framing.hop_seconds:g} s)"
     )
 
 
-def _check_encoder(encoder: EmbeddingModel, settings: CalibrationSettings) -> None:
+def _check_encoder(encoder: EmbeddingModel, framing: Framing) -> None:
     info = encoder.info
     if info.sample_rate != SAMPLE_RATE_HZ:
         raise CalibrationError(
             f"model {info.name} ({info.path}) expects {info.sample_rate} Hz, calibration audio "
             f"is {SAMPLE_RATE_HZ} Hz"
         )
-    if info.window_samples > 0 and info.window_samples != settings.window_samples:
+    if info.window_samples > 0 and info.window_samples != framing.window_samples:
         raise CalibrationError(
             f"model {info.name} ({info.path}) takes windows of {info.window_samples} samples, "
-            f"settings ask for {settings.window_samples}"
+            f"settings ask for {framing.window_samples}"
         )
 
 
 def calibrate(
     clips: Sequence[Clip],
     encoder: EmbeddingModel,
-    settings: CalibrationSettings,
+    framing: Framing,
+    config: CalibrationConfig | None = None,
     *,
     progress: bool = True,
     sources: Sequence[str] | None = None,
 ) -> Bundle:
     """Build a bundle from normal clips (16 kHz float32): bank of all windows, threshold from
-    held-out windows. `sources` (e.g. file paths) default to the clip names."""
-    settings.check()
-    _check_encoder(encoder, settings)
+    held-out windows. `config` is the `calibration` section (its defaults when None), already
+    validated; `sources` (e.g. file paths) default to the clip names."""
+    if config is None:
+        config = CalibrationConfig()
+    _check_encoder(encoder, framing)
     if not clips:
         raise CalibrationError("no calibration clips given")
     checked = [_check_clip(clip) for clip in clips]
@@ -495,30 +423,30 @@ def calibrate(
             f"({n_samples / SAMPLE_RATE_HZ:g} s) is below {SILENCE_DBFS:g} dBFS; check the "
             "microphone and input gain"
         )
-    counts = [window_count(x.size, settings.window_samples, settings.hop_samples) for x in checked]
+    counts = [window_count(x.size, framing.window_samples, framing.hop_samples) for x in checked]
     for clip, count in zip(clips, counts, strict=True):
         if count == 0:
             _LOGGER.warning(
                 "clip %s is shorter than one window (%d samples); skipped",
                 clip.name,
-                settings.window_samples,
+                framing.window_samples,
             )
     n_windows = sum(counts)
-    if n_windows < max(settings.min_windows, settings.k + 1):
-        raise _too_little_audio(n_windows, settings)
+    if n_windows < max(config.min_windows, config.k + 1):
+        raise _too_little_audio(n_windows, config.min_windows, framing)
 
-    embeddings = _embed_all(checked, counts, encoder, settings, progress)
-    folds, mask, scheme = assign_folds(counts, settings)
-    groups, positions = window_groups(counts, scheme, settings.folds)
+    embeddings = _embed_all(checked, counts, encoder, framing, progress)
+    folds, mask, scheme = assign_folds(counts, config.folds, framing)
+    groups, positions = window_groups(counts, scheme, config.folds)
     scores = heldout_scores(
-        embeddings, folds, settings, score_mask=mask, groups=groups, positions=positions
+        embeddings, folds, framing, config, score_mask=mask, groups=groups, positions=positions
     )
-    threshold = fit_threshold(scores, settings.threshold_method, settings.threshold_percentile)
+    threshold = fit_threshold(scores, config.threshold_method, config.threshold_percentile)
     normal_stats = normal_score_stats(scores)
     normal_stats.update(
         {
             "fold_scheme": scheme,
-            "folds": settings.folds,
+            "folds": config.folds,
             "windows_left_out": int(np.count_nonzero(~mask)),
         }
     )
@@ -528,8 +456,8 @@ def calibrate(
         len(clips),
         scheme,
         threshold,
-        settings.threshold_method,
-        settings.threshold_percentile,
+        config.threshold_method,
+        config.threshold_percentile,
     )
     labels: list[str] | None = None
     if any(clip.label is not None for clip in clips):
@@ -539,9 +467,11 @@ def calibrate(
             for _ in range(count)
         ]
     try:
-        bank = bank_for(embeddings, settings, groups=groups, positions=positions, labels=labels)
+        bank = bank_for(
+            embeddings, framing, config, groups=groups, positions=positions, labels=labels
+        )
     except ValueError as exc:
-        raise CalibrationError(f"{exc} (rho_scope {settings.rho_scope!r})") from exc
+        raise CalibrationError(f"{exc} (rho_scope {config.rho_scope!r})") from exc
     n_duplicates = int(np.count_nonzero(bank.rho < RHO_FLOOR))
     if n_duplicates:
         # Exact repeats (looped files, digital silence) make rho_K zero, which inflates the
@@ -551,7 +481,7 @@ def calibrate(
             "silent material?",
             n_duplicates,
             n_windows,
-            settings.k,
+            config.k,
         )
     return Bundle(
         embeddings=bank.embeddings,
@@ -559,17 +489,17 @@ def calibrate(
         labels=labels,
         groups=groups,
         positions=positions,
-        rho_scope=settings.rho_scope,
+        rho_scope=config.rho_scope,
         exclusion_windows=bank.exclusion_windows,
-        k=settings.k,
-        method=settings.scoring,
+        k=config.k,
+        method=config.scoring,
         threshold=threshold,
-        threshold_method=settings.threshold_method,
-        threshold_percentile=settings.threshold_percentile,
+        threshold_method=config.threshold_method,
+        threshold_percentile=config.threshold_percentile,
         normal_stats=normal_stats,
         model=encoder.info,
-        window_samples=settings.window_samples,
-        hop_samples=settings.hop_samples,
+        window_samples=framing.window_samples,
+        hop_samples=framing.hop_samples,
         sample_rate=SAMPLE_RATE_HZ,
         sources=list(sources) if sources is not None else [clip.name for clip in clips],
     )
@@ -579,7 +509,7 @@ def _embed_all(
     signals: Sequence[np.ndarray],
     counts: Sequence[int],
     encoder: EmbeddingModel,
-    settings: CalibrationSettings,
+    framing: Framing,
     progress: bool,
 ) -> np.ndarray:
     parts: list[np.ndarray] = []
@@ -598,8 +528,8 @@ def _embed_all(
                     embed_recording(
                         encoder,
                         x,
-                        settings.window_samples,
-                        settings.hop_samples,
+                        framing.window_samples,
+                        framing.hop_samples,
                         on_batch=bar.update,
                     )
                 )

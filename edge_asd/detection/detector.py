@@ -18,19 +18,30 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from edge_asd.detection.evidence import EvidenceSettings
 from edge_asd.detection.states import EventType
 
+if TYPE_CHECKING:
+    # Only for types: the config reads this module's defaults, and the CLI parser must not
+    # load numpy (evidence's) before `run` has limited the BLAS threads.
+    from edge_asd.detection.evidence import EvidenceSettings
+
+# The hysteresis defaults, defined here once: the config's machine section, the detector and
+# the offline evaluation's operating point all read them.
 DEFAULT_TRIGGER_WINDOWS: Final = 2
+"""Consecutive windows over the threshold that start an event."""
 DEFAULT_RELEASE_WINDOWS: Final = 4
+"""Consecutive windows under the threshold that end an event."""
 DEFAULT_MAX_EVENT_SECONDS: Final = 300.0
+"""Longer events are ended and a new one may start."""
 DEFAULT_UPDATE_INTERVAL_SECONDS: Final = 1.0
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
+    """Built from a machine's config by `config.detector_settings`."""
+
     threshold: float
     """Score above which a window counts as over (the evidence rule's reference)."""
     trigger_windows: int = DEFAULT_TRIGGER_WINDOWS

@@ -14,9 +14,9 @@ but a bank of 50 %-overlapping windows holds near-duplicates of every entry (its
 time), so rho_1 would measure how smooth a clip is rather than how dense the domain is. With
 per-entry ``groups`` (the clip or contiguous stretch a window came from) and ``positions``
 (window index within it), entries of one group whose positions differ by less than
-``exclusion_windows`` are never each other's neighbours for rho (see ``RhoScope``). Exact
-duplicates in different groups still count, with distance 0. Query scoring is unaffected: a
-query is never in the bank.
+``exclusion_windows`` are never each other's neighbours for rho (see ``vocabulary.RhoScope``).
+Exact duplicates in different groups still count, with distance 0. Query scoring is unaffected:
+a query is never in the bank.
 """
 
 from __future__ import annotations
@@ -24,22 +24,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Final, Literal, get_args
+from typing import Final
 
 import numpy as np
 
 from edge_asd.detection.methods import DEFAULT_SCORE_METHOD, adjust_distances, check_method
+from edge_asd.detection.vocabulary import RHO_SCOPES
 
 _LOGGER = logging.getLogger(__name__)
-
-RhoScope = Literal["all", "non_overlapping", "other_groups"]
-"""Which bank entries may be neighbours of an entry y for rho_K(y):
-
-- ``all``: every other entry (the original behaviour, and what a bank without groups does);
-- ``non_overlapping``: not the windows of y's group that overlap y in time;
-- ``other_groups``: only entries of other groups (clips / stretches).
-"""
-RHO_SCOPES: Final[tuple[str, ...]] = get_args(RhoScope)
 
 NO_EXCLUSION: Final = 0
 """exclusion_windows for the ``all`` scope: only the entry itself is excluded (by index)."""

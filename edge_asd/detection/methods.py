@@ -10,11 +10,14 @@ the CLI, calibration and bundles read the names from `SCORE_METHODS`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
-import numpy as np
+if TYPE_CHECKING:
+    # Annotations only: the CLI and the config read SCORE_METHODS before numpy may load
+    # (vocabulary.py says why).
+    import numpy as np
 
-Adjust = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+Adjust: TypeAlias = "Callable[[np.ndarray, np.ndarray, np.ndarray], None]"
 """(distances [B, n] modified in place, rho [n], floored rho [n]) -> None."""
 
 

@@ -8,7 +8,6 @@ the clip-level aggregate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
 import numpy as np
 
@@ -17,10 +16,7 @@ from edge_asd.detection.detector import DetectorSettings
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.methods import DEFAULT_SCORE_METHOD
 from edge_asd.detection.pipeline import EmbeddingModel, MachinePipeline, RecordingResult
-
-AGGREGATES: Final[tuple[str, ...]] = ("mean", "max")
-"""How a clip's window scores become one clip score."""
-DEFAULT_AGGREGATE: Final = "mean"
+from edge_asd.detection.vocabulary import AGGREGATES, DEFAULT_AGGREGATE
 
 
 def check_aggregate(aggregate: str) -> str:

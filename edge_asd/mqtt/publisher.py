@@ -16,22 +16,19 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge_asd.mqtt.messages import DEFAULT_TOPIC_PREFIX as _DEFAULT_PREFIX
+from edge_asd.config import MqttConfig
 from edge_asd.mqtt.messages import Availability, EventMessage, MachineState, Topics
 from edge_asd.mqtt.outbox import Outbox, OutboxError
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_PORT: Final = 1883
-DEFAULT_KEEPALIVE_SECONDS: Final = 60
-DEFAULT_QOS: Final = 1
 AVAILABILITY_QOS: Final = 1
 STATE_QOS: Final = 0
 """QoS 0 on purpose: paho keeps unacknowledged QoS 1 messages and re-sends them after a
@@ -49,30 +46,6 @@ _STOP_POLL_SECONDS: Final = 0.05
 
 class PublisherError(Exception):
     """Bad MQTT settings (e.g. a TLS file that does not exist); the message names the key."""
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    """Connection settings; the config layer fills this from the YAML ``mqtt`` section."""
-
-    host: str
-    port: int = DEFAULT_PORT
-    topic_prefix: str = _DEFAULT_PREFIX
-    client_id: str | None = None
-    """Default ``edge-asd-<node_id>``; must be unique per broker or connections flap."""
-    qos: int = DEFAULT_QOS
-    """QoS of event messages (0, 1 or 2)."""
-    keepalive_seconds: int = DEFAULT_KEEPALIVE_SECONDS
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    """Already resolved from file/env by the config layer; never logged."""
-    tls_enabled: bool = False
-    ca_file: str | None = None
-    """CA bundle; None uses the system's default CAs."""
-    cert_file: str | None = None
-    key_file: str | None = None
-    reconnect_min_delay_seconds: int = RECONNECT_MIN_DELAY_SECONDS
-    reconnect_max_delay_seconds: int = RECONNECT_MAX_DELAY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -115,24 +88,42 @@ class Publisher(Protocol):
     def stats(self) -> PublisherStats: ...
 
 
-def _check_file(key: str, path: str | None) -> None:
-    if path is not None and not Path(path).is_file():
-        raise PublisherError(f"mqtt {key}: file {path} does not exist or is not a file")
+def _check_file(key: str, path: Path | None) -> None:
+    if path is not None and not path.is_file():
+        raise PublisherError(f"mqtt.tls.{key}: file {path} does not exist or is not a file")
+
+
+def _optional_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 class MqttPublisher:
     """paho-mqtt 2.x publisher with a last will, back-off and an outbox drain thread.
 
-    The outbox is owned by the caller: `stop` does not close it.
+    Takes the config's `mqtt` section as it is (validated there), plus the password the caller
+    resolved from its file or environment variable (`MqttConfig.resolve_password`), so that
+    reading secrets and reporting their errors stays with the config. The reconnect back-off
+    is not a config key; tests shorten it. The outbox is owned by the caller: `stop` does not
+    close it.
     """
 
-    def __init__(self, settings: MqttSettings, outbox: Outbox, *, node_id: str) -> None:
-        if settings.qos not in (0, 1, 2):
-            raise PublisherError(f"mqtt qos: must be 0, 1 or 2, got {settings.qos}")
-        self._settings = settings
+    def __init__(
+        self,
+        config: MqttConfig,
+        outbox: Outbox,
+        *,
+        node_id: str,
+        password: str | None = None,
+        reconnect_min_delay_seconds: int = RECONNECT_MIN_DELAY_SECONDS,
+        reconnect_max_delay_seconds: int = RECONNECT_MAX_DELAY_SECONDS,
+    ) -> None:
+        self._config = config
+        self._password = password
+        """Never logged; kept apart from the config so no repr can show it."""
+        self._reconnect_delays = (reconnect_min_delay_seconds, reconnect_max_delay_seconds)
         self._outbox = outbox
-        self._topics = Topics(settings.topic_prefix, node_id)
-        self._client_id = settings.client_id or f"edge-asd-{node_id}"
+        self._topics = Topics(config.topic_prefix, node_id)
+        self._client_id = config.client_id_for(node_id)
         self._lock = threading.Lock()
         """Guards the counters below; never held while calling into paho."""
         self._state_lock = threading.Lock()
@@ -163,7 +154,7 @@ class MqttPublisher:
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        s = self._settings
+        c = self._config
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
@@ -172,27 +163,29 @@ class MqttPublisher:
         )
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         client.max_inflight_messages_set(MAX_INFLIGHT_MESSAGES)
-        client.reconnect_delay_set(
-            min_delay=s.reconnect_min_delay_seconds, max_delay=s.reconnect_max_delay_seconds
-        )
+        min_delay, max_delay = self._reconnect_delays
+        client.reconnect_delay_set(min_delay=min_delay, max_delay=max_delay)
         # The will must be registered before connecting: the broker stores it with the session.
         client.will_set(
             self._topics.availability, Availability.OFFLINE.value, qos=AVAILABILITY_QOS, retain=True
         )
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls_enabled:
-            _check_file("ca_file", s.ca_file)
-            _check_file("cert_file", s.cert_file)
-            _check_file("key_file", s.key_file)
-            if (s.cert_file is None) != (s.key_file is None):
-                raise PublisherError("mqtt cert_file and key_file: set both or neither")
+        if c.username is not None:
+            client.username_pw_set(c.username, self._password)
+        tls = c.tls  # TlsConfig already refuses a cert_file without a key_file and vice versa
+        if tls.enabled:
+            _check_file("ca_file", tls.ca_file)
+            _check_file("cert_file", tls.cert_file)
+            _check_file("key_file", tls.key_file)
             try:
-                client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
+                client.tls_set(
+                    ca_certs=_optional_str(tls.ca_file),
+                    certfile=_optional_str(tls.cert_file),
+                    keyfile=_optional_str(tls.key_file),
+                )
             except (OSError, ValueError) as exc:
                 raise PublisherError(
-                    f"mqtt TLS files (ca_file={s.ca_file}, cert_file={s.cert_file}, "
-                    f"key_file={s.key_file}) cannot be loaded: {exc}"
+                    f"mqtt.tls files (ca_file={tls.ca_file}, cert_file={tls.cert_file}, "
+                    f"key_file={tls.key_file}) cannot be loaded: {exc}"
                 ) from exc
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -201,6 +194,11 @@ class MqttPublisher:
         return client
 
     # ----------------------------------------------------------------- public interface
+
+    @property
+    def client_id(self) -> str:
+        """What this node connects as (`MqttConfig.client_id_for`)."""
+        return self._client_id
 
     @property
     def topics(self) -> Topics:
@@ -218,15 +216,15 @@ class MqttPublisher:
         self._started = True
         self._thread = threading.Thread(target=self._drain_loop, name="mqtt-publisher", daemon=True)
         self._thread.start()
-        s = self._settings
+        c = self._config
         _LOGGER.info(
             "Connecting to MQTT broker %s:%d as %s (TLS %s)",
-            s.host,
-            s.port,
+            c.host,
+            c.port,
             self._client_id,
-            "on" if s.tls_enabled else "off",
+            "on" if c.tls.enabled else "off",
         )
-        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_seconds)
+        self._client.connect_async(c.host, c.port, keepalive=c.keepalive_seconds)
         self._client.loop_start()
 
     def stop(self, timeout_seconds: float = DEFAULT_STOP_TIMEOUT_SECONDS) -> None:
@@ -268,7 +266,7 @@ class MqttPublisher:
         """Store the event in the outbox and wake the drain; never waits on the network."""
         topic = self._topics.event(machine)
         payload = message.to_json().encode("utf-8")
-        qos = self._settings.qos
+        qos = self._config.qos
         if self._outbox.put(topic, payload, qos, retain=False) is not None:
             self._wake.set()
             return
@@ -333,15 +331,13 @@ class MqttPublisher:
             changed = text != self._last_connect_error
             self._last_connect_error = text
         if changed:
-            s = self._settings
             _LOGGER.warning(
                 "Cannot connect to MQTT broker %s:%d: %s; retrying every %d-%d s, "
                 "events are kept in the outbox",
-                s.host,
-                s.port,
+                self._config.host,
+                self._config.port,
                 text,
-                s.reconnect_min_delay_seconds,
-                s.reconnect_max_delay_seconds,
+                *self._reconnect_delays,
             )
 
     def _on_connect(
@@ -362,8 +358,8 @@ class MqttPublisher:
             self._last_connect_error = None
         _LOGGER.info(
             "Connected to MQTT broker %s:%d as %s",
-            self._settings.host,
-            self._settings.port,
+            self._config.host,
+            self._config.port,
             self._client_id,
         )
         # Under the state lock, so a concurrent publish_state cannot be overtaken by a stale value.
@@ -403,8 +399,8 @@ class MqttPublisher:
             _LOGGER.warning(
                 "Lost connection to MQTT broker %s:%d (%s); reconnecting, events are kept "
                 "in the outbox",
-                self._settings.host,
-                self._settings.port,
+                self._config.host,
+                self._config.port,
                 reason_code,
             )
 

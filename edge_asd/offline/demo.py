@@ -22,7 +22,7 @@ from edge_asd.constants import (
     seconds_to_samples,
 )
 from edge_asd.detection.bundle import save_bundle
-from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
+from edge_asd.detection.calibration import Clip, Framing, calibrate
 from edge_asd.detection.detector import DetectorSettings
 from edge_asd.detection.pipeline import MachinePipeline
 from edge_asd.detection.states import EventType
@@ -43,7 +43,7 @@ def run_demo(*, model: str | None = None, out: Path | None = None) -> int:
     encoder = Encoder(resolve_model(model))
     window = seconds_to_samples(DEFAULT_WINDOW_SECONDS)
     hop = seconds_to_samples(DEFAULT_HOP_SECONDS)
-    settings = CalibrationSettings(window_samples=window, hop_samples=hop)
+    settings = Framing(window_samples=window, hop_samples=hop)
     print(f"model: {encoder.info.name} {encoder.info.version} ({encoder.info.embedding_dim}-d)")
     print(f"calibrating on {NORMAL_ASSET} (normal running) ...")
     normal = Clip(name=NORMAL_ASSET, samples=read_wav(_asset(NORMAL_ASSET)))

@@ -21,24 +21,30 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from edge_asd.audio.files import AudioFileError, read_wav
+from edge_asd.config import CalibrationConfig, error_lines
 from edge_asd.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
+from edge_asd.detection.bundle import LEGACY_RHO_SCOPE
 from edge_asd.detection.calibration import (
-    DEFAULT_RHO_SCOPE,
     CalibrationError,
-    CalibrationSettings,
+    Framing,
     assign_folds,
     bank_for,
     fit_threshold,
     heldout_scores,
     window_groups,
 )
-from edge_asd.detection.detector import DetectorSettings
-from edge_asd.detection.methods import SCORE_METHODS
+from edge_asd.detection.detector import (
+    DEFAULT_RELEASE_WINDOWS,
+    DEFAULT_TRIGGER_WINDOWS,
+    DetectorSettings,
+)
 from edge_asd.detection.pipeline import EmbeddingModel, RecordingResult, embed_recording
 from edge_asd.detection.scoring import ClipScorer
+from edge_asd.detection.vocabulary import DEFAULT_AGGREGATE
 from edge_asd.offline.dcase import EvaluationError, LabelledClip, Section, discover_sections
 from edge_asd.offline.metrics import SOURCE, TARGET, dcase_section_metrics, harmonic_mean
 
@@ -46,16 +52,8 @@ _LOGGER = logging.getLogger(__name__)
 
 RESULTS_FILE: Final = "results.json"
 
-# The daemon's defaults, read off the detector so they cannot drift apart (the threshold is a
-# placeholder: each section fits its own).
-_DETECTOR_DEFAULTS: Final = DetectorSettings(threshold=1.0)
-DEFAULT_TRIGGER_WINDOWS: Final = _DETECTOR_DEFAULTS.trigger_windows
-"""Consecutive windows over the threshold that start an alarm (the detector's default)."""
-DEFAULT_RELEASE_WINDOWS: Final = _DETECTOR_DEFAULTS.release_windows
-"""Consecutive windows under the threshold that end an alarm (the detector's default)."""
-DEFAULT_THRESHOLD_METHOD: Final = "gamma"
-DEFAULT_THRESHOLD_PERCENTILE: Final = 0.995
-DEFAULT_FOLDS: Final = 5
+_CALIBRATION_DEFAULTS: Final = CalibrationConfig()
+"""Scoring, k, rho scope, threshold and folds default as in `edge-asd calibrate`."""
 SECONDS_PER_HOUR: Final = 3600.0
 
 
@@ -180,7 +178,8 @@ def _detector_settings(
     mask: np.ndarray,
     groups: np.ndarray,
     positions: np.ndarray,
-    settings: CalibrationSettings,
+    framing: Framing,
+    calibration: CalibrationConfig,
     trigger_windows: int,
     release_windows: int,
 ) -> DetectorSettings | None:
@@ -188,9 +187,17 @@ def _detector_settings(
     threshold the daemon could run at comes out."""
     try:
         held = heldout_scores(
-            embeddings, folds, settings, score_mask=mask, groups=groups, positions=positions
+            embeddings,
+            folds,
+            framing,
+            calibration,
+            score_mask=mask,
+            groups=groups,
+            positions=positions,
         )
-        threshold = fit_threshold(held, settings.threshold_method, settings.threshold_percentile)
+        threshold = fit_threshold(
+            held, calibration.threshold_method, calibration.threshold_percentile
+        )
     except CalibrationError as exc:
         _LOGGER.warning("section %s: no operating point (%s)", section.name, exc)
         return None
@@ -208,7 +215,8 @@ def _evaluate_section(
     section: Section,
     out_dir: Path,
     encoder: EmbeddingModel,
-    settings: CalibrationSettings,
+    framing: Framing,
+    calibration: CalibrationConfig,
     aggregate: str,
     trigger_windows: int,
     release_windows: int,
@@ -218,27 +226,29 @@ def _evaluate_section(
     with tqdm(
         total=total, unit="clip", desc=section.name, file=sys.stderr, disable=not progress
     ) as bar:
-        train = _embed_train(section, encoder, settings.window_samples, settings.hop_samples, bar)
+        train = _embed_train(section, encoder, framing.window_samples, framing.hop_samples, bar)
         n_windows = train.embeddings.shape[0]
-        if n_windows <= settings.k:
+        if n_windows <= calibration.k:
             raise EvaluationError(
-                f"section {section.name}: {n_windows} train windows, need more than k={settings.k}"
+                f"section {section.name}: {n_windows} train windows, "
+                f"need more than k={calibration.k}"
             )
         # Groups come from the fold assignment (clips, or stretches of one long clip), as in
         # calibration, so the section's bank and the held-out banks exclude the same neighbours.
-        folds, mask, scheme = assign_folds(train.window_counts, settings)
-        groups, positions = window_groups(train.window_counts, scheme, settings.folds)
+        folds, mask, scheme = assign_folds(train.window_counts, calibration.folds, framing)
+        groups, positions = window_groups(train.window_counts, scheme, calibration.folds)
         try:
             bank = bank_for(
                 train.embeddings,
-                settings,
+                framing,
+                calibration,
                 groups=groups,
                 positions=positions,
                 labels=train.labels,
             )
         except ValueError as exc:
             raise EvaluationError(
-                f"section {section.name}: {exc} (rho_scope {settings.rho_scope!r})"
+                f"section {section.name}: {exc} (rho_scope {calibration.rho_scope!r})"
             ) from exc
         detector = _detector_settings(
             section,
@@ -247,7 +257,8 @@ def _evaluate_section(
             mask,
             groups,
             positions,
-            settings,
+            framing,
+            calibration,
             trigger_windows,
             release_windows,
         )
@@ -256,9 +267,9 @@ def _evaluate_section(
         scorer = ClipScorer(
             encoder,
             bank,
-            method=settings.scoring,
-            window_samples=settings.window_samples,
-            hop_samples=settings.hop_samples,
+            method=calibration.scoring,
+            window_samples=framing.window_samples,
+            hop_samples=framing.hop_samples,
             aggregate=aggregate,
             detector=detector,
         )
@@ -311,8 +322,8 @@ def _evaluate_section(
     }
     if detector is not None:
         result_dict["operating_point"] = operating_point(scored, recordings, durations, detector)
-        result_dict["operating_point"]["threshold_method"] = settings.threshold_method
-        result_dict["operating_point"]["threshold_percentile"] = settings.threshold_percentile
+        result_dict["operating_point"]["threshold_method"] = calibration.threshold_method
+        result_dict["operating_point"]["threshold_percentile"] = calibration.threshold_percentile
     return result_dict
 
 
@@ -321,26 +332,36 @@ def evaluate(
     out_dir: Path | str,
     encoder: EmbeddingModel,
     *,
-    method: str = "density",
-    k: int = 1,
+    method: str = _CALIBRATION_DEFAULTS.scoring,
+    k: int = _CALIBRATION_DEFAULTS.k,
     rho_scope: str | None = None,
     window_samples: int | None = None,
     hop_samples: int | None = None,
-    aggregate: str = "mean",
+    aggregate: str = DEFAULT_AGGREGATE,
     progress: bool = True,
-    threshold_method: str = DEFAULT_THRESHOLD_METHOD,
-    threshold_percentile: float = DEFAULT_THRESHOLD_PERCENTILE,
+    threshold_method: str = _CALIBRATION_DEFAULTS.threshold_method,
+    threshold_percentile: float = _CALIBRATION_DEFAULTS.threshold_percentile,
     trigger_windows: int = DEFAULT_TRIGGER_WINDOWS,
     release_windows: int = DEFAULT_RELEASE_WINDOWS,
 ) -> dict[str, Any]:
     """Evaluate `encoder` + memory bank on every section under ROOT; write CSVs and results.json.
 
     `window_samples` defaults to the model's window, `hop_samples` to 0.5 s (16 kHz samples);
-    `rho_scope` (memory_bank.RhoScope) to calibration's default.
+    `rho_scope` (vocabulary.RhoScope) to calibration's default. Settings the config would refuse
+    raise ValueError naming the key.
     Returns the results dict that is also written to OUT_DIR/results.json.
     """
-    if method not in SCORE_METHODS:
-        raise ValueError(f"unknown scoring method {method!r}; expected one of {SCORE_METHODS}")
+    try:
+        # Validated as the config's calibration section is, so both accept the same values.
+        calibration = CalibrationConfig(
+            scoring=method,
+            k=k,
+            threshold_method=threshold_method,
+            threshold_percentile=threshold_percentile,
+            rho_scope=_CALIBRATION_DEFAULTS.rho_scope if rho_scope is None else rho_scope,
+        )
+    except ValidationError as exc:
+        raise ValueError("; ".join(error_lines(exc))) from None
     info = encoder.info
     window = window_samples if window_samples is not None else info.window_samples
     hop = hop_samples if hop_samples is not None else seconds_to_samples(DEFAULT_HOP_SECONDS)
@@ -351,18 +372,8 @@ def evaluate(
         )
     if trigger_windows < 1 or release_windows < 1:
         raise ValueError("trigger_windows and release_windows must be at least 1")
-    settings = CalibrationSettings(
-        window_samples=window,
-        hop_samples=hop,
-        scoring=method,
-        k=k,
-        threshold_method=threshold_method,
-        threshold_percentile=threshold_percentile,
-        folds=DEFAULT_FOLDS,
-        rho_scope=DEFAULT_RHO_SCOPE if rho_scope is None else rho_scope,
-    )
     try:
-        settings.check()
+        framing = Framing(window_samples=window, hop_samples=hop)
     except CalibrationError as exc:
         raise ValueError(str(exc)) from exc
     sections = discover_sections(root)
@@ -375,7 +386,8 @@ def evaluate(
             section,
             out_path,
             encoder,
-            settings,
+            framing,
+            calibration,
             aggregate,
             trigger_windows,
             release_windows,
@@ -397,7 +409,7 @@ def evaluate(
         "scoring": {
             "method": method,
             "k": k,
-            "rho_scope": settings.rho_scope,
+            "rho_scope": calibration.rho_scope,
             "window_seconds": window / SAMPLE_RATE_HZ,
             "hop_seconds": hop / SAMPLE_RATE_HZ,
             "aggregate": aggregate,
@@ -448,7 +460,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     lines.append(
         f"Model {model['name']} v{model['version']} (sha256 {str(model['sha256'])[:12]}), "
         f"scoring {scoring['method']} k={scoring['k']} "
-        f"rho_scope={scoring.get('rho_scope', 'all')}, window {scoring['window_seconds']:g} s, "
+        f"rho_scope={scoring.get('rho_scope', LEGACY_RHO_SCOPE)}, "
+        f"window {scoring['window_seconds']:g} s, "
         f"hop {scoring['hop_seconds']:g} s, clip score = {scoring['aggregate']} of windows"
     )
     return "\n".join(lines)

@@ -40,7 +40,9 @@ from pydantic import (
     model_validator,
 )
 
+from edge_asd.config import ScoreMethod
 from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.detection.methods import DEFAULT_SCORE_METHOD
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -213,7 +215,7 @@ class ValidationSpec(_Strict):
     devset: str | None = Field(None, description="DCASE-layout dev set (benchmarks/make_devset).")
     window_seconds: float = Field(1.0, gt=0)
     hop_seconds: float = Field(0.5, gt=0)
-    score_method: Literal["density", "difference", "raw"] = "density"
+    score_method: ScoreMethod = DEFAULT_SCORE_METHOD
     k: int = Field(1, ge=1)
     max_train_clips: int | None = Field(None, gt=0, description="Per section; bank size cap.")
     sections: list[str] | None = Field(None, description="Dev-set sections to score (all).")

@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_asd import __version__
 from edge_asd.audio.capture import CapturedBlock, CaptureSupervisor
-from edge_asd.config import Config, ConfigError, MachineConfig, default_client_id
+from edge_asd.config import Config, ConfigError, MachineConfig
 from edge_asd.constants import EXIT_OK, seconds_to_samples
 from edge_asd.detection.bundle import Bundle, BundleError, load_bundle
 from edge_asd.detection.detector import DetectorSettings, EventTransition
@@ -34,7 +34,7 @@ from edge_asd.detection.states import MachineState
 from edge_asd.model.encoder import Encoder, ModelError, resolve_model
 from edge_asd.mqtt.messages import EventMessage, ScoreMessage, StatsMessage, Topics, format_ts
 from edge_asd.mqtt.outbox import Outbox
-from edge_asd.mqtt.publisher import MqttPublisher, MqttSettings, Publisher
+from edge_asd.mqtt.publisher import MqttPublisher, Publisher
 from edge_asd.service.notify import Notifier, configure_logging, watchdog_interval_seconds
 
 _LOGGER = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def check_setup(config: Config, *, check_devices: bool = False) -> list[str]:
         config.mqtt.resolve_password()
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
-    client_id = config.mqtt.client_id or default_client_id(config.node_id)
+    client_id = config.mqtt.client_id_for(config.node_id)
     lines.append(
         f"mqtt {config.mqtt.host}:{config.mqtt.port} as {client_id}, "
         f"topics {config.mqtt.topic_prefix}/{config.node_id}/..."
@@ -183,7 +183,7 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - any failure to open it is a start-up error
             raise StartupError(f"outbox.path: cannot open {config.outbox.path}: {exc}") from None
         self.publisher: Publisher = publisher or MqttPublisher(
-            self._mqtt_settings(), self.outbox, node_id=config.node_id
+            config.mqtt, self.outbox, node_id=config.node_id, password=self._mqtt_password()
         )
         self.queue: queue.Queue[CapturedBlock] = queue.Queue(maxsize=BLOCK_QUEUE_SIZE)
         self.supervisors: list[CaptureSupervisor] = []
@@ -198,26 +198,11 @@ class Daemon:
 
     # ------------------------------------------------------------------ construction
 
-    def _mqtt_settings(self) -> MqttSettings:
-        mqtt = self.config.mqtt
+    def _mqtt_password(self) -> str | None:
         try:
-            password = mqtt.resolve_password()
+            return self.config.mqtt.resolve_password()
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
-        return MqttSettings(
-            host=mqtt.host,
-            port=mqtt.port,
-            topic_prefix=mqtt.topic_prefix,
-            client_id=mqtt.client_id or default_client_id(self.config.node_id),
-            qos=mqtt.qos,
-            keepalive_seconds=mqtt.keepalive_seconds,
-            username=mqtt.username,
-            password=password,
-            tls_enabled=mqtt.tls.enabled,
-            ca_file=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
-            cert_file=str(mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
-            key_file=str(mqtt.tls.key_file) if mqtt.tls.key_file else None,
-        )
 
     def _build_machines(self) -> None:
         channels_by_device: dict[str, list[int]] = {}
