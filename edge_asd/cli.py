@@ -218,7 +218,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from edge_asd.service.daemon import StartupError, check_setup
+    from edge_asd.service.startup import StartupError, check_setup
 
     config = _load_config(args.config)
     try:

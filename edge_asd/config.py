@@ -6,10 +6,11 @@ bad file fails the same way everywhere: exit code 2 and a message naming the key
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,14 +18,25 @@ from pydantic_core import PydanticCustomError
 
 from edge_asd.constants import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
 from edge_asd.detection.detector import (
+    DEFAULT_HOLDOFF_SECONDS,
     DEFAULT_MAX_EVENT_SECONDS,
+    DEFAULT_REFERENCE_QUANTILE,
     DEFAULT_RELEASE_WINDOWS,
+    DEFAULT_TARGET_FALSE_ALARMS_PER_WEEK,
     DEFAULT_TRIGGER_WINDOWS,
     DetectorSettings,
 )
 from edge_asd.detection.methods import DEFAULT_SCORE_METHOD, SCORE_METHODS
-from edge_asd.detection.vocabulary import RHO_SCOPES, THRESHOLD_METHODS
+from edge_asd.detection.vocabulary import (
+    DECISION_RULES,
+    DEFAULT_DECISION_RULE,
+    RHO_SCOPES,
+    THRESHOLD_METHODS,
+)
 from edge_asd.mqtt.messages import DEFAULT_TOPIC_PREFIX
+
+if TYPE_CHECKING:
+    from edge_asd.detection.evidence import EvidenceSettings
 
 # Names end up in MQTT topics: no wildcards, no separators, nothing a shell would mangle.
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -60,6 +72,7 @@ ScoreMethod = Annotated[str, _one_of("scoring method", SCORE_METHODS)]
 """A name registered in detection.methods."""
 RhoScopeName = Annotated[str, _one_of("rho scope", RHO_SCOPES)]
 ThresholdMethod = Annotated[str, _one_of("threshold method", THRESHOLD_METHODS)]
+DecisionRule = Annotated[str, _one_of("decision rule", DECISION_RULES)]
 
 
 class MachineConfig(_Section):
@@ -71,8 +84,31 @@ class MachineConfig(_Section):
     bundle: Path = Field(description="Calibration bundle directory made by `edge-asd calibrate`.")
     window_seconds: float = Field(DEFAULT_WINDOW_SECONDS, gt=0.05, le=10.0)
     hop_seconds: float = Field(DEFAULT_HOP_SECONDS, gt=0.01, le=10.0)
-    threshold_scale: float = Field(1.0, gt=0.0, description="Multiplies the calibrated threshold.")
-    threshold: float | None = Field(None, gt=0.0, description="Absolute threshold; overrides.")
+    decision: DecisionRule = Field(
+        DEFAULT_DECISION_RULE,
+        description=(
+            "evidence: alarms when evidence accumulated over time reaches the level calibration "
+            "set for the false-alarm budget (bundles from before it fall back to hysteresis); "
+            "hysteresis: trigger_windows consecutive windows over the threshold."
+        ),
+    )
+    threshold_scale: float = Field(
+        1.0,
+        gt=0.0,
+        description="Multiplies the calibrated threshold (and the evidence reference scores).",
+    )
+    threshold: float | None = Field(
+        None, gt=0.0, description="Absolute window threshold; overrides, implies hysteresis."
+    )
+    detect_stops: bool = Field(
+        True, description="Report a stopped machine as idle (and raise no anomaly) instead."
+    )
+    startup_holdoff_seconds: float = Field(
+        DEFAULT_HOLDOFF_SECONDS,
+        ge=0.0,
+        le=3600.0,
+        description="After a stop, the machine's run-up is not judged for this long.",
+    )
     trigger_windows: int = Field(
         DEFAULT_TRIGGER_WINDOWS, ge=1, le=100, description="Windows over threshold to start."
     )
@@ -177,6 +213,21 @@ class CalibrationConfig(_Section):
     threshold_percentile: float = Field(0.995, gt=0.5, lt=1.0)
     folds: int = Field(5, ge=2, le=50)
     min_windows: int = Field(60, ge=10)
+    target_false_alarms_per_week: float = Field(
+        DEFAULT_TARGET_FALSE_ALARMS_PER_WEEK,
+        gt=0.0,
+        le=1000.0,
+        description=(
+            "The false-alarm budget per machine: calibration sets the evidence needed for an "
+            "alarm so that normal running is expected to raise at most this many a week."
+        ),
+    )
+    reference_quantile: float = Field(
+        DEFAULT_REFERENCE_QUANTILE,
+        gt=0.5,
+        lt=1.0,
+        description="Held-out normal windows above this quantile of their scores add evidence.",
+    )
     rho_scope: RhoScopeName = Field(
         "all",
         description=(
@@ -279,12 +330,28 @@ def default_client_id(node_id: str) -> str:
     return "edge-asd-" + re.sub(r"[^A-Za-z0-9_-]", "-", node_id)
 
 
-def detector_settings(machine: MachineConfig, threshold: float) -> DetectorSettings:
+def detector_settings(
+    machine: MachineConfig, threshold: float, evidence: EvidenceSettings | None = None
+) -> DetectorSettings:
     """The event detector of `machine` at `threshold` (already resolved: the absolute one, or
-    the calibrated one times threshold_scale)."""
+    the calibrated one times threshold_scale), with the bundle's calibrated `evidence` decision
+    when the machine uses it (scaled like the threshold)."""
+    use_evidence = (
+        evidence is not None and machine.decision == "evidence" and machine.threshold is None
+    )
+    scaled = None
+    if use_evidence:
+        assert evidence is not None  # for mypy: implied by use_evidence
+        scale = machine.threshold_scale
+        scaled = dataclasses.replace(
+            evidence,
+            reference=evidence.reference * scale,
+            gross_score=evidence.gross_score * scale,
+        )
     return DetectorSettings(
-        threshold=threshold,
+        threshold=scaled.reference if scaled is not None else threshold,
         trigger_windows=machine.trigger_windows,
         release_windows=machine.release_windows,
         max_event_seconds=machine.max_event_seconds,
+        evidence=scaled,
     )

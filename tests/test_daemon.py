@@ -21,7 +21,8 @@ from edge_asd.detection.calibration import Clip, Framing, calibrate
 from edge_asd.model.encoder import Encoder, resolve_model
 from edge_asd.mqtt.messages import EventMessage, StatsMessage
 from edge_asd.mqtt.publisher import MqttPublisher, PublisherStats
-from edge_asd.service.daemon import Daemon, StartupError, check_setup
+from edge_asd.service.daemon import Daemon
+from edge_asd.service.startup import StartupError, check_setup
 from edge_asd_dev.synth import apply_fault, machine_sound
 
 WAIT_SECONDS = 30.0

@@ -124,6 +124,9 @@ class Bundle:
     """Level of the running machine, for telling it stopped; None in older bundles."""
     off_embeddings: np.ndarray | None = None
     """float32 [M, D] windows of the stopped machine (`calibrate --off-from-dir`), or None."""
+    levels: np.ndarray | None = None
+    """float32 [N] RMS level (dBFS) of each bank window, for `learn` to refit the running
+    profile; None in older bundles."""
     target_false_alarms_per_week: float | None = None
     report: dict[str, Any] | None = None
     """The calibration report (report.json)."""
@@ -149,6 +152,8 @@ class Bundle:
             self.positions = np.asarray(self.positions, dtype=np.int64)
         if self.off_embeddings is not None:
             self.off_embeddings = np.asarray(self.off_embeddings, dtype=np.float32)
+        if self.levels is not None:
+            self.levels = np.asarray(self.levels, dtype=np.float32)
         self.rho_scope = str(self.rho_scope)
         self.exclusion_windows = int(self.exclusion_windows)
         if not self.bundle_id:
@@ -204,6 +209,7 @@ class Bundle:
                 None if self.running_profile is None else self.running_profile.to_dict()
             ),
             "has_off_embeddings": self.off_embeddings is not None,
+            "has_levels": self.levels is not None,
             "target_false_alarms_per_week": self.target_false_alarms_per_week,
         }
 
@@ -242,6 +248,8 @@ def save_bundle(bundle: Bundle, out_dir: str | os.PathLike[str]) -> Path:
             arrays["positions"] = bundle.positions
         if bundle.off_embeddings is not None:
             arrays["off_embeddings"] = bundle.off_embeddings
+        if bundle.levels is not None:
+            arrays["levels"] = bundle.levels
         with open(tmp / BANK_FILE, "wb") as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]
             fh.flush()
@@ -314,10 +322,15 @@ class _BankArrays:
     groups: np.ndarray | None
     positions: np.ndarray | None
     off_embeddings: np.ndarray | None
+    levels: np.ndarray | None
 
 
 def _read_bank(
-    directory: Path, has_labels: bool, has_groups: bool, has_off: bool = False
+    directory: Path,
+    has_labels: bool,
+    has_groups: bool,
+    has_off: bool = False,
+    has_levels: bool = False,
 ) -> _BankArrays:
     bank_path = directory / BANK_FILE
     if not bank_path.is_file():
@@ -330,6 +343,7 @@ def _read_bank(
             groups = np.asarray(npz["groups"]) if has_groups else None
             positions = np.asarray(npz["positions"]) if has_groups else None
             off = np.asarray(npz["off_embeddings"], dtype=np.float32) if has_off else None
+            levels = np.asarray(npz["levels"], dtype=np.float32) if has_levels else None
     except KeyError as exc:
         raise BundleError(f"bundle {directory}: {BANK_FILE} lacks array {exc}") from exc
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -337,7 +351,7 @@ def _read_bank(
     for name, arr in (("groups", groups), ("positions", positions)):
         if arr is not None and not np.issubdtype(arr.dtype, np.integer):
             raise BundleError(f"bundle {directory}: {name} in {BANK_FILE} are not integers")
-    return _BankArrays(embeddings, rho, labels, groups, positions, off)
+    return _BankArrays(embeddings, rho, labels, groups, positions, off, levels)
 
 
 def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = None) -> Bundle:
@@ -357,7 +371,13 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
         dim = int(meta["embedding_dim"])
         # Bundles from before groups existed lack these keys: the legacy behaviour.
         has_groups = bool(meta.get("has_groups", False))
-        bank = _read_bank(path, has_labels, has_groups, bool(meta.get("has_off_embeddings")))
+        bank = _read_bank(
+            path,
+            has_labels,
+            has_groups,
+            bool(meta.get("has_off_embeddings")),
+            bool(meta.get("has_levels")),
+        )
         evidence = meta.get("evidence")
         profile = meta.get("running_profile")
         target = meta.get("target_false_alarms_per_week")
@@ -386,6 +406,7 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
             evidence=None if evidence is None else EvidenceSettings.from_dict(evidence),
             running_profile=None if profile is None else RunningProfile.from_dict(profile),
             off_embeddings=bank.off_embeddings,
+            levels=bank.levels,
             target_false_alarms_per_week=None if target is None else float(target),
             report=_read_report(path),
         )
@@ -450,6 +471,10 @@ def _validate(bundle: Bundle, path: Path, n_entries: int, dim: int) -> None:
     if not (np.isfinite(bundle.threshold) and bundle.threshold > 0):
         raise BundleError(
             f"bundle {path}: threshold {bundle.threshold} is not a positive number; recalibrate"
+        )
+    if bundle.levels is not None and bundle.levels.shape != (n_entries,):
+        raise BundleError(
+            f"bundle {path}: levels has shape {bundle.levels.shape}, expected ({n_entries},)"
         )
     off = bundle.off_embeddings
     if off is not None and (off.ndim != 2 or off.shape[1] != dim or not np.all(np.isfinite(off))):

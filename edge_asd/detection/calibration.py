@@ -25,7 +25,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -40,6 +40,7 @@ from edge_asd.constants import (
     seconds_to_samples,
 )
 from edge_asd.detection.bundle import Bundle
+from edge_asd.detection.evidence import fit_evidence
 from edge_asd.detection.memory_bank import (
     NO_EXCLUSION,
     RHO_FLOOR,
@@ -47,8 +48,10 @@ from edge_asd.detection.memory_bank import (
     exclusion_windows_for,
 )
 from edge_asd.detection.pipeline import EmbeddingModel, embed_recording
+from edge_asd.detection.running import running_profile
 from edge_asd.detection.vocabulary import THRESHOLD_METHODS
 from edge_asd.detection.windowing import window_count
+from edge_asd.model.encoder import ModelInfo
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -395,18 +398,71 @@ def _check_encoder(encoder: EmbeddingModel, framing: Framing) -> None:
         )
 
 
+@dataclass(frozen=True)
+class FileCheck:
+    """What calibration saw in one recording (the report's `files`)."""
+
+    name: str
+    seconds: float
+    dbfs: float
+    """RMS level."""
+    peak_dbfs: float
+    clipped_fraction: float
+    silent: bool
+    windows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("dbfs", "peak_dbfs"):
+            if not math.isfinite(data[key]):
+                data[key] = None  # digital silence: JSON has no -inf
+        return data
+
+
+def _file_check(clip: Clip, x: np.ndarray, windows: int) -> FileCheck:
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    level = _rms_dbfs(float(np.dot(x, x)), x.size)
+    return FileCheck(
+        name=clip.name,
+        seconds=x.size / SAMPLE_RATE_HZ,
+        dbfs=level,
+        peak_dbfs=-math.inf if peak == 0.0 else 20.0 * math.log10(peak),
+        clipped_fraction=float(np.count_nonzero(np.abs(x) >= CLIPPING_LEVEL)) / max(1, x.size),
+        silent=level < SILENCE_DBFS,
+        windows=windows,
+    )
+
+
+@dataclass(frozen=True)
+class EmbeddedAudio:
+    """Calibration audio after the encoder: what a bundle is computed from, and what `learn`
+    extends without the audio."""
+
+    embeddings: np.ndarray
+    """float32 [N, D], every window of every clip in time order."""
+    counts: list[int]
+    """Windows per clip (0 for a clip shorter than one window)."""
+    levels: np.ndarray
+    """float32 [N] RMS level of each window (dBFS)."""
+    labels: list[str] | None = None
+    """Domain / condition per window, when the clips had one."""
+
+
 def calibrate(
     clips: Sequence[Clip],
     encoder: EmbeddingModel,
     framing: Framing,
     config: CalibrationConfig | None = None,
     *,
+    off_clips: Sequence[Clip] = (),
     progress: bool = True,
     sources: Sequence[str] | None = None,
 ) -> Bundle:
-    """Build a bundle from normal clips (16 kHz float32): bank of all windows, threshold from
-    held-out windows. `config` is the `calibration` section (its defaults when None), already
-    validated; `sources` (e.g. file paths) default to the clip names."""
+    """Build a bundle from normal clips (16 kHz float32): bank of all windows, threshold and
+    evidence decision from held-out windows, running-level profile, calibration report.
+    `off_clips`: recordings of the stopped machine (the room without it), optional. `config`
+    is the `calibration` section (its defaults when None), already validated; `sources` (e.g.
+    file paths) default to the clip names."""
     if config is None:
         config = CalibrationConfig()
     _check_encoder(encoder, framing)
@@ -434,8 +490,112 @@ def calibrate(
     n_windows = sum(counts)
     if n_windows < max(config.min_windows, config.k + 1):
         raise _too_little_audio(n_windows, config.min_windows, framing)
+    files = [_file_check(c, x, n) for c, x, n in zip(clips, checked, counts, strict=True)]
+    embeddings, levels = _embed_all(checked, counts, encoder, framing, progress)
+    labels: list[str] | None = None
+    if any(clip.label is not None for clip in clips):
+        labels = [
+            clip.label or ""
+            for clip, count in zip(clips, counts, strict=True)
+            for _ in range(count)
+        ]
+    audio = EmbeddedAudio(embeddings, counts, levels, labels)
+    off: EmbeddedAudio | None = None
+    off_files: list[FileCheck] = []
+    if off_clips:
+        off_checked = [_check_clip(clip) for clip in off_clips]
+        off_counts = [
+            window_count(x.size, framing.window_samples, framing.hop_samples) for x in off_checked
+        ]
+        off_files = [
+            _file_check(c, x, n) for c, x, n in zip(off_clips, off_checked, off_counts, strict=True)
+        ]
+        if sum(off_counts) == 0:
+            raise CalibrationError(
+                "the recordings of the stopped machine are shorter than a window"
+            )
+        off_emb, off_levels = _embed_all(off_checked, off_counts, encoder, framing, progress)
+        off = EmbeddedAudio(off_emb, off_counts, off_levels)
+    return build_bundle(
+        audio,
+        framing,
+        config,
+        model=encoder.info,
+        sources=list(sources) if sources is not None else [clip.name for clip in clips],
+        files=files,
+        off=off,
+        off_files=off_files,
+    )
 
-    embeddings = _embed_all(checked, counts, encoder, framing, progress)
+
+def _heldout_sequences(
+    counts: Sequence[int], folds: np.ndarray, mask: np.ndarray, scores: np.ndarray
+) -> tuple[list[np.ndarray], list[int]]:
+    """Held-out scores cut into time-ordered runs (one clip, one fold, no left-out window), and
+    the fold of each: the streams a detector would have seen."""
+    clip_ids = np.repeat(np.arange(len(counts)), np.asarray(counts, dtype=np.int64))
+    index = np.full(mask.shape[0], -1, dtype=np.int64)
+    index[mask] = np.arange(int(np.count_nonzero(mask)))
+    sequences: list[np.ndarray] = []
+    fold_of: list[int] = []
+    start = None
+    for i in range(mask.shape[0] + 1):
+        boundary = (
+            i == mask.shape[0]
+            or not mask[i]
+            or (start is not None and (clip_ids[i] != clip_ids[start] or folds[i] != folds[start]))
+        )
+        if boundary and start is not None:
+            sequences.append(scores[index[start] : index[i - 1] + 1])
+            fold_of.append(int(folds[start]))
+            start = None
+        if i < mask.shape[0] and mask[i] and start is None:
+            start = i
+    return sequences, fold_of
+
+
+def _off_warnings(
+    off: EmbeddedAudio, audio: EmbeddedAudio, bank: MemoryBank, heldout_raw_median: float
+) -> list[str]:
+    """Plain warnings when the 'stopped machine' recordings look like the running machine."""
+    warnings = []
+    off_level = float(np.median(off.levels))
+    running_low = float(np.quantile(audio.levels, 0.05))
+    if off_level >= running_low - 3.0:
+        warnings.append(
+            f"the recordings of the stopped machine are at the running level ({off_level:.1f} "
+            f"dBFS vs {running_low:.1f} dBFS for the quietest running windows): was the machine "
+            "really off? Stops will then be told only by how they sound"
+        )
+    raw = bank.score(off.embeddings, "raw")
+    close = float(np.mean(raw <= heldout_raw_median))
+    if close > 0.5:
+        warnings.append(
+            f"{100 * close:.0f} % of the windows of the stopped machine sound like the running "
+            "machine: they seem to contain machine sound; record the room with the machine off"
+        )
+    return warnings
+
+
+def build_bundle(
+    audio: EmbeddedAudio,
+    framing: Framing,
+    config: CalibrationConfig,
+    *,
+    model: ModelInfo,
+    sources: Sequence[str],
+    files: Sequence[FileCheck] = (),
+    off: EmbeddedAudio | None = None,
+    off_files: Sequence[FileCheck] = (),
+    extra_warnings: Sequence[str] = (),
+) -> Bundle:
+    """Everything calibration decides from embedded normal audio: bank, held-out threshold,
+    evidence decision for the false-alarm budget, running profile and report."""
+    counts = audio.counts
+    n_windows = sum(counts)
+    if n_windows < max(config.min_windows, config.k + 1):
+        raise _too_little_audio(n_windows, config.min_windows, framing)
+    embeddings = audio.embeddings
     folds, mask, scheme = assign_folds(counts, config.folds, framing)
     groups, positions = window_groups(counts, scheme, config.folds)
     scores = heldout_scores(
@@ -450,43 +610,90 @@ def calibrate(
             "windows_left_out": int(np.count_nonzero(~mask)),
         }
     )
+    sequences, fold_of = _heldout_sequences(counts, folds, mask, scores)
+    try:
+        fit = fit_evidence(
+            sequences,
+            fold_of,
+            hop_seconds=framing.hop_seconds,
+            window_seconds=framing.window_seconds,
+            target_per_week=config.target_false_alarms_per_week,
+            reference_quantile=config.reference_quantile,
+        )
+    except ValueError as exc:
+        raise CalibrationError(f"evidence decision: {exc}") from exc
+    profile = running_profile(audio.levels)
     _LOGGER.info(
-        "calibrated on %d windows from %d clips (%s folds): threshold %.4g (%s, %.4g)",
+        "calibrated on %d windows from %d clips (%s folds): threshold %.4g (%s, %.4g); "
+        "evidence: reference %.4g, drift %.3g, alarm level %.3g, expected %.3g false alarms "
+        "per week",
         n_windows,
-        len(clips),
+        sum(1 for c in counts if c),
         scheme,
         threshold,
         config.threshold_method,
         config.threshold_percentile,
+        fit.settings.reference,
+        fit.settings.drift,
+        fit.settings.alarm_level,
+        fit.expected_false_alarms_per_week,
     )
-    labels: list[str] | None = None
-    if any(clip.label is not None for clip in clips):
-        labels = [
-            clip.label or ""
-            for clip, count in zip(clips, counts, strict=True)
-            for _ in range(count)
-        ]
     try:
         bank = bank_for(
-            embeddings, framing, config, groups=groups, positions=positions, labels=labels
+            embeddings, framing, config, groups=groups, positions=positions, labels=audio.labels
         )
     except ValueError as exc:
         raise CalibrationError(f"{exc} (rho_scope {config.rho_scope!r})") from exc
+    warnings = list(extra_warnings) + list(fit.warnings)
     n_duplicates = int(np.count_nonzero(bank.rho < RHO_FLOOR))
     if n_duplicates:
         # Exact repeats (looped files, digital silence) make rho_K zero, which inflates the
         # density score of anything near them: worth knowing about.
-        _LOGGER.warning(
-            "%d of %d calibration windows have exact duplicates within k=%d; looped or "
-            "silent material?",
-            n_duplicates,
-            n_windows,
-            config.k,
+        warnings.append(
+            f"{n_duplicates} of {n_windows} calibration windows have exact duplicates within "
+            f"k={config.k}; looped or silent material?"
         )
+    if off is not None:
+        heldout_raw = heldout_scores(
+            embeddings,
+            folds,
+            framing,
+            config.model_copy(update={"scoring": "raw"}),
+            score_mask=mask,
+            groups=groups,
+            positions=positions,
+        )
+        warnings.extend(_off_warnings(off, audio, bank, float(np.median(heldout_raw))))
+    for warning in warnings:
+        _LOGGER.warning("calibration: %s", warning)
+    report = {
+        "report_version": 1,
+        "model": model.to_dict(),
+        "files": [f.to_dict() for f in files],
+        "off_files": [f.to_dict() for f in off_files],
+        "windows": {
+            "total": n_windows,
+            "heldout_scored": int(np.count_nonzero(mask)),
+            "left_out": int(np.count_nonzero(~mask)),
+            "fold_scheme": scheme,
+            "folds": config.folds,
+            "seconds": n_windows * framing.hop_seconds,
+        },
+        "threshold": {
+            "window_threshold": threshold,
+            "method": config.threshold_method,
+            "percentile": config.threshold_percentile,
+            "heldout_scores": normal_stats,
+        },
+        "decision": fit.to_dict(),
+        "running_profile": profile.to_dict(),
+        "stopped_machine_recordings": None if off is None else int(off.embeddings.shape[0]),
+        "warnings": warnings,
+    }
     return Bundle(
         embeddings=bank.embeddings,
         rho=bank.rho,
-        labels=labels,
+        labels=audio.labels,
         groups=groups,
         positions=positions,
         rho_scope=config.rho_scope,
@@ -497,11 +704,17 @@ def calibrate(
         threshold_method=config.threshold_method,
         threshold_percentile=config.threshold_percentile,
         normal_stats=normal_stats,
-        model=encoder.info,
+        model=model,
         window_samples=framing.window_samples,
         hop_samples=framing.hop_samples,
         sample_rate=SAMPLE_RATE_HZ,
-        sources=list(sources) if sources is not None else [clip.name for clip in clips],
+        sources=list(sources),
+        evidence=fit.settings,
+        running_profile=profile,
+        off_embeddings=None if off is None else off.embeddings,
+        levels=audio.levels,
+        target_false_alarms_per_week=config.target_false_alarms_per_week,
+        report=report,
     )
 
 
@@ -511,8 +724,9 @@ def _embed_all(
     encoder: EmbeddingModel,
     framing: Framing,
     progress: bool,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     parts: list[np.ndarray] = []
+    levels: list[float] = []
     with tqdm(
         total=sum(counts),
         unit="window",
@@ -531,8 +745,9 @@ def _embed_all(
                         framing.window_samples,
                         framing.hop_samples,
                         on_batch=bar.update,
+                        levels=levels,
                     )
                 )
             except ValueError as exc:
                 raise CalibrationError(str(exc)) from exc
-    return np.concatenate(parts, axis=0)
+    return np.concatenate(parts, axis=0), np.asarray(levels, dtype=np.float32)

@@ -36,6 +36,12 @@ DEFAULT_RELEASE_WINDOWS: Final = 4
 DEFAULT_MAX_EVENT_SECONDS: Final = 300.0
 """Longer events are ended and a new one may start."""
 DEFAULT_UPDATE_INTERVAL_SECONDS: Final = 1.0
+DEFAULT_TARGET_FALSE_ALARMS_PER_WEEK: Final = 1.0
+"""The false-alarm budget a plant tolerates per machine (docs/method.md, section 5.1)."""
+DEFAULT_HOLDOFF_SECONDS: Final = 10.0
+"""After a stopped machine restarts, its run-up is not judged for this long."""
+DEFAULT_REFERENCE_QUANTILE: Final = 0.99
+"""Held-out normal windows above this quantile of their scores add evidence."""
 
 
 @dataclass(frozen=True)

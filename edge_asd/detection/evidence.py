@@ -32,10 +32,13 @@ from typing import Any, Final
 
 import numpy as np
 
+from edge_asd.detection.detector import (
+    DEFAULT_REFERENCE_QUANTILE,
+    DEFAULT_TARGET_FALSE_ALARMS_PER_WEEK,
+    DEFAULT_TRIGGER_WINDOWS,
+)
+
 SECONDS_PER_WEEK: Final = 7 * 24 * 3600.0
-DEFAULT_TARGET_FALSE_ALARMS_PER_WEEK: Final = 1.0
-DEFAULT_REFERENCE_QUANTILE: Final = 0.99
-"""Held-out normal windows above this quantile of their scores add evidence."""
 DEFAULT_GROSS_FACTOR: Final = 2.0
 """A window scoring this many times the largest held-out normal score is far outside normal."""
 MIN_ALARM_LEVEL: Final = math.log(2.0) * 3
@@ -215,7 +218,7 @@ def fit_evidence(
     target_per_week: float = DEFAULT_TARGET_FALSE_ALARMS_PER_WEEK,
     reference_quantile: float = DEFAULT_REFERENCE_QUANTILE,
     gross_factor: float = DEFAULT_GROSS_FACTOR,
-    trigger_windows: int = 2,
+    trigger_windows: int = DEFAULT_TRIGGER_WINDOWS,
     seed: int = 0,
 ) -> EvidenceFit:
     """Calibrate the sequential decision from held-out normal score sequences.

@@ -72,13 +72,17 @@ def embed_recording(
     hop_samples: int,
     *,
     on_batch: Callable[[int], None] | None = None,
+    levels: list[float] | None = None,
 ) -> np.ndarray:
     """float32 [n_windows, D] embeddings of every window of a mono recording, in batches (for
     building memory banks: calibration, evaluation, pretraining validation). `on_batch` gets
-    the number of windows of each batch (progress bars)."""
+    the number of windows of each batch (progress bars); `levels`, when given, gets each
+    window's RMS level in dBFS appended (calibration's running-level profile)."""
     parts = []
     for batch in iter_window_batches(samples, window_samples, hop_samples, EMBED_BATCH_WINDOWS):
         parts.append(embed_windows(encoder, batch))
+        if levels is not None:
+            levels.extend(window_dbfs(w) for w in batch)
         if on_batch is not None:
             on_batch(batch.shape[0])
     if not parts:

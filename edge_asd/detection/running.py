@@ -16,6 +16,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from edge_asd.detection.detector import DEFAULT_HOLDOFF_SECONDS
+
 DIGITAL_SILENCE_DBFS: Final = -90.0
 """Below this RMS level a window is silence whatever was calibrated (a muted or idle input)."""
 LEVEL_MARGIN_DB: Final = 10.0
@@ -27,8 +29,6 @@ RUNNING_LEVEL_QUANTILE: Final = 0.01
 DEFAULT_IDLE_WINDOWS: Final = 4
 """Consecutive stopped-looking windows before `idle` (2 s at 0.5 s hop)."""
 DEFAULT_RUNNING_WINDOWS: Final = 2
-DEFAULT_HOLDOFF_SECONDS: Final = 10.0
-"""After a restart, run-up is not judged for this long."""
 OFF_MARGIN: Final = 1.0
 """A window is nearer the stopped machine when its distance to the off bank times this is
 below its distance to the running bank."""

@@ -27,3 +27,8 @@ a gamma fitted to the scores, or their empirical quantile."""
 AGGREGATES: Final[tuple[str, ...]] = ("mean", "max")
 """How a clip's window scores become one clip score (scoring.ClipScorer)."""
 DEFAULT_AGGREGATE: Final = "mean"
+
+DECISION_RULES: Final[tuple[str, ...]] = ("evidence", "hysteresis")
+"""How window scores become alarms (detector): evidence accumulated over time against the
+calibrated false-alarm budget, or N consecutive windows over a threshold."""
+DEFAULT_DECISION_RULE: Final = "evidence"

@@ -26,16 +26,16 @@ import numpy as np
 from edge_asd import __version__
 from edge_asd.audio.capture import CapturedBlock, CaptureSupervisor
 from edge_asd.config import Config, ConfigError, MachineConfig
-from edge_asd.constants import EXIT_OK, seconds_to_samples
-from edge_asd.detection.bundle import Bundle, BundleError, load_bundle
-from edge_asd.detection.detector import DetectorSettings, EventTransition
+from edge_asd.constants import EXIT_OK
+from edge_asd.detection.bundle import Bundle
+from edge_asd.detection.detector import EventTransition
 from edge_asd.detection.pipeline import MachinePipeline, PipelineStep, StateChange, WindowResult
 from edge_asd.detection.states import MachineState
-from edge_asd.model.encoder import Encoder, ModelError, resolve_model
 from edge_asd.mqtt.messages import EventMessage, ScoreMessage, StatsMessage, Topics, format_ts
 from edge_asd.mqtt.outbox import Outbox
 from edge_asd.mqtt.publisher import MqttPublisher, Publisher
 from edge_asd.service.notify import Notifier, configure_logging, watchdog_interval_seconds
+from edge_asd.service.startup import StartupError, machine_setups, open_encoder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,91 +51,6 @@ DEFAULT_WATCHDOG_SECONDS = 15.0
 """Watchdog cadence when systemd did not ask for one (the notifier then ignores it anyway)."""
 LATENCY_HISTORY = 1000
 """Per-window inference times kept for the p50/p95 in stats."""
-
-
-class StartupError(Exception):
-    """The daemon cannot start: bad model, bundle, outbox or settings. Message names it."""
-
-
-# ---------------------------------------------------------------- start-up checks
-
-
-def _open_encoder(config: Config) -> Encoder:
-    try:
-        return Encoder(resolve_model(config.model))
-    except ModelError as exc:
-        raise StartupError(f"model: {exc}") from None
-
-
-def _load_machine_bundle(index: int, machine: MachineConfig, encoder: Encoder) -> Bundle:
-    key = f"machines.{index}"
-    window = seconds_to_samples(machine.window_seconds)
-    if window != encoder.info.window_samples:
-        raise StartupError(
-            f"{key}.window_seconds: {machine.window_seconds} s = {window} samples, but model "
-            f"{encoder.info.name} takes {encoder.info.window_samples}-sample windows"
-        )
-    try:
-        bundle = load_bundle(machine.bundle, model=encoder.info)
-    except BundleError as exc:
-        raise StartupError(f"{key}.bundle: {exc}") from None
-    if bundle.window_samples != window:
-        raise StartupError(
-            f"{key}.bundle: {machine.bundle} was calibrated with {bundle.window_samples}-sample "
-            f"windows but window_seconds is {machine.window_seconds}; recalibrate"
-        )
-    return bundle
-
-
-def check_setup(config: Config, *, check_devices: bool = False) -> list[str]:
-    """Everything `run` checks before starting; returns a summary, raises StartupError."""
-    if not config.machines:
-        raise StartupError("machines: at least one machine is needed to run")
-    encoder = _open_encoder(config)
-    lines = [
-        f"model {encoder.info.name} {encoder.info.version} ({encoder.info.path}, "
-        f"{encoder.info.embedding_dim}-d, {encoder.info.window_samples}-sample windows)"
-    ]
-    for index, machine in enumerate(config.machines):
-        bundle = _load_machine_bundle(index, machine, encoder)
-        threshold = _threshold(machine, bundle)
-        lines.append(
-            f"machine {machine.name}: device {machine.device!r} channel {machine.channel}, "
-            f"bundle {bundle.bundle_id} ({len(bundle.embeddings)} windows, {bundle.method}), "
-            f"threshold {threshold:.4f}"
-        )
-    try:
-        config.mqtt.resolve_password()
-    except ConfigError as exc:
-        raise StartupError(str(exc)) from None
-    client_id = config.mqtt.client_id_for(config.node_id)
-    lines.append(
-        f"mqtt {config.mqtt.host}:{config.mqtt.port} as {client_id}, "
-        f"topics {config.mqtt.topic_prefix}/{config.node_id}/..."
-    )
-    if check_devices:
-        lines.extend(_check_devices(config))
-    return lines
-
-
-def _check_devices(config: Config) -> list[str]:
-    from edge_asd.audio.capture import open_source
-    from edge_asd.audio.sources import AudioDeviceError
-
-    lines = []
-    for machine in config.machines:
-        try:
-            source = open_source(machine.device, (machine.channel,))
-            lines.append(f"device {machine.device!r}: {source.description}")
-        except AudioDeviceError as exc:
-            raise StartupError(f"machines: {exc}") from None
-    return lines
-
-
-def _threshold(machine: MachineConfig, bundle: Bundle) -> float:
-    if machine.threshold is not None:
-        return machine.threshold
-    return bundle.threshold * machine.threshold_scale
 
 
 # ---------------------------------------------------------------- per-machine state
@@ -170,7 +85,7 @@ class Daemon:
         self.config = config
         self.stop_event = threading.Event()
         self.notifier = Notifier()
-        self.encoder = _open_encoder(config)
+        self.encoder = open_encoder(config)
         self.machines: list[MachineRuntime] = []
         self._build_machines()
         self.topics = Topics(config.mqtt.topic_prefix, config.node_id)
@@ -206,28 +121,16 @@ class Daemon:
 
     def _build_machines(self) -> None:
         channels_by_device: dict[str, list[int]] = {}
-        for index, machine in enumerate(self.config.machines):
-            bundle = _load_machine_bundle(index, machine, self.encoder)
-            threshold = _threshold(machine, bundle)
+        for setup in machine_setups(self.config, self.encoder):
+            machine = setup.config
             channels = channels_by_device.setdefault(str(machine.device), [])
             channels.append(machine.channel)
-            pipeline = MachinePipeline.from_bundle(
-                bundle,
-                self.encoder,
-                hop_samples=seconds_to_samples(machine.hop_seconds),
-                detector=DetectorSettings(
-                    threshold=threshold,
-                    trigger_windows=machine.trigger_windows,
-                    release_windows=machine.release_windows,
-                    max_event_seconds=machine.max_event_seconds,
-                ),
-            )
             self.machines.append(
                 MachineRuntime(
                     config=machine,
-                    bundle=bundle,
-                    pipeline=pipeline,
-                    threshold=threshold,
+                    bundle=setup.bundle,
+                    pipeline=setup.pipeline(self.encoder),
+                    threshold=setup.threshold,
                     channel_index=len(channels) - 1,
                 )
             )
