@@ -13,12 +13,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_asd import __version__
 from edge_asd.constants import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from edge_asd.config import Config
     from edge_asd.model.encoder import Encoder
 
@@ -82,6 +84,8 @@ def _samples(seconds: float) -> int:
 
 # ---------------------------------------------------------------- calibrate
 
+_AUDIO_SUFFIXES = (".wav", ".flac")
+
 
 def _wav_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
@@ -128,9 +132,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         except RecordingError as exc:
             raise UsageError(str(exc)) from None
         clips.append(Clip(name=f"recording from {device} channel {channel}", samples=samples))
+    off_clips = (
+        [
+            Clip(name=str(path), samples=_read_audio(path))
+            for path in _audio_files([args.off_from_dir], "--off-from-dir")
+        ]
+        if args.off_from_dir is not None
+        else []
+    )
     try:
         framing = Framing.from_seconds(window_seconds, hop_seconds)
-        bundle = calibrate(clips, encoder, framing, config.calibration, progress=True)
+        bundle = calibrate(
+            clips, encoder, framing, config.calibration, off_clips=off_clips, progress=True
+        )
     except CalibrationError as exc:
         print(f"edge-asd calibrate: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -143,7 +157,109 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         f"held-out normal scores median {stats.get('median', float('nan')):.4f}; "
         f"bundle {bundle.bundle_id} written to {args.out}"
     )
+    _print_report(bundle.report)
     return EXIT_OK
+
+
+def _print_report(report: dict[str, Any] | None) -> None:
+    """The calibration report's decision and warnings, in plain words."""
+    if not report:
+        return
+    decision = report["decision"]
+    low, high = decision["expected_false_alarms_per_week_interval"]
+    print(
+        f"false-alarm budget {decision['target_false_alarms_per_week']:g} per week: expected "
+        f"{decision['expected_false_alarms_per_week']:.2g} (90 % interval {low:.2g}-{high:.2g}) "
+        f"from {60 * decision['heldout_hours']:.1f} min of held-out normal audio"
+    )
+    delays = ", ".join(
+        f"{k[1:]}x normal: {'not caught' if v is None else f'{v:.1f} s'}"
+        for k, v in decision["expected_delay_seconds"].items()
+    )
+    print(f"expected time to alarm for a fault scoring {delays}")
+    for warning in report.get("warnings", []):
+        print(f"WARNING: {warning}")
+    print("full report: report.json in the bundle")
+
+
+def _audio_files(paths: Sequence[Path], flag: str) -> list[Path]:
+    """Files given directly, and the audio files (.wav, .flac) under directories given."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in _AUDIO_SUFFIXES and p.is_file()
+            )
+            if not found:
+                raise UsageError(f"{flag} {path}: no .wav or .flac files found")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"{flag} {path}: no such file or directory")
+    return files
+
+
+def _read_audio(path: Path) -> np.ndarray:
+    from edge_asd.audio.files import AudioFileError, read_wav
+
+    try:
+        return read_wav(path)
+    except AudioFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# ---------------------------------------------------------------- learn and replay
+
+
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from edge_asd.detection.bundle import BundleError, load_bundle, save_bundle
+    from edge_asd.detection.calibration import Clip
+    from edge_asd.detection.learn import LearnError, learn
+
+    try:
+        bundle = load_bundle(args.bundle)
+    except BundleError as exc:
+        raise UsageError(str(exc)) from None
+    model = args.model
+    if model is None and Path(bundle.model.path).is_file():
+        model = bundle.model.path
+    encoder = _open_encoder(model, bundle.window_samples / SAMPLE_RATE_HZ)
+    clips = [
+        Clip(name=str(path), samples=_read_audio(path))
+        for path in _audio_files(args.inputs, "learn")
+    ]
+    try:
+        learned, summary = learn(bundle, clips, encoder, force=args.force, progress=True)
+    except LearnError as exc:
+        raise UsageError(f"{args.bundle}: {exc}") from None
+    save_bundle(learned, args.bundle)
+    print(
+        f"learned {summary.windows_added} windows from {len(clips)} recording(s) into "
+        f"{args.bundle} ({summary.windows_before} -> {learned.size} windows; "
+        f"{100 * summary.novel_fraction:.0f} % of them scored above the old threshold); "
+        f"bundle {learned.bundle_id}; send SIGHUP to the daemon (systemctl reload edge-asd) "
+        "to use it"
+    )
+    _print_report(learned.report)
+    return EXIT_OK
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from edge_asd.offline.replay import replay
+    from edge_asd.service.startup import StartupError, machine_setup, open_encoder
+
+    config = _load_config(args.config)
+    from edge_asd.config import ConfigError
+
+    try:
+        machine = config.machine(args.machine)
+        encoder = open_encoder(config)
+        setup = machine_setup(config.machines.index(machine), machine, encoder)
+    except (ConfigError, StartupError) as exc:
+        raise UsageError(str(exc)) from None
+    failures = replay(setup, encoder, args.files)
+    return EXIT_FAILURE if failures else EXIT_OK
 
 
 # ---------------------------------------------------------------- score
@@ -286,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--device", help="PortAudio device for --record (default: the machine's)")
     cal.add_argument("--channel", type=int, default=0, help="input channel for --record")
     cal.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    cal.add_argument(
+        "--off-from-dir",
+        type=Path,
+        metavar="DIR",
+        help="recordings of the machine stopped (the room without it), to tell stops from "
+        "faults where the room is about as loud as the machine",
+    )
     cal.add_argument("--model", help="encoder ONNX path or bundled name (default: config's)")
     cal.add_argument("--window-seconds", type=_positive_float, default=DEFAULT_WINDOW_SECONDS)
     cal.add_argument("--hop-seconds", type=_positive_float, default=DEFAULT_HOP_SECONDS)
@@ -355,6 +478,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", type=Path, required=True)
     run.set_defaults(handler=_cmd_run)
+
+    lrn = sub.add_parser(
+        "learn",
+        help="add recordings of normal running to a calibration bundle",
+        description="Add recordings of normal running that the calibration did not hear to a "
+        "bundle: the bank, threshold, evidence decision and report are updated from the "
+        "embeddings and the bundle is rewritten atomically. Refuses recordings made for "
+        "another model, and audio far from the bank (possibly a fault) unless --force.",
+    )
+    lrn.add_argument("--bundle", type=Path, required=True)
+    lrn.add_argument("--model", help="encoder (default: the one the bundle was made with)")
+    lrn.add_argument("--force", action="store_true", help="learn even audio far from the bank")
+    lrn.add_argument("inputs", type=Path, nargs="+", metavar="FILE|DIR")
+    lrn.set_defaults(handler=_cmd_learn)
+
+    rep = sub.add_parser(
+        "replay",
+        help="run the daemon's pipeline for one machine over recordings",
+        description="Run one machine's exact daemon pipeline (bundle, model, decision rule, stop "
+        "detection) over each file as a separate stream from offset 0, as fast as the CPU "
+        "allows. Prints one JSON object per line for every state change and event transition; "
+        "an unreadable file gives an error line and the others still run.",
+    )
+    rep.add_argument("--config", type=Path, required=True)
+    rep.add_argument("--machine", help="machine name in --config (default: the only one)")
+    rep.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    rep.set_defaults(handler=_cmd_replay)
 
     _register_pretrain(sub)
     return parser

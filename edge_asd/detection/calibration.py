@@ -351,7 +351,7 @@ def normal_score_stats(scores: np.ndarray) -> dict[str, Any]:
 # Audio checks and embedding
 
 
-def _check_clip(clip: Clip) -> np.ndarray:
+def check_clip(clip: Clip) -> np.ndarray:
     x = np.asarray(clip.samples)
     if x.ndim != 1:
         raise CalibrationError(f"clip {clip.name}: expected 1-D samples, got shape {x.shape}")
@@ -419,7 +419,7 @@ class FileCheck:
         return data
 
 
-def _file_check(clip: Clip, x: np.ndarray, windows: int) -> FileCheck:
+def file_check(clip: Clip, x: np.ndarray, windows: int) -> FileCheck:
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     level = _rms_dbfs(float(np.dot(x, x)), x.size)
     return FileCheck(
@@ -468,7 +468,7 @@ def calibrate(
     _check_encoder(encoder, framing)
     if not clips:
         raise CalibrationError("no calibration clips given")
-    checked = [_check_clip(clip) for clip in clips]
+    checked = [check_clip(clip) for clip in clips]
     # float32 dot (no float64 copy of hours of audio): ample precision for a level check.
     sum_squares = sum(float(np.dot(x, x)) for x in checked)
     n_samples = sum(x.size for x in checked)
@@ -490,8 +490,8 @@ def calibrate(
     n_windows = sum(counts)
     if n_windows < max(config.min_windows, config.k + 1):
         raise _too_little_audio(n_windows, config.min_windows, framing)
-    files = [_file_check(c, x, n) for c, x, n in zip(clips, checked, counts, strict=True)]
-    embeddings, levels = _embed_all(checked, counts, encoder, framing, progress)
+    files = [file_check(c, x, n) for c, x, n in zip(clips, checked, counts, strict=True)]
+    embeddings, levels = embed_all(checked, counts, encoder, framing, progress)
     labels: list[str] | None = None
     if any(clip.label is not None for clip in clips):
         labels = [
@@ -503,18 +503,18 @@ def calibrate(
     off: EmbeddedAudio | None = None
     off_files: list[FileCheck] = []
     if off_clips:
-        off_checked = [_check_clip(clip) for clip in off_clips]
+        off_checked = [check_clip(clip) for clip in off_clips]
         off_counts = [
             window_count(x.size, framing.window_samples, framing.hop_samples) for x in off_checked
         ]
         off_files = [
-            _file_check(c, x, n) for c, x, n in zip(off_clips, off_checked, off_counts, strict=True)
+            file_check(c, x, n) for c, x, n in zip(off_clips, off_checked, off_counts, strict=True)
         ]
         if sum(off_counts) == 0:
             raise CalibrationError(
                 "the recordings of the stopped machine are shorter than a window"
             )
-        off_emb, off_levels = _embed_all(off_checked, off_counts, encoder, framing, progress)
+        off_emb, off_levels = embed_all(off_checked, off_counts, encoder, framing, progress)
         off = EmbeddedAudio(off_emb, off_counts, off_levels)
     return build_bundle(
         audio,
@@ -559,8 +559,9 @@ def _off_warnings(
 ) -> list[str]:
     """Plain warnings when the 'stopped machine' recordings look like the running machine."""
     warnings = []
-    off_level = float(np.median(off.levels))
     running_low = float(np.quantile(audio.levels, 0.05))
+    # `learn` passes the stored off windows without their levels: the level check ran then.
+    off_level = float(np.median(off.levels)) if off.levels.size else -np.inf
     if off_level >= running_low - 3.0:
         warnings.append(
             f"the recordings of the stopped machine are at the running level ({off_level:.1f} "
@@ -718,7 +719,7 @@ def build_bundle(
     )
 
 
-def _embed_all(
+def embed_all(
     signals: Sequence[np.ndarray],
     counts: Sequence[int],
     encoder: EmbeddingModel,

@@ -9,9 +9,10 @@ windows cannot reach that with minutes of calibration audio, so evidence is accu
     S_t = max(0, S_{t-1} + x_t)
 
 and an alarm is raised when S_t reaches `alarm_level`. `reference` is a high quantile of the
-held-out normal scores (windows above it add evidence), `drift` is how far the score level of
-one calibration fold sits above the others' (normal running the bank has not heard shifts the
-whole score level; that much shift must not accumulate), and `alarm_level` is set from the
+held-out normal scores (windows above it add evidence), `drift` is a margin
+taken off every window (0 as calibrated: each held-out fold is scored against a bank without
+it, so the held-out scores already show how much unheard normal running shifts the score, and
+the alarm level is set on them), and `alarm_level` is set from the
 false-alarm budget: the peaks of the CUSUM's excursions over held-out normal scores are modelled
 (empirical, with a generalised Pareto tail above their median), and the level is the one at which
 the expected number of excursions per week that reach it equals the budget.
@@ -77,10 +78,23 @@ class EvidenceSettings:
                 raise ValueError(f"evidence {name} must be a positive number, got {value!r}")
         if not (math.isfinite(self.drift) and self.drift >= 0):
             raise ValueError(f"evidence drift must be >= 0, got {self.drift!r}")
+        if self.gross_score <= self.reference:
+            raise ValueError(
+                f"evidence gross_score {self.gross_score!r} must exceed the reference "
+                f"{self.reference!r}"
+            )
+
+    @property
+    def max_increment(self) -> float:
+        """The most one window can add: the log-ratio of the gross score. A single odd window
+        (a dropped tool, the transient of a stop) is never an alarm on its own; sustained
+        gross windows have the fast path."""
+        return math.log(self.gross_score / self.reference)
 
     def increment(self, score: float) -> float:
         """x_t for one window's score."""
-        return math.log(max(score, SCORE_FLOOR) / self.reference) - self.drift
+        x = math.log(max(score, SCORE_FLOOR) / self.reference) - self.drift
+        return min(x, self.max_increment)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -178,6 +192,8 @@ class EvidenceFit:
     expected_false_alarms_per_week_interval: tuple[float, float]
     """5th and 95th percentile over bootstrap refits of the tail."""
     heldout_hours: float
+    fold_spread: float
+    """Natural-log distance from the median held-out score to the worst fold's median."""
     excursions: int
     largest_excursion: float
     method: str
@@ -195,8 +211,9 @@ class EvidenceFit:
         return data
 
 
-def _drift(sequences: Sequence[np.ndarray], fold_of: Sequence[int], reference: float) -> float:
-    """How far the typical log-score of the worst calibration fold sits above all folds'."""
+def fold_spread(sequences: Sequence[np.ndarray], fold_of: Sequence[int], reference: float) -> float:
+    """How far the typical log-score of the worst calibration fold sits above all folds' (the
+    report's measure of how differently the calibration recordings sound)."""
     logs = [np.log(np.maximum(s, SCORE_FLOOR)) for s in sequences if s.size]
     if not logs:
         return 0.0
@@ -233,7 +250,11 @@ def fit_evidence(
         raise ValueError("no held-out normal scores to calibrate the decision on")
     scores = np.concatenate(seqs)
     reference = max(float(np.quantile(scores, reference_quantile)), SCORE_FLOOR)
-    drift = _drift(seqs, fold_of, reference)
+    # Drift stays 0: each fold is scored against a bank without it, so the held-out scores
+    # already hold how much unheard normal running shifts the score, and the alarm level is set
+    # on them. Subtracting the fold spread again would count it twice and lose weak faults.
+    drift = 0.0
+    spread = fold_spread(seqs, fold_of, reference)
     largest_score = float(scores.max())
     settings_for = _settings_factory(reference, drift, largest_score * gross_factor)
     peaks = np.concatenate(
@@ -253,7 +274,9 @@ def fit_evidence(
         # Too few excursions to model their tail: twice the largest one seen.
         level = 2.0 * largest_peak
         method = "largest_excursion"
-    level = max(level, largest_peak, MIN_ALARM_LEVEL)
+    # At least `trigger_windows` windows of the largest increment: one window never alarms.
+    floor = max(MIN_ALARM_LEVEL, trigger_windows * settings_for(1.0).max_increment * 1.001)
+    level = max(level, largest_peak, floor)
     if level > MAX_ALARM_LEVEL:
         warnings.append(
             f"normal scores vary too much to promise {target_per_week:g} false alarm(s) per "
@@ -288,6 +311,7 @@ def fit_evidence(
         expected_false_alarms_per_week=expected,
         expected_false_alarms_per_week_interval=interval,
         heldout_hours=hours,
+        fold_spread=spread,
         excursions=int(peaks.size),
         largest_excursion=largest_peak,
         method=method,
@@ -306,7 +330,8 @@ def _settings_factory(reference: float, drift: float, gross: float) -> Any:
 
 
 def _increments(scores: np.ndarray, settings: EvidenceSettings) -> np.ndarray:
-    return np.log(np.maximum(scores, SCORE_FLOOR) / settings.reference) - settings.drift
+    x = np.log(np.maximum(scores, SCORE_FLOOR) / settings.reference) - settings.drift
+    return np.minimum(x, settings.max_increment)
 
 
 def _expected_rate(
