@@ -3,6 +3,7 @@ sd_notify socket: states, events, stats, watchdog semantics, no-audio handling, 
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -359,3 +360,25 @@ def test_mqtt_publisher_is_built_from_the_config(
         assert any(f" as {publisher.client_id}," in line for line in check_setup(config))
     finally:
         daemon.outbox.close()
+
+
+def test_reload_swaps_bundles_and_keeps_them_when_the_new_one_is_broken(
+    bundle_dir: Path, recording: Path, tmp_path: Path
+) -> None:
+    """SIGHUP (`systemctl reload`) after `learn`: the new bundle is used; a bundle that does not
+    load leaves the running one in place."""
+    live = tmp_path / "live"
+    shutil.copytree(bundle_dir, live)
+    publisher = FakePublisher()
+    daemon = Daemon(_config(tmp_path, live, f"wav:{recording}"), publisher=publisher)
+    before = daemon.machines[0].bundle.bundle_id
+    rng = np.random.default_rng(21)
+    clips = [Clip(f"r{i}", machine_sound(8.0, rng=rng)) for i in range(5)]
+    save_bundle(calibrate(clips, daemon.encoder, Framing.from_seconds(), progress=False), live)
+    assert daemon.reload_bundles()
+    after = daemon.machines[0].bundle.bundle_id
+    assert after != before
+    (live / "bank.npz").write_bytes(b"not a bank")
+    assert not daemon.reload_bundles()
+    assert daemon.machines[0].bundle.bundle_id == after
+    daemon.outbox.close()

@@ -110,6 +110,7 @@ class Daemon:
         self._watchdog_every = watchdog_interval_seconds() or DEFAULT_WATCHDOG_SECONDS
         self._last_watchdog = 0.0
         self._progress_since_watchdog = False
+        self._reload_requested = threading.Event()
 
     # ------------------------------------------------------------------ construction
 
@@ -222,6 +223,12 @@ class Daemon:
             _LOGGER.info("received %s", signal.Signals(signum).name)
             self.stop_event.set()
 
+        def handle_hup(_signum: int, _frame: FrameType | None) -> None:
+            # Picked up by the inference thread between blocks: bundles are swapped where they
+            # are used, never under a window being scored.
+            self._reload_requested.set()
+
+        signal.signal(signal.SIGHUP, handle_hup)
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
@@ -237,6 +244,9 @@ class Daemon:
     def _inference_loop(self) -> None:
         try:
             while True:
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self.reload_bundles()
                 self._apply_health()
                 try:
                     block = self.queue.get(timeout=QUEUE_POLL_SECONDS)
@@ -253,6 +263,32 @@ class Daemon:
             self.stop_event.set()
         finally:
             self._end_all_events(time.time())
+
+    def reload_bundles(self) -> bool:
+        """Reload every machine's bundle (after `edge-asd learn` or a recalibration; SIGHUP).
+        Open events end, each machine restarts its decision with the new bundle. A bundle that
+        does not load leaves everything as it was (logged). Returns whether it reloaded."""
+        try:
+            setups = machine_setups(self.config, self.encoder)
+        except StartupError as exc:
+            _LOGGER.error("reload refused, keeping the current bundles: %s", exc)
+            return False
+        now = time.time()
+        for machine, setup in zip(self.machines, setups, strict=True):
+            old = machine.pipeline
+            self._publish_step(machine, old.close(now))
+            machine.bundle = setup.bundle
+            machine.threshold = setup.threshold
+            machine.pipeline = setup.pipeline(self.encoder)
+            if old.state is not None and old.state is not MachineState.NO_AUDIO:
+                self._publish_step(machine, machine.pipeline.set_audio(True, now))
+            _LOGGER.info(
+                "%s: reloaded bundle %s (%s)",
+                machine.config.name,
+                setup.bundle.bundle_id,
+                setup.decision,
+            )
+        return True
 
     def _apply_health(self) -> None:
         with self._health_lock:
