@@ -321,6 +321,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             window_samples=_samples(args.window_seconds),
             hop_samples=_samples(args.hop_seconds),
             aggregate=args.aggregate,
+            decision=args.decision,
             progress=True,
         )
     except EvaluationError as exc:
@@ -375,7 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_asd.config import CalibrationConfig
     from edge_asd.constants import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
     from edge_asd.detection.methods import DEFAULT_SCORE_METHOD, SCORE_METHODS
-    from edge_asd.detection.vocabulary import AGGREGATES, DEFAULT_AGGREGATE, RHO_SCOPES
+    from edge_asd.detection.vocabulary import (
+        AGGREGATES,
+        DECISION_RULES,
+        DEFAULT_AGGREGATE,
+        DEFAULT_DECISION_RULE,
+        RHO_SCOPES,
+    )
 
     parser = argparse.ArgumentParser(
         prog="edge-asd",
@@ -447,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(non_overlapping) or the whole clip (other_groups); default: calibration's",
     )
     ev.add_argument("--aggregate", choices=AGGREGATES, default=DEFAULT_AGGREGATE)
+    ev.add_argument(
+        "--decision",
+        choices=DECISION_RULES,
+        default=DEFAULT_DECISION_RULE,
+        help="alarm rule of the operating point (the daemon's default: evidence)",
+    )
     ev.add_argument("--window-seconds", type=_positive_float, default=DEFAULT_WINDOW_SECONDS)
     ev.add_argument("--hop-seconds", type=_positive_float, default=DEFAULT_HOP_SECONDS)
     ev.set_defaults(handler=_cmd_evaluate)

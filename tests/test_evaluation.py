@@ -168,6 +168,20 @@ def test_operating_point_is_reported(evaluated: tuple[Path, dict]) -> None:
     assert np.isfinite(op["threshold"])
 
 
+def test_operating_point_uses_the_daemons_default_decision(
+    evaluated: tuple[Path, dict],
+) -> None:
+    """Each section is calibrated as `edge-asd calibrate` does, evidence decision included."""
+    _, results = evaluated
+    op = results["sections"]["fan"]["operating_point"]
+    assert op["decision"] == "evidence"
+
+
+def test_unknown_decision_rule_is_refused(dcase_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="decision rule"):
+        evaluate(dcase_root, tmp_path, FakeEncoder(), decision="vote", progress=False)
+
+
 def test_operating_point_follows_the_detector_settings(dcase_root: Path, tmp_path: Path) -> None:
     """The trigger run reaches the detector: a clip of 3 windows can never hold 4 over in a row,
     and one window over is enough with trigger 1."""
@@ -180,9 +194,11 @@ def test_operating_point_follows_the_detector_settings(dcase_root: Path, tmp_pat
             hop_samples=HOP,
             progress=False,
             trigger_windows=trigger,
+            decision="hysteresis",
         )["sections"]["fan"]["operating_point"]
         for trigger in (1, 2, 4)
     }
+    assert {op["decision"] for op in ops.values()} == {"hysteresis"}
     assert ops[4]["false_alarms"] == 0
     assert ops[4]["anomalous_clips_caught"] == 0.0
     assert ops[4]["median_seconds_to_alarm"] is None

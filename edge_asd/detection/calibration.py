@@ -589,13 +589,16 @@ def build_bundle(
     off: EmbeddedAudio | None = None,
     off_files: Sequence[FileCheck] = (),
     extra_warnings: Sequence[str] = (),
+    min_windows: int | None = None,
 ) -> Bundle:
     """Everything calibration decides from embedded normal audio: bank, held-out threshold,
-    evidence decision for the false-alarm budget, running profile and report."""
+    evidence decision for the false-alarm budget, running profile and report. `min_windows`
+    overrides the config's (the offline evaluation scores even tiny sections)."""
     counts = audio.counts
     n_windows = sum(counts)
-    if n_windows < max(config.min_windows, config.k + 1):
-        raise _too_little_audio(n_windows, config.min_windows, framing)
+    need = config.min_windows if min_windows is None else min_windows
+    if n_windows < max(need, config.k + 1):
+        raise _too_little_audio(n_windows, need, framing)
     embeddings = audio.embeddings
     folds, mask, scheme = assign_folds(counts, config.folds, framing)
     groups, positions = window_groups(counts, scheme, config.folds)

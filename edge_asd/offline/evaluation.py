@@ -27,15 +27,12 @@ from tqdm import tqdm
 from edge_asd.audio.files import AudioFileError, read_wav
 from edge_asd.config import CalibrationConfig, error_lines
 from edge_asd.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
-from edge_asd.detection.bundle import LEGACY_RHO_SCOPE
+from edge_asd.detection.bundle import LEGACY_RHO_SCOPE, Bundle
 from edge_asd.detection.calibration import (
     CalibrationError,
+    EmbeddedAudio,
     Framing,
-    assign_folds,
-    bank_for,
-    fit_threshold,
-    heldout_scores,
-    window_groups,
+    build_bundle,
 )
 from edge_asd.detection.detector import (
     DEFAULT_RELEASE_WINDOWS,
@@ -44,7 +41,7 @@ from edge_asd.detection.detector import (
 )
 from edge_asd.detection.pipeline import EmbeddingModel, RecordingResult, embed_recording
 from edge_asd.detection.scoring import ClipScorer
-from edge_asd.detection.vocabulary import DEFAULT_AGGREGATE
+from edge_asd.detection.vocabulary import DECISION_RULES, DEFAULT_AGGREGATE, DEFAULT_DECISION_RULE
 from edge_asd.offline.dcase import EvaluationError, LabelledClip, Section, discover_sections
 from edge_asd.offline.metrics import SOURCE, TARGET, dcase_section_metrics, harmonic_mean
 
@@ -128,6 +125,8 @@ class _TrainSet:
     embeddings: np.ndarray
     labels: list[str]
     window_counts: list[int]
+    levels: list[float]
+    """RMS level (dBFS) of every window."""
     n_clips: dict[str, int]
     skipped: list[str]
 
@@ -138,6 +137,7 @@ def _embed_train(
     parts: list[np.ndarray] = []
     labels: list[str] = []
     counts: list[int] = []
+    levels: list[float] = []
     n_clips = {SOURCE: 0, TARGET: 0}
     skipped: list[str] = []
     for clip in section.train:
@@ -148,7 +148,7 @@ def _embed_train(
             skipped.append(str(exc))
             bar.update(1)
             continue
-        embeddings = embed_recording(encoder, x, window_samples, hop_samples)
+        embeddings = embed_recording(encoder, x, window_samples, hop_samples, levels=levels)
         count = embeddings.shape[0]
         bar.update(1)
         if count == 0:
@@ -161,7 +161,7 @@ def _embed_train(
         n_clips[clip.domain] += 1
     if not parts:
         raise EvaluationError(f"section {section.name}: no usable train clips")
-    return _TrainSet(np.concatenate(parts, axis=0), labels, counts, n_clips, skipped)
+    return _TrainSet(np.concatenate(parts, axis=0), labels, counts, levels, n_clips, skipped)
 
 
 def _write_scores(path: Path, names: Sequence[str], scores: Sequence[float]) -> None:
@@ -172,41 +172,19 @@ def _write_scores(path: Path, names: Sequence[str], scores: Sequence[float]) -> 
 
 
 def _detector_settings(
-    section: Section,
-    embeddings: np.ndarray,
-    folds: np.ndarray,
-    mask: np.ndarray,
-    groups: np.ndarray,
-    positions: np.ndarray,
-    framing: Framing,
-    calibration: CalibrationConfig,
-    trigger_windows: int,
-    release_windows: int,
+    section: Section, bundle: Bundle, decision: str, trigger_windows: int, release_windows: int
 ) -> DetectorSettings | None:
-    """The detector at the threshold fitted on held-out train windows, or None (logged) when no
-    threshold the daemon could run at comes out."""
-    try:
-        held = heldout_scores(
-            embeddings,
-            folds,
-            framing,
-            calibration,
-            score_mask=mask,
-            groups=groups,
-            positions=positions,
-        )
-        threshold = fit_threshold(
-            held, calibration.threshold_method, calibration.threshold_percentile
-        )
-    except CalibrationError as exc:
-        _LOGGER.warning("section %s: no operating point (%s)", section.name, exc)
-        return None
+    """The daemon's detector for the section's calibration, or None (logged) when no threshold
+    the daemon could run at came out (e.g. a non-positive one of "difference" scores)."""
+    evidence = bundle.evidence if decision == "evidence" else None
     try:
         return DetectorSettings(
-            threshold=threshold, trigger_windows=trigger_windows, release_windows=release_windows
+            threshold=evidence.reference if evidence is not None else bundle.threshold,
+            trigger_windows=trigger_windows,
+            release_windows=release_windows,
+            evidence=evidence,
         )
     except ValueError as exc:
-        # e.g. a non-positive threshold of "difference" scores: the daemon refuses it too.
         _LOGGER.warning("section %s: no operating point (%s)", section.name, exc)
         return None
 
@@ -218,6 +196,7 @@ def _evaluate_section(
     framing: Framing,
     calibration: CalibrationConfig,
     aggregate: str,
+    decision: str,
     trigger_windows: int,
     release_windows: int,
     progress: bool,
@@ -233,35 +212,28 @@ def _evaluate_section(
                 f"section {section.name}: {n_windows} train windows, "
                 f"need more than k={calibration.k}"
             )
-        # Groups come from the fold assignment (clips, or stretches of one long clip), as in
-        # calibration, so the section's bank and the held-out banks exclude the same neighbours.
-        folds, mask, scheme = assign_folds(train.window_counts, calibration.folds, framing)
-        groups, positions = window_groups(train.window_counts, scheme, calibration.folds)
+        # The section is calibrated exactly as `edge-asd calibrate` would (folds, bank, held-out
+        # threshold, evidence decision for the budget), so the operating point is the daemon's.
+        audio = EmbeddedAudio(
+            train.embeddings, train.window_counts, np.asarray(train.levels), train.labels
+        )
         try:
-            bank = bank_for(
-                train.embeddings,
+            bundle = build_bundle(
+                audio,
                 framing,
                 calibration,
-                groups=groups,
-                positions=positions,
-                labels=train.labels,
+                model=encoder.info,
+                sources=[str(c.path) for c in section.train],
+                # A section is calibrated like a machine, but a small one is still scored.
+                min_windows=calibration.k + 1,
             )
-        except ValueError as exc:
+        except CalibrationError as exc:
             raise EvaluationError(
-                f"section {section.name}: {exc} (rho_scope {calibration.rho_scope!r})"
+                f"section {section.name}: {exc} (k={calibration.k}, "
+                f"rho_scope {calibration.rho_scope!r})"
             ) from exc
-        detector = _detector_settings(
-            section,
-            train.embeddings,
-            folds,
-            mask,
-            groups,
-            positions,
-            framing,
-            calibration,
-            trigger_windows,
-            release_windows,
-        )
+        bank = bundle.memory_bank()
+        detector = _detector_settings(section, bundle, decision, trigger_windows, release_windows)
         # With detector settings, each clip also runs through the daemon's detector (closed at
         # the clip's end, so no event carries over to the next clip).
         scorer = ClipScorer(
@@ -322,6 +294,9 @@ def _evaluate_section(
     }
     if detector is not None:
         result_dict["operating_point"] = operating_point(scored, recordings, durations, detector)
+        result_dict["operating_point"]["decision"] = (
+            "evidence" if detector.evidence is not None else "hysteresis"
+        )
         result_dict["operating_point"]["threshold_method"] = calibration.threshold_method
         result_dict["operating_point"]["threshold_percentile"] = calibration.threshold_percentile
     return result_dict
@@ -343,6 +318,8 @@ def evaluate(
     threshold_percentile: float = _CALIBRATION_DEFAULTS.threshold_percentile,
     trigger_windows: int = DEFAULT_TRIGGER_WINDOWS,
     release_windows: int = DEFAULT_RELEASE_WINDOWS,
+    decision: str = DEFAULT_DECISION_RULE,
+    target_false_alarms_per_week: float = _CALIBRATION_DEFAULTS.target_false_alarms_per_week,
 ) -> dict[str, Any]:
     """Evaluate `encoder` + memory bank on every section under ROOT; write CSVs and results.json.
 
@@ -359,6 +336,7 @@ def evaluate(
             threshold_method=threshold_method,
             threshold_percentile=threshold_percentile,
             rho_scope=_CALIBRATION_DEFAULTS.rho_scope if rho_scope is None else rho_scope,
+            target_false_alarms_per_week=target_false_alarms_per_week,
         )
     except ValidationError as exc:
         raise ValueError("; ".join(error_lines(exc))) from None
@@ -370,6 +348,8 @@ def evaluate(
             f"model {info.name} ({info.path}) takes windows of {info.window_samples} samples, "
             f"got window_samples={window}"
         )
+    if decision not in DECISION_RULES:
+        raise ValueError(f"unknown decision rule {decision!r}; expected one of {DECISION_RULES}")
     if trigger_windows < 1 or release_windows < 1:
         raise ValueError("trigger_windows and release_windows must be at least 1")
     try:
@@ -389,6 +369,7 @@ def evaluate(
             framing,
             calibration,
             aggregate,
+            decision,
             trigger_windows,
             release_windows,
             progress,
