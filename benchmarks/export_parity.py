@@ -35,7 +35,7 @@ from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.pipeline import embed_recording
 from edge_asd.detection.scoring import ClipScorer
-from edge_asd.model.encoder import ModelInfo
+from edge_asd.model.contract import ModelInfo
 from edge_asd.pretrain.export import (
     BYTES_PER_MB,
     ParityError,

@@ -39,7 +39,8 @@ import onnxruntime as ort
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.pipeline import MachinePipeline
-from edge_asd.model.encoder import Encoder, resolve_model
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import resolve_model
 
 DEFAULT_ITERATIONS: Final = 500
 WARMUP_ITERATIONS: Final = 20

@@ -82,7 +82,8 @@ def check(out: Path) -> int:
     """Calibrate on the normal asset and show how the test asset scores (bundled model)."""
     from edge_asd.detection.calibration import Clip, Framing, calibrate
     from edge_asd.detection.pipeline import MachinePipeline
-    from edge_asd.model.encoder import Encoder, resolve_model
+    from edge_asd.model.encoder import Encoder
+    from edge_asd.model.registry import resolve_model
 
     encoder = Encoder(resolve_model(None))
     window = seconds_to_samples(DEFAULT_WINDOW_SECONDS)

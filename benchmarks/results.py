@@ -28,7 +28,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from edge_asd.model.encoder import Encoder, resolve_model
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import resolve_model
 from edge_asd.offline.dcase import parse_test_name
 from edge_asd.offline.evaluation import evaluate
 from edge_asd.offline.metrics import dcase_section_metrics, harmonic_mean

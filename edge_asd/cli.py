@@ -68,7 +68,9 @@ def _load_config(path: Path | None) -> Config:
 
 
 def _open_encoder(model: str | None, window_seconds: float | None = None) -> Encoder:
-    from edge_asd.model.encoder import Encoder, ModelError, resolve_model
+    from edge_asd.model.contract import ModelError
+    from edge_asd.model.encoder import Encoder
+    from edge_asd.model.registry import resolve_model
 
     try:
         path = resolve_model(model)

@@ -13,15 +13,6 @@ EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 """Usage and configuration errors, like argparse."""
 
-# Keys of the encoder contract's ONNX metadata_props.
-META_SAMPLE_RATE: Final = "edge_asd.sample_rate"
-META_WINDOW_SAMPLES: Final = "edge_asd.window_samples"
-META_EMBEDDING_DIM: Final = "edge_asd.embedding_dim"
-META_MODEL_NAME: Final = "edge_asd.model_name"
-META_MODEL_VERSION: Final = "edge_asd.model_version"
-MODEL_INPUT_NAME: Final = "waveform"
-MODEL_OUTPUT_NAME: Final = "embedding"
-
 
 def seconds_to_samples(seconds: float, rate_hz: int = SAMPLE_RATE_HZ) -> int:
     """Whole samples in `seconds` at `rate_hz`, rounded to nearest."""

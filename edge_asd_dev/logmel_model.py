@@ -26,17 +26,10 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_asd.constants import (
-    DEFAULT_WINDOW_SECONDS,
-    META_EMBEDDING_DIM,
-    META_MODEL_NAME,
-    META_MODEL_VERSION,
-    META_SAMPLE_RATE,
-    META_WINDOW_SAMPLES,
+from edge_asd.constants import DEFAULT_WINDOW_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
+from edge_asd.model.contract import (
     MODEL_INPUT_NAME,
     MODEL_OUTPUT_NAME,
-    SAMPLE_RATE_HZ,
-    seconds_to_samples,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -235,13 +228,7 @@ def build_model(window_samples: int = WINDOW_SAMPLES) -> onnx.ModelProto:
     )
     helper.set_model_props(
         model,
-        {
-            META_SAMPLE_RATE: str(SAMPLE_RATE_HZ),
-            META_WINDOW_SAMPLES: str(window_samples),
-            META_EMBEDDING_DIM: str(EMBEDDING_DIM),
-            META_MODEL_NAME: MODEL_NAME,
-            META_MODEL_VERSION: MODEL_VERSION,
-        },
+        contract_metadata(MODEL_NAME, MODEL_VERSION, window_samples, EMBEDDING_DIM),
     )
     onnx.checker.check_model(model, full_check=True)
     return model

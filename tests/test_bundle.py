@@ -20,7 +20,7 @@ from edge_asd.detection.bundle import (
     save_bundle,
 )
 from edge_asd.detection.memory_bank import NO_EXCLUSION, MemoryBank
-from edge_asd.model.encoder import ModelInfo
+from edge_asd.model.contract import ModelInfo
 
 N_ENTRIES = 50
 DIM = 12

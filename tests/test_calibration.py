@@ -28,7 +28,7 @@ from edge_asd.detection.calibration import (
 from edge_asd.detection.memory_bank import NO_EXCLUSION, WHOLE_GROUP, MemoryBank
 from edge_asd.detection.scoring import ClipScorer
 from edge_asd.detection.windowing import frame_signal
-from edge_asd.model.encoder import ModelInfo
+from edge_asd.model.contract import ModelInfo
 
 WINDOW = SAMPLE_RATE_HZ  # 1 s
 HOP = SAMPLE_RATE_HZ // 2

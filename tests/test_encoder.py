@@ -14,22 +14,18 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
 
-from edge_asd.constants import (
+from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.model.contract import (
     META_EMBEDDING_DIM,
     META_MODEL_NAME,
     META_MODEL_VERSION,
     META_SAMPLE_RATE,
     META_WINDOW_SAMPLES,
-    SAMPLE_RATE_HZ,
-)
-from edge_asd.model.encoder import (
-    Encoder,
     ModelError,
     ModelInfo,
-    default_model_path,
-    named_model_path,
-    resolve_model,
 )
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import default_model_path, named_model_path, resolve_model
 from edge_asd_dev import logmel_model as lm
 
 WINDOW = lm.WINDOW_SAMPLES

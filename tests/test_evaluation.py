@@ -18,7 +18,7 @@ from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.pipeline import RecordingResult
 from edge_asd.detection.scoring import ClipScorer
 from edge_asd.detection.states import EventType
-from edge_asd.model.encoder import ModelInfo
+from edge_asd.model.contract import ModelInfo
 from edge_asd.offline.dcase import (
     LabelledClip,
     discover_sections,
@@ -517,7 +517,9 @@ def test_operating_point_counts_the_detectors_events() -> None:
 
 def test_real_bundled_encoder(dcase_root: Path, tmp_path: Path) -> None:
     """The shipped log-mel statistics model runs through the same evaluation."""
-    from edge_asd.model.encoder import Encoder, ModelError, resolve_model
+    from edge_asd.model.contract import ModelError
+    from edge_asd.model.encoder import Encoder
+    from edge_asd.model.registry import resolve_model
 
     try:
         encoder = Encoder(resolve_model("logmel-stats"))

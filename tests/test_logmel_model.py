@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from edge_asd.constants import (
+from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.model.contract import (
     META_EMBEDDING_DIM,
     META_MODEL_NAME,
     META_MODEL_VERSION,
@@ -20,7 +21,6 @@ from edge_asd.constants import (
     META_WINDOW_SAMPLES,
     MODEL_INPUT_NAME,
     MODEL_OUTPUT_NAME,
-    SAMPLE_RATE_HZ,
 )
 from edge_asd_dev import logmel_model as lm
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edge_asd.constants import (  # noqa: E402
+from edge_asd.model.contract import (  # noqa: E402
     META_EMBEDDING_DIM,
     META_MODEL_NAME,
     META_MODEL_VERSION,

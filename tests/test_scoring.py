@@ -16,7 +16,7 @@ from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.pipeline import EMBED_BATCH_WINDOWS
 from edge_asd.detection.scoring import ClipScore, ClipScorer
 from edge_asd.detection.windowing import frame_signal, iter_window_batches, window_count
-from edge_asd.model.encoder import ModelInfo
+from edge_asd.model.contract import ModelInfo
 
 WINDOW = 1_600  # 0.1 s keeps the tests fast; the scorer does not care about the length
 HOP = 800
@@ -208,7 +208,8 @@ _REAL_ENCODER: list[object] = []
 
 
 def _real_encoder():  # type: ignore[no-untyped-def]
-    from edge_asd.model.encoder import Encoder, resolve_model
+    from edge_asd.model.encoder import Encoder
+    from edge_asd.model.registry import resolve_model
 
     if not _REAL_ENCODER:
         _REAL_ENCODER.append(Encoder(resolve_model(None)))

@@ -48,7 +48,7 @@ from edge_asd.detection.memory_bank import NO_EXCLUSION, MemoryBank
 from edge_asd.detection.methods import SCORE_METHODS
 from edge_asd.detection.running import RunningProfile
 from edge_asd.detection.vocabulary import RHO_SCOPES
-from edge_asd.model.encoder import ModelInfo
+from edge_asd.model.contract import ModelInfo
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from edge_asd.detection.pipeline import EmbeddingModel, embed_recording
 from edge_asd.detection.running import running_profile
 from edge_asd.detection.vocabulary import THRESHOLD_METHODS
 from edge_asd.detection.windowing import window_count
-from edge_asd.model.encoder import ModelInfo
+from edge_asd.model.contract import ModelInfo
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from edge_asd.detection.running import (
 )
 from edge_asd.detection.states import EventType, MachineState
 from edge_asd.detection.windowing import Windower, iter_window_batches
-from edge_asd.model.encoder import ModelInfo
+from edge_asd.model.contract import ModelInfo
 
 EMBED_BATCH_WINDOWS: Final = 32
 """Windows per encoder call offline: bounds memory (a 1 s window is 64 kB) without starving the

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -14,32 +11,19 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import ArrayLike, NDArray
 
-from edge_asd.constants import (
+from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.model.contract import (
     META_EMBEDDING_DIM,
-    META_MODEL_NAME,
-    META_MODEL_VERSION,
-    META_SAMPLE_RATE,
     META_WINDOW_SAMPLES,
     MODEL_INPUT_NAME,
     MODEL_OUTPUT_NAME,
-    SAMPLE_RATE_HZ,
+    ModelError,
+    ModelInfo,
+    read_contract,
 )
 
 _LOGGER = logging.getLogger(__name__)
 
-BUNDLED_MODELS: Final[Mapping[str, str]] = {
-    "logmel-stats": "logmel-stats.onnx",
-    "yamnet-port": "yamnet-port-int8.onnx",
-    "yamnet-denoise": "yamnet-denoise-int8.onnx",
-}
-"""Name -> file in edge_asd/models/ of every model shipped with the package: the trained
-student (default) and the two baselines it is compared with (docs/results.md)."""
-DEFAULT_MODEL_NAME: Final = "yamnet-denoise"
-"""The bundled model used when the config names none: the YAMNet student fine-tuned off-device
-by the committed recipe (the `denoise` objective measured best: docs/results.md)."""
-DEFAULT_ALIAS: Final = "default"
-_MODELS_PACKAGE: Final = "edge_asd"
-_MODELS_FOLDER: Final = "models"
 _CONTRACT_RANK: Final = 2
 """Input [batch, samples] and output [batch, D]."""
 _ONNX_FLOAT: Final = "tensor(float)"
@@ -48,97 +32,6 @@ _CPU_PROVIDER: Final = "CPUExecutionProvider"
 # capture and MQTT, and one window every 0.5 s gains nothing from spinning.
 _SPIN_CONFIG_KEYS: Final = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 _SPIN_OFF: Final = "0"
-
-
-class ModelError(Exception):
-    """A model file is missing, corrupt, or does not match the encoder contract or config."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What identifies an encoder; stored in calibration bundles and event payloads."""
-
-    path: str
-    sha256: str
-    name: str
-    version: str
-    sample_rate: int
-    """Hertz."""
-    window_samples: int
-    embedding_dim: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        return cls(
-            path=str(data["path"]),
-            sha256=str(data["sha256"]),
-            name=str(data["name"]),
-            version=str(data["version"]),
-            sample_rate=int(data["sample_rate"]),
-            window_samples=int(data["window_samples"]),
-            embedding_dim=int(data["embedding_dim"]),
-        )
-
-
-def known_model_names() -> list[str]:
-    """Names accepted by `named_model_path`, sorted."""
-    return sorted([*BUNDLED_MODELS, DEFAULT_ALIAS])
-
-
-def named_model_path(name: str) -> Path:
-    """Path of a bundled model by name (`default` is the default model)."""
-    key = DEFAULT_MODEL_NAME if name == DEFAULT_ALIAS else name
-    if key not in BUNDLED_MODELS:
-        raise ModelError(
-            f"unknown bundled model {name!r}; known names: {', '.join(known_model_names())}"
-        )
-    resource = resources.files(_MODELS_PACKAGE).joinpath(_MODELS_FOLDER, BUNDLED_MODELS[key])
-    # onnxruntime needs a real file; a zipped install would have to be extracted first.
-    if not isinstance(resource, Path):
-        raise ModelError(f"bundled model {name!r} is not a file on disk ({resource}); reinstall")
-    if not resource.is_file():
-        raise ModelError(f"bundled model {name!r} is missing from the package: {resource}")
-    return resource
-
-
-def default_model_path() -> Path:
-    """Path of the model used when the config names none."""
-    return named_model_path(DEFAULT_ALIAS)
-
-
-def resolve_model(path_or_name: str | None) -> Path:
-    """None -> the default model; a bundled model's name -> its path; anything else -> a path.
-
-    A bare word that is neither a bundled name nor an existing file is reported as an unknown
-    name, since a typo in a name is likelier than a model file without an extension.
-    """
-    if path_or_name is None:
-        return default_model_path()
-    if path_or_name in BUNDLED_MODELS or path_or_name == DEFAULT_ALIAS:
-        return named_model_path(path_or_name)
-    path = Path(path_or_name).expanduser()
-    looks_like_name = path.suffix == "" and len(path.parts) == 1
-    if looks_like_name and not path.exists():
-        raise ModelError(
-            f"model {path_or_name!r} is neither a file nor a bundled model; "
-            f"known names: {', '.join(known_model_names())}"
-        )
-    return path
-
-
-def _metadata_int(path: Path, metadata: Mapping[str, str], key: str) -> int:
-    try:
-        value = int(metadata[key])
-    except ValueError:
-        raise ModelError(
-            f"model {path}: metadata {key} must be a positive integer, found {metadata[key]!r}"
-        ) from None
-    if value <= 0:
-        raise ModelError(f"model {path}: metadata {key} must be a positive integer, found {value}")
-    return value
 
 
 class Encoder:
@@ -248,28 +141,7 @@ class Encoder:
     def _check_contract(self, sha256: str) -> ModelInfo:
         path = self._path
         metadata = self._session.get_modelmeta().custom_metadata_map
-        required = (
-            META_SAMPLE_RATE,
-            META_WINDOW_SAMPLES,
-            META_EMBEDDING_DIM,
-            META_MODEL_NAME,
-            META_MODEL_VERSION,
-        )
-        missing = [key for key in required if key not in metadata]
-        if missing:
-            raise ModelError(
-                f"model {path} lacks the encoder-contract metadata {', '.join(missing)} "
-                f"(found keys: {', '.join(sorted(metadata)) or 'none'})"
-            )
-        info = ModelInfo(
-            path=str(path),
-            sha256=sha256,
-            name=metadata[META_MODEL_NAME],
-            version=metadata[META_MODEL_VERSION],
-            sample_rate=_metadata_int(path, metadata, META_SAMPLE_RATE),
-            window_samples=_metadata_int(path, metadata, META_WINDOW_SAMPLES),
-            embedding_dim=_metadata_int(path, metadata, META_EMBEDDING_DIM),
-        )
+        info = read_contract(path, sha256, metadata)
         self._check_io(
             "input",
             self._session.get_inputs(),

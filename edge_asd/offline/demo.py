@@ -26,7 +26,8 @@ from edge_asd.detection.calibration import Clip, Framing, calibrate
 from edge_asd.detection.detector import DetectorSettings
 from edge_asd.detection.pipeline import MachinePipeline
 from edge_asd.detection.states import EventType
-from edge_asd.model.encoder import Encoder, resolve_model
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import resolve_model
 
 NORMAL_ASSET = "demo_normal.wav"
 TEST_ASSET = "demo_test.wav"

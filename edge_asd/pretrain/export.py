@@ -35,15 +35,11 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor, nn
 
-from edge_asd.constants import (
-    META_EMBEDDING_DIM,
-    META_MODEL_NAME,
-    META_MODEL_VERSION,
-    META_SAMPLE_RATE,
+from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.model.contract import (
     META_WINDOW_SAMPLES,
     MODEL_INPUT_NAME,
     MODEL_OUTPUT_NAME,
-    SAMPLE_RATE_HZ,
 )
 from edge_asd.pretrain.student import Student
 
@@ -141,13 +137,7 @@ def export_onnx(
     embedding_dim = int(expected.shape[1])
     _set_metadata(
         model,
-        {
-            META_SAMPLE_RATE: str(SAMPLE_RATE_HZ),
-            META_WINDOW_SAMPLES: str(window_samples),
-            META_EMBEDDING_DIM: str(embedding_dim),
-            META_MODEL_NAME: name,
-            META_MODEL_VERSION: version,
-        },
+        contract_metadata(name, version, window_samples, embedding_dim),
     )
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))

@@ -20,7 +20,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 
-from edge_asd.constants import MODEL_INPUT_NAME, MODEL_OUTPUT_NAME
+from edge_asd.model.contract import MODEL_INPUT_NAME, MODEL_OUTPUT_NAME
 from edge_asd.pretrain.data import (
     AudioFile,
     Segment,

@@ -42,7 +42,7 @@ from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.pipeline import EmbeddingModel, embed_recording
 from edge_asd.detection.scoring import ClipScorer
-from edge_asd.model.encoder import ModelInfo
+from edge_asd.model.contract import ModelInfo
 from edge_asd.offline.dcase import EvaluationError, discover_sections
 from edge_asd.offline.metrics import dcase_section_metrics, official_score
 from edge_asd.pretrain.compact import CompactStudent

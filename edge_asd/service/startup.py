@@ -16,7 +16,9 @@ from edge_asd.detection.bundle import Bundle, BundleError, load_bundle
 from edge_asd.detection.detector import DetectorSettings
 from edge_asd.detection.pipeline import MachinePipeline
 from edge_asd.detection.running import RunningSettings
-from edge_asd.model.encoder import Encoder, ModelError, resolve_model
+from edge_asd.model.contract import ModelError
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import resolve_model
 
 _LOGGER = logging.getLogger(__name__)
 
