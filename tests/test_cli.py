@@ -186,3 +186,15 @@ def test_evaluate_rho_scope_option() -> None:
     bad = _cli("evaluate", "root", "--out", "o", "--rho-scope", "nearest")
     assert bad.returncode == 2
     assert "--rho-scope: invalid choice: 'nearest'" in bad.stderr
+
+
+def test_from_dir_takes_wav_and_flac(tmp_path: Path) -> None:
+    from edge_asd.cli import UsageError, _wav_files
+
+    (tmp_path / "sub").mkdir()
+    for name in ("b.WAV", "sub/a.flac", "c.txt", "d.ogg"):
+        (tmp_path / name).write_bytes(b"")
+    assert _wav_files(tmp_path) == [tmp_path / "b.WAV", tmp_path / "sub" / "a.flac"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"no \.wav or \.flac files"):
+        _wav_files(tmp_path / "empty")
