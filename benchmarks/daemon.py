@@ -189,8 +189,8 @@ def main() -> int:
             broker.stop()
     target = WINDOW_SECONDS + TRIGGER_WINDOWS * HOP_SECONDS + 0.3
     rows = [
-        ("steady-state CPU (% of one core)", f"{cpu_percent:.2f}", "<= 3"),
-        ("peak RSS (MB, VmHWM)", f"{rss:.1f}", "<= 150"),
+        ("steady-state CPU (% of one core)", f"{cpu_percent:.2f}", "<= 2"),
+        ("peak RSS (MB, VmHWM)", f"{rss:.1f}", "<= 100"),
         ("torch loaded", "yes" if torch else "no", "no"),
         (f"false alarms in {args.steady_seconds:.0f} s of normal running", str(false_starts), "0"),
         (

@@ -279,7 +279,10 @@ def build(
     }
     out.mkdir(parents=True, exist_ok=True)
     with tqdm(
-        total=per_section * len(sections), unit="clip", file=sys.stderr, disable=not progress
+        total=per_section * len(sections),
+        unit="clip",
+        file=sys.stderr,
+        disable=None if progress else True,  # None: shown on a terminal only
     ) as bar:
         for section, condition, snr in sections:
             sec_dir = out / section

@@ -12,7 +12,7 @@ readonly SERVICE_GROUP=edge-asd
 readonly AUDIO_GROUP=audio
 readonly UNIT_NAME=edge-asd.service
 readonly DEFAULT_PREFIX=/opt/edge-asd
-readonly APT_PACKAGES=(python3-venv python3-pip libportaudio2)
+readonly APT_PACKAGES=(python3-venv python3-pip libportaudio2 libsndfile1)
 readonly MIN_PYTHON="3.11"
 # The directory keeps systemd's default ConfigurationDirectoryMode (0755); the files in it
 # may name or hold broker credentials, so they are readable by root and the service group only.

@@ -14,9 +14,9 @@ watch_seconds=${EDGE_ASD_WATCH_SECONDS:-45}
 node=quickstart
 export PIP_BREAK_SYSTEM_PACKAGES=1 DEBIAN_FRONTEND=noninteractive
 
-echo "== installing system packages (mosquitto, mosquitto-clients, libportaudio2)"
+echo "== installing system packages (mosquitto, mosquitto-clients, libportaudio2, libsndfile1)"
 apt-get update -qq
-apt-get install -y -qq mosquitto mosquitto-clients libportaudio2 >/dev/null
+apt-get install -y -qq mosquitto mosquitto-clients libportaudio2 libsndfile1 >/dev/null
 
 echo "== installing edge-asd from $repo"
 python3 -m pip install -q "$repo"

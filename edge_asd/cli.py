@@ -86,15 +86,18 @@ def _samples(seconds: float) -> int:
 
 # ---------------------------------------------------------------- calibrate
 
-_AUDIO_SUFFIXES = (".wav", ".flac")
 
 
-def _wav_files(directory: Path) -> list[Path]:
+AUDIO_SUFFIXES = (".wav", ".flac")
+"""What `calibrate --from-dir` picks up; `audio.files` reads both through libsndfile."""
+
+
+def _wav_files(directory: Path, flag: str = "--from-dir") -> list[Path]:
     if not directory.is_dir():
-        raise UsageError(f"--from-dir {directory}: not a directory")
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() == ".wav")
+        raise UsageError(f"{flag} {directory}: not a directory")
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
-        raise UsageError(f"--from-dir {directory}: no .wav files found")
+        raise UsageError(f"{flag} {directory}: no .wav or .flac files found")
     return files
 
 
@@ -189,12 +192,7 @@ def _audio_files(paths: Sequence[Path], flag: str) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.suffix.lower() in _AUDIO_SUFFIXES and p.is_file()
-            )
-            if not found:
-                raise UsageError(f"{flag} {path}: no .wav or .flac files found")
-            files.extend(found)
+            files.extend(_wav_files(path, flag))
         elif path.is_file():
             files.append(path)
         else:
@@ -404,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--config", type=Path, help="YAML config (window, hop, scoring, machine)")
     cal.add_argument("--machine", help="machine name in --config (default: the only one)")
     source = cal.add_mutually_exclusive_group(required=True)
-    source.add_argument("--from-dir", type=Path, help="directory of WAV files of normal running")
+    source.add_argument(
+        "--from-dir", type=Path, help="directory of WAV or FLAC files of normal running"
+    )
     source.add_argument(
         "--record", type=_positive_float, metavar="SECONDS", help="record from the microphone"
     )
@@ -525,14 +525,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PRETRAIN_HELP = "pretrain the embedding encoder (needs the train extra)"
+
+
 def _register_pretrain(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    # The pretrain CLI module imports torch only inside its handlers, so the runtime stays
-    # torch-free even though the sub-command is always listed.
+    # Only a placeholder that takes everything after `pretrain`: `main` hands it to
+    # edge_asd.pretrain.cli, which parses it. So the runtime never imports edge_asd.pretrain
+    # (nor, through it, torch) unless the command is `pretrain`, and `edge-asd --help` still
+    # lists it. prefix_chars="\0": no argument after `pretrain` is an option of this parser,
+    # so `edge-asd pretrain --help` reaches the pretrain parser's own help.
+    pretrain = sub.add_parser("pretrain", help=PRETRAIN_HELP, add_help=False, prefix_chars="\0")
+    pretrain.add_argument("pretrain_args", nargs=argparse.REMAINDER)
+    pretrain.set_defaults(handler=_cmd_pretrain)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
     try:
-        from edge_asd.pretrain.cli import register
-    except ImportError:
-        return
-    register(sub)
+        from edge_asd.pretrain.cli import main as pretrain_main
+    except ImportError as exc:
+        raise UsageError(f"the pretrain module cannot be loaded: {exc}") from None
+    return pretrain_main(args.pretrain_args, log_level=args.log_level)
 
 
 # The daemon's budget is one core's few percent: BLAS thread pools (which also spin after each

@@ -30,6 +30,7 @@ from edge_asd.constants import DEFAULT_WINDOW_SECONDS, SAMPLE_RATE_HZ, seconds_t
 from edge_asd.model.contract import (
     MODEL_INPUT_NAME,
     MODEL_OUTPUT_NAME,
+    contract_metadata,
 )
 
 _LOGGER = logging.getLogger(__name__)

@@ -1,16 +1,21 @@
-"""Tests for edge_asd.audio.files: formats, rates, errors that name the file."""
+"""Tests for edge_asd.audio.files: formats (WAV, FLAC), rates, errors that name the file, and a
+fuzz test: whatever the bytes, reading gives audio or an AudioFileError."""
 
 from __future__ import annotations
 
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.io import wavfile
 
 from edge_asd.audio.files import (
     AudioFileError,
+    read_audio,
     read_wav,
     read_wav_channels,
     read_wav_info,
@@ -112,7 +117,7 @@ def test_zero_samples(tmp_path: Path) -> None:
 def test_corrupt_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "corrupt.wav"
     path.write_bytes(content)
-    with pytest.raises(AudioFileError, match=r"corrupt\.wav: not a readable WAV"):
+    with pytest.raises(AudioFileError, match=r"corrupt\.wav: not a readable audio file"):
         read_wav(path)
     with pytest.raises(AudioFileError, match=r"corrupt\.wav"):
         read_wav_info(path)
@@ -150,3 +155,158 @@ def test_riff_header_without_fmt_chunk(tmp_path: Path) -> None:
     path.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     with pytest.raises(AudioFileError, match=r"nofmt\.wav"):
         read_wav(path)
+
+
+def test_flac_round_trip(tmp_path: Path) -> None:
+    import soundfile
+
+    rng = np.random.default_rng(0)
+    stereo = np.clip(rng.normal(0.0, 0.3, size=(4_000, 2)), -1.0, 1.0)
+    flac = tmp_path / "take.flac"
+    wav = tmp_path / "take.wav"
+    write_wav(flac, stereo, 44_100)
+    write_wav(wav, stereo, 44_100)
+    info = soundfile.info(str(flac))
+    assert (info.format, info.subtype) == ("FLAC", "PCM_16")
+    assert (info.samplerate, info.channels) == (44_100, 2)
+    assert flac.read_bytes()[:4] == b"fLaC"
+    assert read_wav_info(flac) == (44_100, 2, 4_000)
+    # Lossless: the same 16-bit samples as the WAV, at the file rate and resampled alike.
+    np.testing.assert_array_equal(
+        read_wav_channels(flac, target_rate=44_100, channels=(0, 1)),
+        read_wav_channels(wav, target_rate=44_100, channels=(0, 1)),
+    )
+    np.testing.assert_allclose(
+        read_wav_channels(flac, target_rate=44_100, channels=(0, 1)), stereo, atol=1e-4
+    )
+    np.testing.assert_array_equal(read_wav(flac, channel=1), read_wav(wav, channel=1))
+    assert read_audio(flac).shape == (round(4_000 * SAMPLE_RATE_HZ / 44_100 + 0.5),)
+    # The format comes from the content: a FLAC file named .wav still reads.
+    renamed = tmp_path / "really_flac.wav"
+    renamed.write_bytes(flac.read_bytes())
+    np.testing.assert_array_equal(read_wav(renamed), read_wav(flac))
+
+
+def test_flac_24_bit(tmp_path: Path) -> None:
+    import soundfile
+
+    path = tmp_path / "pcm24.flac"
+    soundfile.write(str(path), np.round(LEVELS * PCM24_MAX).astype(np.int32) << 8, 16_000, "PCM_24")
+    np.testing.assert_allclose(read_wav(path), LEVELS, atol=1e-6)
+
+
+def test_truncated_file_reads_what_is_there(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "cut.wav"
+    write_wav(path, np.full(1_000, 0.5), SAMPLE_RATE_HZ)
+    path.write_bytes(path.read_bytes()[: 44 + 2 * 300])
+    with caplog.at_level("WARNING", logger="edge_asd.audio.files"):
+        x = read_wav(path)
+    assert x.shape == (300,)
+    np.testing.assert_allclose(x, 0.5, atol=1e-4)
+    assert "cut.wav: truncated?" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("rate", "reason"),
+    [(1, "below 1000 Hz"), (999, "below 1000 Hz"), (1_073_741_824, "rational filter")],
+)
+def test_unconvertible_sample_rates_are_refused(tmp_path: Path, rate: int, reason: str) -> None:
+    path = tmp_path / "odd_rate.wav"
+    wavfile.write(path, rate, np.zeros(100, dtype=np.int16))
+    with pytest.raises(AudioFileError, match=rf"odd_rate\.wav: unsupported sample rate.*{reason}"):
+        read_wav(path)
+    # At its own rate it needs no conversion, so it reads.
+    assert read_wav(path, target_rate=rate).shape == (100,)
+
+
+def test_write_wav_to_an_unwritable_place(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match=r"write_wav .*missing.*cannot write"):
+        write_wav(tmp_path / "missing" / "x.wav", np.zeros(10), SAMPLE_RATE_HZ)
+
+
+# ---------------------------------------------------------------- fuzzing
+
+FUZZ = settings(max_examples=250, deadline=None, database=None)
+"""No example database: the test stays deterministic per seed and writes nothing to the tree."""
+
+
+def _seed_files() -> dict[str, bytes]:
+    """Small valid files of each kind the readers meet, to mutate and cut."""
+    rng = np.random.default_rng(7)
+    mono = rng.uniform(-0.9, 0.9, size=400)
+    stereo = np.stack([mono, -mono], axis=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_wav(root / "pcm16.wav", mono, SAMPLE_RATE_HZ)
+        write_wav(root / "stereo44k.wav", stereo, 44_100)
+        write_wav(root / "flac.flac", stereo, 48_000)
+        wavfile.write(root / "float32.wav", 22_050, mono.astype(np.float32))
+        wavfile.write(root / "uint8.wav", 8_000, np.round(mono * 127 + 128).astype(np.uint8))
+        _write_pcm24(root / "pcm24.wav", mono, SAMPLE_RATE_HZ)
+        return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+SEEDS = _seed_files()
+HEADER_BYTES = 96
+"""Mutations land in the first bytes, where the headers (RIFF chunks, FLAC STREAMINFO) are."""
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def _read_or_refuse(path: Path, content: bytes) -> None:
+    """Reading gives finite float32 audio in [-1, 1], or an AudioFileError naming the file."""
+    path.write_bytes(content)
+    try:
+        rate, n_channels, _ = read_wav_info(path)
+    except AudioFileError as exc:
+        assert exc.path == path and path.name in str(exc)
+    else:
+        assert rate > 0 and n_channels > 0
+    try:
+        x = read_wav(path)
+    except AudioFileError as exc:
+        assert exc.path == path and path.name in str(exc)
+        return
+    assert x.dtype == np.float32 and x.ndim == 1 and x.size > 0
+    assert np.all(np.isfinite(x)) and float(np.max(np.abs(x))) <= 1.0
+
+
+@FUZZ
+@given(
+    content=st.one_of(
+        st.binary(min_size=1, max_size=600),
+        st.binary(max_size=600).map(lambda b: b"RIFF" + b[:4] + b"WAVE" + b[4:]),
+        st.binary(max_size=600).map(lambda b: b"RIFF\xff\xff\xff\xffWAVEfmt " + b),
+        st.binary(max_size=600).map(lambda b: b"fLaC" + b),
+    )
+)
+def test_fuzz_random_bytes(fuzz_dir: Path, content: bytes) -> None:
+    _read_or_refuse(fuzz_dir / "random.wav", content)
+
+
+@FUZZ
+@given(
+    seed=st.sampled_from(sorted(SEEDS)),
+    edits=st.lists(
+        st.tuples(st.integers(0, HEADER_BYTES - 1), st.integers(0, 255)), min_size=1, max_size=8
+    ),
+    cut=st.one_of(st.none(), st.integers(min_value=1, max_value=2_000)),
+)
+def test_fuzz_mutated_headers(
+    fuzz_dir: Path, seed: str, edits: list[tuple[int, int]], cut: int | None
+) -> None:
+    content = bytearray(SEEDS[seed])
+    for position, value in edits:
+        content[position % len(content)] = value
+    _read_or_refuse(fuzz_dir / f"mutated_{seed}", bytes(content[:cut]))
+
+
+@FUZZ
+@given(seed=st.sampled_from(sorted(SEEDS)), data=st.data())
+def test_fuzz_truncations(fuzz_dir: Path, seed: str, data: st.DataObject) -> None:
+    content = SEEDS[seed]
+    cut = data.draw(st.integers(min_value=1, max_value=len(content) - 1), label="cut")
+    _read_or_refuse(fuzz_dir / f"cut_{seed}", content[:cut])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -352,15 +354,25 @@ def test_calibrate_takes_the_config_section_as_it_is(normal_clips: list[Clip]) -
     assert (default.method, default.k, default.rho_scope) == ("density", 1, "all")
 
 
-def test_progress_bar_goes_to_stderr(
-    normal_clips: list[Clip], capsys: pytest.CaptureFixture[str]
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_goes_to_stderr_on_a_terminal_only(
+    normal_clips: list[Clip], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Not a terminal (capsys, a pipe, journald): no bar even when asked for.
     calibrate(normal_clips[:4], FakeEncoder(), FRAMING, settings(), progress=True)
-    captured = capsys.readouterr()
-    assert "embedding" in captured.err and "76/76" in captured.err
-    assert captured.out == ""
+    assert capsys.readouterr() == ("", "")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    calibrate(normal_clips[:4], FakeEncoder(), FRAMING, settings(), progress=True)
+    assert "embedding" in terminal.getvalue() and "76/76" in terminal.getvalue()
+    assert capsys.readouterr().out == ""
+    terminal.truncate(0)
     calibrate(normal_clips[:4], FakeEncoder(), FRAMING, settings(), progress=False)
-    assert capsys.readouterr().err == ""
+    assert terminal.getvalue() == ""
 
 
 def test_saved_bundle_scores_like_the_fresh_one(normal_clips: list[Clip], tmp_path: Path) -> None:

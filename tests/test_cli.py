@@ -208,3 +208,15 @@ def test_choices_come_from_the_registries_and_the_parser_leaves_numpy_unloaded()
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_from_dir_takes_wav_and_flac(tmp_path: Path) -> None:
+    from edge_asd.cli import UsageError, _wav_files
+
+    (tmp_path / "sub").mkdir()
+    for name in ("b.WAV", "sub/a.flac", "c.txt", "d.ogg"):
+        (tmp_path / name).write_bytes(b"")
+    assert _wav_files(tmp_path) == [tmp_path / "b.WAV", tmp_path / "sub" / "a.flac"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"no \.wav or \.flac files"):
+        _wav_files(tmp_path / "empty")

@@ -33,7 +33,12 @@ def record(device: str | int, *, channel: int, seconds: float, progress: bool = 
     except AudioDeviceError as exc:
         raise RecordingError(str(exc)) from None
     last_data = time.monotonic()
-    bar = tqdm(total=round(seconds, 1), unit="s", desc=f"recording {device}", disable=not progress)
+    bar = tqdm(
+        total=round(seconds, 1),
+        unit="s",
+        desc=f"recording {device}",
+        disable=None if progress else True,  # None: shown on a terminal only, not in logs
+    )
     try:
         while have < wanted:
             try:

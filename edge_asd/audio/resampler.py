@@ -4,6 +4,12 @@ The stream form keeps its input history and phase between calls, so the concaten
 does not depend on how the input was split into blocks. `resample` runs the same stream and
 removes its constant delay, so a WAV file and a live capture of the same sound give the same
 16 kHz samples.
+
+Hand-written with numpy rather than `scipy.signal.resample_poly` / `soxr` on purpose: the daemon
+resamples live capture from devices that only offer their native rate, and its memory target
+(<= 100 MB peak RSS, docs/benchmarks.md) has no room for scipy (importing `scipy.signal` alone
+costs about 80 MB of RSS and seconds of start-up) or another native library. It also needs a
+stream form whose output does not depend on the block split, which `resample_poly` lacks.
 """
 
 from __future__ import annotations

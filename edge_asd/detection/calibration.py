@@ -736,7 +736,7 @@ def embed_all(
         unit="window",
         desc="embedding",
         file=sys.stderr,
-        disable=not progress,
+        disable=None if progress else True,  # None: shown on a terminal only, not in logs
     ) as bar:
         for x, count in zip(signals, counts, strict=True):
             if count == 0:

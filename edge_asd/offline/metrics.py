@@ -1,7 +1,8 @@
 """DCASE Task 2 metrics: ROC AUC, McClish partial AUC, harmonic mean, per-section scores.
 
-Numbers match `sklearn.metrics.roc_auc_score` (with and without `max_fpr`) and
-`scipy.stats.hmean`, without depending on scikit-learn.
+AUCs match `sklearn.metrics.roc_auc_score` (with and without `max_fpr`) without depending on
+scikit-learn; the harmonic mean is `scipy.stats.hmean` (offline code: the daemon never imports
+this module, so scipy costs it nothing).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from scipy import stats
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -97,15 +99,15 @@ def partial_auc(
 
 
 def harmonic_mean(values: Iterable[float]) -> float:
-    """Harmonic mean as `scipy.stats.hmean`: any zero gives 0; negative values are an error."""
+    """`scipy.stats.hmean`: any zero gives 0; no values, negative or non-finite ones are a
+    ValueError (scipy would return NaN)."""
     arr = np.asarray(list(values), dtype=np.float64)
     if arr.size == 0:
         raise ValueError("harmonic mean of no values")
     if np.any(arr < 0) or not np.all(np.isfinite(arr)):
         raise ValueError(f"harmonic mean needs finite values >= 0, got {arr.tolist()}")
-    if np.any(arr == 0):
-        return 0.0
-    return float(arr.size / np.sum(1.0 / arr))
+    # scipy returns 0 for a zero and NaN (with a warning) for negatives: checked above instead.
+    return float(stats.hmean(arr))
 
 
 @dataclass(frozen=True)

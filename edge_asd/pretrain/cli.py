@@ -1,8 +1,9 @@
 """`edge-asd pretrain ...`: train, export, cache-teacher, verify-teacher.
 
-This module is imported by `edge_asd.cli` to register the sub-command, so it must not import
-torch (or anything that does) at module level: the runtime never loads torch. Handlers import
-what they need and return an exit code.
+`edge_asd.cli` lists `pretrain` with a placeholder and hands everything after it to `main` here,
+so the runtime CLI imports this package only for `edge-asd pretrain`. This module still imports
+no torch (or anything that does) at module level, so that `--help` and argument errors work
+without the train extra: handlers import what they need and return an exit code.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,6 +31,22 @@ VERIFY_TONE_HZ: Final = 440.0
 VERIFY_TONE_AMPLITUDE: Final = 0.3
 VERIFY_TOP_CLASSES: Final = 5
 _SCORE_TOLERANCE: Final = 1e-5
+
+
+def main(argv: Sequence[str] | None = None, *, log_level: str | None = None) -> int:
+    """`edge-asd pretrain ARGS...` with ARGS = `argv` (default: the command line's arguments);
+    returns the exit code. Usage errors exit with 2, as for every sub-command."""
+    parser = argparse.ArgumentParser(prog="edge-asd")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(["pretrain", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(
+        level=log_level or logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("edge-asd pretrain: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -198,7 +216,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             device=args.device,
             epochs=args.epochs,
-            progress=not args.no_progress,
+            progress=not args.no_progress and sys.stderr.isatty(),  # bars on a terminal only
         )
     except _errors() as exc:
         print(f"edge-asd pretrain train: {exc}", file=sys.stderr)

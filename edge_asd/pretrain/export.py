@@ -40,6 +40,7 @@ from edge_asd.model.contract import (
     META_WINDOW_SAMPLES,
     MODEL_INPUT_NAME,
     MODEL_OUTPUT_NAME,
+    contract_metadata,
 )
 from edge_asd.pretrain.student import Student
 

@@ -352,7 +352,8 @@ class TeacherCache:
         from tqdm import tqdm
 
         _LOGGER.info("teacher %s: computing %d segments", self.teacher.name, len(todo))
-        bar = tqdm(total=len(todo), desc="teacher", unit="seg", disable=not progress)
+        # disable=None: shown on a terminal only, not in logs.
+        bar = tqdm(total=len(todo), desc="teacher", unit="seg", disable=None if progress else True)
         new: dict[tuple[str, int, str], list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(
             list
         )
