@@ -87,7 +87,6 @@ def _samples(seconds: float) -> int:
 # ---------------------------------------------------------------- calibrate
 
 
-
 AUDIO_SUFFIXES = (".wav", ".flac")
 """What `calibrate --from-dir` picks up; `audio.files` reads both through libsndfile."""
 

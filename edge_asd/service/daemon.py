@@ -34,7 +34,8 @@ from edge_asd.detection.states import MachineState
 from edge_asd.mqtt.messages import EventMessage, ScoreMessage, StatsMessage, Topics, format_ts
 from edge_asd.mqtt.outbox import Outbox
 from edge_asd.mqtt.publisher import MqttPublisher, Publisher
-from edge_asd.service.notify import Notifier, configure_logging, watchdog_interval_seconds
+from edge_asd.service.logs import configure_logging
+from edge_asd.service.notify import Notifier, watchdog_interval_seconds
 from edge_asd.service.startup import StartupError, machine_setups, open_encoder
 
 _LOGGER = logging.getLogger(__name__)

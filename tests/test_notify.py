@@ -14,13 +14,8 @@ from pathlib import Path
 import pytest
 
 from edge_asd.service import notify as systemd_notify
-from edge_asd.service.notify import (
-    Notifier,
-    configure_logging,
-    notify,
-    stream_is_journal,
-    watchdog_interval_seconds,
-)
+from edge_asd.service.logs import configure_logging, stream_is_journal
+from edge_asd.service.notify import Notifier, notify, watchdog_interval_seconds
 
 RECEIVE_TIMEOUT_SECONDS = 5.0
 """Upper bound on every wait for a datagram; they arrive at once on loopback."""
