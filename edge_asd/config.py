@@ -347,6 +347,7 @@ def detector_settings(
             evidence,
             reference=evidence.reference * scale,
             gross_score=evidence.gross_score * scale,
+            release_score=evidence.release_score * scale,
         )
     return DetectorSettings(
         threshold=scaled.reference if scaled is not None else threshold,

@@ -146,3 +146,21 @@ def test_bad_settings_are_refused() -> None:
         EvidenceSettings(reference=1.0, drift=-1.0, alarm_level=1.0, gross_score=2.0)
     with pytest.raises(ValueError, match="target"):
         fit_evidence([np.ones(10)], [0], hop_seconds=HOP, window_seconds=WINDOW, target_per_week=0)
+
+
+def test_an_event_ends_within_release_windows_of_typical_normal_however_high_the_level() -> None:
+    ev = EvidenceSettings(
+        reference=2.0, drift=0.0, alarm_level=50.0, gross_score=6.0, typical_score=1.0
+    )
+    d = Detector(
+        DetectorSettings(threshold=2.0, evidence=ev, release_windows=4, update_interval_seconds=1e9)
+    )
+    scores = [5.0] * 60 + [1.0] * 6  # log 2.5 = 0.92 per window: 55 windows to reach 50
+    kinds = []
+    for i, s in enumerate(scores):
+        t = i * HOP
+        for tr in d.process(s, window_start_ts=t, window_end_ts=t + WINDOW, dbfs=0.0):
+            kinds.append((tr.kind, i))
+    assert kinds[0][0] is EventType.START
+    # The cap is 4 windows of typical normal (log 0.5 = -0.69 each): it ends on the 4th.
+    assert kinds[1] == (EventType.END, 63)

@@ -623,6 +623,7 @@ def build_bundle(
             window_seconds=framing.window_seconds,
             target_per_week=config.target_false_alarms_per_week,
             reference_quantile=config.reference_quantile,
+            release_score=threshold,
         )
     except ValueError as exc:
         raise CalibrationError(f"evidence decision: {exc}") from exc

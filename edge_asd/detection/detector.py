@@ -144,8 +144,10 @@ class EvidenceRule:
     def __init__(self, settings: DetectorSettings, evidence: EvidenceSettings) -> None:
         self._settings = settings
         self._evidence = evidence
+        self._cap = evidence.event_cap(settings.release_windows)
         self._sum = 0.0
         self._gross_run = 0
+        self._run_under = 0
 
     @property
     def evidence(self) -> float:
@@ -155,6 +157,7 @@ class EvidenceRule:
     def reset(self) -> None:
         self._sum = 0.0
         self._gross_run = 0
+        self._run_under = 0
 
     def update(self, score: float, in_event: bool) -> Verdict:
         ev = self._evidence
@@ -164,13 +167,22 @@ class EvidenceRule:
         if not in_event:
             start = self._sum >= ev.alarm_level or self._gross_run >= self._settings.trigger_windows
             if start:
-                # Inside an event the evidence is capped at the alarm level, so that it drains
-                # in bounded time once the fault stops.
-                self._sum = ev.alarm_level
+                # Inside an event the evidence is capped (evidence.event_cap), so that it drains
+                # within about release_windows normal windows once the fault stops.
+                self._sum = self._cap
                 self._gross_run = 0
+                self._run_under = 0
             return Verdict(over=over, candidate=self._sum > 0 or over, start=start, end=False)
-        self._sum = min(self._sum, ev.alarm_level)
-        return Verdict(over=over, candidate=False, start=False, end=self._sum <= 0.0)
+        self._sum = min(self._sum, self._cap)
+        # Normal running the bank has not heard can sit just above the reference for long: the
+        # event also ends once the scores are back under the window threshold for a while.
+        under = ev.release_score > 0 and score <= ev.release_score
+        self._run_under = self._run_under + 1 if under else 0
+        released = self._run_under >= self._settings.release_windows
+        end = self._sum <= 0.0 or released
+        if end:
+            self.reset()
+        return Verdict(over=over, candidate=False, start=False, end=end)
 
 
 def make_rule(settings: DetectorSettings) -> DecisionRule:

@@ -70,6 +70,12 @@ class EvidenceSettings:
     """CUSUM level that raises an alarm (natural-log units)."""
     gross_score: float
     """Score at or above which `trigger_windows` consecutive windows alarm at once."""
+    release_score: float = 0.0
+    """Inside an event, `release_windows` consecutive windows at or under this score end it
+    (the held-out window threshold); 0: only the drained evidence ends it."""
+    typical_score: float = 0.0
+    """Median held-out normal score: sets how fast an event's evidence drains once the sound is
+    normal again (0 in settings made without it: the event then drains from the alarm level)."""
 
     def __post_init__(self) -> None:
         for name in ("reference", "alarm_level", "gross_score"):
@@ -96,6 +102,17 @@ class EvidenceSettings:
         x = math.log(max(score, SCORE_FLOOR) / self.reference) - self.drift
         return min(x, self.max_increment)
 
+    def event_cap(self, release_windows: int) -> float:
+        """Evidence held during an event: about `release_windows` windows of typical normal
+        scores drain it, so an event ends within seconds of the fault stopping however high the
+        budget put the alarm level."""
+        if self.typical_score <= 0:
+            return self.alarm_level
+        per_window = -self.increment(self.typical_score)
+        if per_window <= 0:
+            return self.alarm_level
+        return min(self.alarm_level, release_windows * per_window)
+
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
@@ -106,6 +123,8 @@ class EvidenceSettings:
             drift=float(data["drift"]),
             alarm_level=float(data["alarm_level"]),
             gross_score=float(data["gross_score"]),
+            release_score=float(data.get("release_score", 0.0)),
+            typical_score=float(data.get("typical_score", 0.0)),
         )
 
 
@@ -236,6 +255,7 @@ def fit_evidence(
     reference_quantile: float = DEFAULT_REFERENCE_QUANTILE,
     gross_factor: float = DEFAULT_GROSS_FACTOR,
     trigger_windows: int = DEFAULT_TRIGGER_WINDOWS,
+    release_score: float = 0.0,
     seed: int = 0,
 ) -> EvidenceFit:
     """Calibrate the sequential decision from held-out normal score sequences.
@@ -256,7 +276,13 @@ def fit_evidence(
     drift = 0.0
     spread = fold_spread(seqs, fold_of, reference)
     largest_score = float(scores.max())
-    settings_for = _settings_factory(reference, drift, largest_score * gross_factor)
+    settings_for = _settings_factory(
+        reference,
+        drift,
+        largest_score * gross_factor,
+        float(np.median(scores)),
+        max(release_score, reference),
+    )
     peaks = np.concatenate(
         [excursion_peaks(cusum_path(_increments(s, settings_for(1.0)))) for s in seqs]
     )
@@ -320,10 +346,17 @@ def fit_evidence(
     )
 
 
-def _settings_factory(reference: float, drift: float, gross: float) -> Any:
+def _settings_factory(
+    reference: float, drift: float, gross: float, typical: float, release: float
+) -> Any:
     def make(level: float) -> EvidenceSettings:
         return EvidenceSettings(
-            reference=reference, drift=drift, alarm_level=level, gross_score=gross
+            reference=reference,
+            drift=drift,
+            alarm_level=level,
+            gross_score=gross,
+            release_score=release,
+            typical_score=typical,
         )
 
     return make
