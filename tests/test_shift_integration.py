@@ -223,6 +223,22 @@ def test_clip_explanation_status_metrics_and_controls(
             unknown = sub.messages(f"{BASE}/nope/cmd/mute/state")[-1]
             assert not unknown.retain
 
+            # Detection off: the state says so; on again: the detector's state comes back.
+            _command(broker, "detection", "OFF")
+            assert sub.wait_for_payload(f"{BASE}/{MACHINE}/state", "disabled", 10)
+            assert _wait(lambda: _acks(sub, "detection")[-1]["value"] == "OFF")
+            n = len(sub.messages(f"{BASE}/{MACHINE}/state"))
+            _command(broker, "detection", "ON")
+            assert _wait(lambda: _acks(sub, "detection")[-1]["value"] == "ON")
+            # Still muted, so the state reads muted again (not the detector's normal).
+            assert sub.wait_for(
+                lambda msgs: (
+                    [m.payload for m in msgs if m.topic == f"{BASE}/{MACHINE}/state"][n:]
+                    == [b"muted"]
+                ),
+                10,
+            )
+
             # Learn the event's clip as normal running: the bundle on disk changes and the
             # daemon reloads it.
             _command(broker, "learn", json.dumps({"event_id": end.event_id}))
@@ -246,3 +262,35 @@ def test_clip_explanation_status_metrics_and_controls(
     saved = json.loads((tmp_path / "state" / "controls.json").read_text())
     assert saved["machines"][MACHINE]["muted_until"] > time.time()
     assert saved["machines"][MACHINE]["detection"] is True
+
+
+def test_a_port_in_use_leaves_the_daemon_without_the_page(
+    tmp_path: Path, bundle_dir: Path, recording: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    from tests.test_daemon import FakePublisher
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = parse_config(
+            {
+                "node_id": NODE,
+                "machines": [
+                    {"name": MACHINE, "device": f"wav:{recording}", "bundle": str(bundle_dir)}
+                ],
+                "outbox": {"path": str(tmp_path / "outbox.sqlite")},
+                "http": {"port": port},
+            },
+            source=tmp_path / "config.yaml",
+        )
+        daemon = Daemon(config, publisher=FakePublisher())
+        try:
+            daemon.shift.start()
+            assert daemon.shift.server is None
+            assert "running without the status page" in caplog.text
+        finally:
+            daemon.shift.stop()
+            daemon.outbox.close()
