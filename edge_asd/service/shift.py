@@ -461,8 +461,16 @@ class ShiftFeatures:
         """Refresh the metrics' running totals (outbox, reconnects, drops, clips)."""
         if self.metrics is None:
             return
+        try:
+            self._update_totals(dropped_windows)
+        except Exception:
+            # Called from the daemon's main loop: metrics must never take the daemon down.
+            _LOGGER.exception("could not update the metrics")
+
+    def _update_totals(self, dropped_windows: Callable[[], int]) -> None:
         from edge_asd.service.metrics import DaemonTotals
 
+        assert self.metrics is not None
         daemon = self.daemon
         totals = [s.totals() for s in daemon.supervisors]
         clip_stats = self.clips.stats()
