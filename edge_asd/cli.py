@@ -1,4 +1,5 @@
-"""The `edge-asd` command line: calibrate, score, evaluate, check-config, demo, run, pretrain.
+"""The `edge-asd` command line: calibrate, score, evaluate, check-config, demo, run, status,
+tail, learn, replay, pretrain.
 
 Each sub-command is a thin layer over a library module. Usage and configuration errors exit with
 code 2 and one message that names the file, key or device; runtime failures exit with 1.
@@ -366,6 +367,63 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
 
+# ---------------------------------------------------------------- status and tail
+
+
+def _watch_target(args: argparse.Namespace) -> tuple[Config, str, str | None]:
+    from edge_asd.config import ConfigError
+
+    config = _load_config(args.config)
+    try:
+        password = config.mqtt.resolve_password()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return config, args.node or config.node_id, password
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from edge_asd.mqtt.messages import Availability
+    from edge_asd.mqtt.watch import WatchError, collect_status, format_status, utc_or_local
+
+    config, node, password = _watch_target(args)
+    try:
+        snapshot = collect_status(config.mqtt, node, password=password, wait_seconds=args.wait)
+    except WatchError as exc:
+        print(f"edge-asd status: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for line in format_status(snapshot, tz=utc_or_local(args.utc)):
+        print(line)
+    return EXIT_OK if snapshot.availability == Availability.ONLINE else EXIT_FAILURE
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edge_asd.mqtt.watch import WatchError, tail, utc_or_local
+
+    config, node, password = _watch_target(args)
+    stop = threading.Event()
+    # SIGTERM ends it like Ctrl-C: a clean disconnect, exit 0.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    try:
+        tail(
+            config.mqtt,
+            node,
+            sys.stdout,
+            password=password,
+            count=args.count,
+            tz=utc_or_local(args.utc),
+            stop=stop,
+        )
+    except WatchError as exc:
+        print(f"edge-asd tail: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a person leaves a live view
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -519,6 +577,37 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--machine", help="machine name in --config (default: the only one)")
     rep.add_argument("files", type=Path, nargs="+", metavar="FILE")
     rep.set_defaults(handler=_cmd_replay)
+
+    stat = sub.add_parser(
+        "status",
+        help="show a node's state as the broker has it, once",
+        description="Read what the broker retains for the node (availability, machine states, "
+        "mutes, detection switches, the latest stats), print a summary and exit: 0 when the "
+        "node is online, 1 when it is stopped, away or unknown.",
+    )
+    stat.add_argument("--config", type=Path, required=True, help="the daemon's config (broker)")
+    stat.add_argument("--node", help="node id (default: the config's node_id)")
+    stat.add_argument(
+        "--wait",
+        type=_positive_float,
+        default=3.0,
+        metavar="SECONDS",
+        help="longest wait for the retained messages",
+    )
+    stat.add_argument("--utc", action="store_true", help="times in UTC (default: local time)")
+    stat.set_defaults(handler=_cmd_status)
+
+    tl = sub.add_parser(
+        "tail",
+        help="follow a node's states and events live",
+        description="Print one readable line per machine state change, event start and end "
+        "(with why it fired and the clip) and command answer, until Ctrl-C.",
+    )
+    tl.add_argument("--config", type=Path, required=True, help="the daemon's config (broker)")
+    tl.add_argument("--node", help="node id (default: the config's node_id)")
+    tl.add_argument("--count", type=_positive_int, metavar="N", help="exit after N lines")
+    tl.add_argument("--utc", action="store_true", help="times in UTC (default: local time)")
+    tl.set_defaults(handler=_cmd_tail)
 
     _register_pretrain(sub)
     return parser

@@ -195,6 +195,42 @@ class OutboxConfig(_Section):
     max_age_seconds: float = Field(7 * 86_400, gt=0)
 
 
+class HomeAssistantConfig(_Section):
+    """Home Assistant MQTT discovery (`mqtt.discovery`): off unless asked for."""
+
+    discovery: bool = Field(
+        False,
+        description="Publish retained device-based discovery messages for the gateway and "
+        "each machine on every connect, and again when Home Assistant comes online.",
+    )
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = Field(
+        "homeassistant", description="Home Assistant's discovery prefix."
+    )
+
+
+class ClipsConfig(_Section):
+    """Event clips (`service.clips`): the audio around each event, with a spectrogram."""
+
+    # Off by default: the daemon must not write under /var/lib unless told to (tests, CI and a
+    # read-only image); deploy/config.example.yaml turns it on for an installed gateway.
+    dir: Path | None = Field(None, description="Where clips are written; null = no clips.")
+    pre_seconds: float = Field(5.0, ge=0.0, le=60.0, description="Audio kept before an event.")
+    post_seconds: float = Field(5.0, ge=0.0, le=60.0, description="Audio kept after an event.")
+    max_total_mb: float = Field(500.0, gt=0.0, description="Oldest clips go beyond this size.")
+    max_age_days: float = Field(30.0, gt=0.0, description="Clips older than this are deleted.")
+
+
+class HttpConfig(_Section):
+    """The local status page, status JSON, Prometheus metrics and clips (`service.http`)."""
+
+    port: int | None = Field(
+        None, ge=0, le=_MAX_PORT, description="TCP port; null = off; 0 = any free port."
+    )
+    bind: str = Field(
+        "127.0.0.1", min_length=1, description="Address to listen on; 0.0.0.0 = every one."
+    )
+
+
 class CalibrationConfig(_Section):
     """The `calibration` section; also the one place the calibration defaults live (the CLI,
     `calibrate` and the offline evaluation read them from `CalibrationConfig()`)."""
@@ -250,6 +286,9 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    clips: ClipsConfig = ClipsConfig()
+    http: HttpConfig = HttpConfig()
 
     @model_validator(mode="after")
     def _unique_machines(self) -> Config:

@@ -170,6 +170,27 @@ def test_bad_groups_and_scope_are_refused(tmp_path: Path) -> None:
         load_bundle(out)
 
 
+def test_band_profile_round_trip_and_older_bundles_without_it(tmp_path: Path) -> None:
+    from edge_asd.detection.explain import band_profile
+
+    noise = np.random.default_rng(3).normal(scale=0.1, size=16_000).astype(np.float32)
+    original = dataclasses.replace(_bundle(), band_profile=band_profile(noise))
+    out = save_bundle(original, tmp_path / "with")
+    loaded = load_bundle(out, model=MODEL)
+    assert loaded.band_profile is not None and original.band_profile is not None
+    np.testing.assert_allclose(
+        loaded.band_profile.level_db, original.band_profile.level_db, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        loaded.band_profile.edges_hz, original.band_profile.edges_hz, atol=1e-3
+    )
+    assert loaded.band_profile.frames == original.band_profile.frames
+    meta = json.loads((out / META_FILE).read_text())
+    del meta["band_profile"]  # a bundle from before profiles existed
+    (out / META_FILE).write_text(json.dumps(meta))
+    assert load_bundle(out, model=MODEL).band_profile is None
+
+
 def test_memory_bank_uses_stored_rho(tmp_path: Path) -> None:
     original = _bundle()
     fake_rho = np.linspace(0.1, 0.2, N_ENTRIES, dtype=np.float32)

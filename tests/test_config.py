@@ -165,3 +165,22 @@ def test_client_id() -> None:
     assert config.mqtt.client_id_for(config.node_id) == "edge-asd-gw-hall-2"
     config = parse_config({"node_id": "gw.hall-2", "mqtt": {"client_id": "mine"}}, source=Path("c"))
     assert config.mqtt.client_id_for(config.node_id) == "mine"
+
+
+def test_shift_sections_default_off_and_are_validated(tmp_path: Path) -> None:
+    from edge_asd.config import ConfigError, parse_config
+
+    config = parse_config({}, source=tmp_path / "c.yaml")
+    assert config.clips.dir is None  # no files written unless asked (tests, CI, read-only)
+    assert config.http.port is None and config.http.bind == "127.0.0.1"
+    assert config.homeassistant.discovery is False
+    assert config.homeassistant.prefix == "homeassistant"
+    for bad, key in (
+        ({"http": {"port": 70000}}, "http.port"),
+        ({"clips": {"max_total_mb": 0}}, "clips.max_total_mb"),
+        ({"clips": {"pre_seconds": -1}}, "clips.pre_seconds"),
+        ({"homeassistant": {"prefix": "a/#"}}, "homeassistant.prefix"),
+        ({"homeassistant": {"discover": True}}, "homeassistant.discover"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse_config(bad, source=tmp_path / "c.yaml")

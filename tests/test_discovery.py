@@ -217,6 +217,17 @@ def test_templates_render_what_ha_expects() -> None:
     assert _render(anomalous, "normal") == "OFF"
     assert _render(anomalous, "idle") == "OFF"
     assert _render(anomalous, "no_audio") == "None"  # HA: unknown
+    assert _render(anomalous, "disabled") == "None"
+    assert _render(anomalous, "muted") == "OFF"
+    ack = {"ok": True, "reason": None, "value": "ON", "until": "2026-11-22T04:04:05.123Z"}
+    assert _render(cmps["mute"]["value_template"], json.dumps(ack)) == "ON"
+    assert json.loads(_render(cmps["mute"]["json_attributes_template"], json.dumps(ack))) == {
+        "ok": True,
+        "reason": None,
+        "until": "2026-11-22T04:04:05.123Z",
+    }
+    off = {"ok": False, "reason": "bad", "value": "OFF"}
+    assert _render(cmps["detection"]["value_template"], json.dumps(off)) == "OFF"
     alarm = cmps["alarm"]["value_template"]
     end = {
         "type": "end",

@@ -45,10 +45,13 @@ machines:
     bundle: /var/lib/edge-asd/bundles/pump-1
     window_seconds: 1.0
     hop_seconds: 0.5
+    decision: evidence
     threshold_scale: 1.0
     threshold: null
     trigger_windows: 2
     release_windows: 4
+    detect_stops: true
+    startup_holdoff_seconds: 10
     max_event_seconds: 300
     no_audio_seconds: 10
     score_interval_seconds: 1.0
@@ -71,6 +74,18 @@ outbox:
   path: /var/lib/edge-asd/outbox.sqlite
   max_messages: 100000
   max_age_seconds: 604800
+homeassistant:
+  discovery: false
+  prefix: homeassistant
+clips:
+  dir: /var/lib/edge-asd/clips
+  pre_seconds: 5
+  post_seconds: 5
+  max_total_mb: 500
+  max_age_days: 30
+http:
+  port: null
+  bind: 127.0.0.1
 calibration:
   scoring: density
   k: 1
@@ -78,6 +93,8 @@ calibration:
   threshold_percentile: 0.995
   folds: 5
   min_windows: 60
+  target_false_alarms_per_week: 1
+  reference_quantile: 0.99
   rho_scope: all
 """
 

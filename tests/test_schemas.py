@@ -44,8 +44,9 @@ GOLDEN_EVENT = (
     '"peak_score":1e-05,"threshold":1e+16,"windows_over":5,"dbfs":null,"duration_seconds":2.5,'
     '"model":{"name":"logmel-stats","version":"1.0.0","sha256":"'
     + "ab" * 32
-    + '"},"bundle_id":"b-1"}'
+    + '"},"bundle_id":"b-1","clip":null,"explanation":null}'
 )
+"""clip and explanation were added within version 1; everything before them is unchanged."""
 GOLDEN_SCORE = (
     '{"schema":"edge-asd.score/1","node":"gw-1","machine":"press-1",'
     '"ts":"2026-11-22T03:04:05.123Z","score":0.30000000000000004,"threshold":1.2,'

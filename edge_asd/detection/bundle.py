@@ -8,7 +8,8 @@ On disk a bundle is a directory with two files:
   neighbours kept out of rho). Loaded with ``allow_pickle=False``.
 - ``bundle.json``: every other field, human-readable, including ``rho_scope`` and
   ``exclusion_windows``, the calibrated sequential decision (``evidence``) and the running
-  machine's level profile (``running_profile``); ``off_embeddings`` in ``bank.npz`` holds the
+  machine's level profile (``running_profile``) and the normal audio's 1/3-octave band profile
+  (``band_profile``, explains events); ``off_embeddings`` in ``bank.npz`` holds the
   recordings of the stopped machine when calibration had them;
 - ``report.json``: the calibration report (what was measured and decided, warnings).
 
@@ -44,6 +45,7 @@ from typing import Any, Final
 import numpy as np
 
 from edge_asd.detection.evidence import EvidenceSettings
+from edge_asd.detection.explain import BandProfile
 from edge_asd.detection.memory_bank import NO_EXCLUSION, MemoryBank
 from edge_asd.detection.methods import SCORE_METHODS
 from edge_asd.detection.running import RunningProfile
@@ -128,6 +130,9 @@ class Bundle:
     """float32 [N] RMS level (dBFS) of each bank window, for `learn` to refit the running
     profile; None in older bundles."""
     target_false_alarms_per_week: float | None = None
+    band_profile: BandProfile | None = None
+    """1/3-octave levels of the normal audio, the reference that explains an event
+    (`explain.explain`); None in older bundles (the daemon then uses the clip's pre-roll)."""
     report: dict[str, Any] | None = None
     """The calibration report (report.json)."""
     created: str = field(default_factory=utc_now_iso)
@@ -211,6 +216,7 @@ class Bundle:
             "has_off_embeddings": self.off_embeddings is not None,
             "has_levels": self.levels is not None,
             "target_false_alarms_per_week": self.target_false_alarms_per_week,
+            "band_profile": None if self.band_profile is None else self.band_profile.to_dict(),
         }
 
 
@@ -381,6 +387,7 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
         evidence = meta.get("evidence")
         profile = meta.get("running_profile")
         target = meta.get("target_false_alarms_per_week")
+        bands = meta.get("band_profile")
         bundle = Bundle(
             embeddings=bank.embeddings,
             rho=bank.rho,
@@ -408,6 +415,7 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
             off_embeddings=bank.off_embeddings,
             levels=bank.levels,
             target_false_alarms_per_week=None if target is None else float(target),
+            band_profile=None if bands is None else BandProfile.from_dict(bands),
             report=_read_report(path),
         )
     except KeyError as exc:

@@ -41,6 +41,7 @@ from edge_asd.constants import (
 )
 from edge_asd.detection.bundle import Bundle
 from edge_asd.detection.evidence import fit_evidence
+from edge_asd.detection.explain import BandProfile, band_profile
 from edge_asd.detection.memory_bank import (
     NO_EXCLUSION,
     RHO_FLOOR,
@@ -70,6 +71,9 @@ MAX_FOLD_IMBALANCE: Final = 2.0
 """Whole-clip folds are used only if no fold holds more than this many times its fair share."""
 STAT_QUANTILES: Final = (0.5, 0.9, 0.95, 0.99, 0.995, 0.999)
 _TINY_RANGE: Final = 1e-12
+PROFILE_MAX_SECONDS: Final = 600.0
+"""Audio the band profile (what explains events) is measured on at most: ten minutes describe
+a machine's spectrum well, and hours would only cost time and memory at calibration."""
 STRETCHES_PER_FOLD: Final = 2
 """Groups per contiguous fold: with one group per fold, a held-out bank of 2 folds would hold a
 single stretch, and rho_scope "other_groups" would find no other group in it."""
@@ -516,7 +520,7 @@ def calibrate(
             )
         off_emb, off_levels = embed_all(off_checked, off_counts, encoder, framing, progress)
         off = EmbeddedAudio(off_emb, off_counts, off_levels)
-    return build_bundle(
+    bundle = build_bundle(
         audio,
         framing,
         config,
@@ -526,6 +530,22 @@ def calibrate(
         off=off,
         off_files=off_files,
     )
+    bundle.band_profile = normal_band_profile(checked)
+    return bundle
+
+
+def normal_band_profile(clips: Sequence[np.ndarray]) -> BandProfile:
+    """The band profile of normal audio: every clip concatenated, or, beyond
+    `PROFILE_MAX_SECONDS`, an equal share of each clip from its middle (so every recording
+    contributes in proportion to its length)."""
+    total = sum(x.size for x in clips)
+    limit = round(PROFILE_MAX_SECONDS * SAMPLE_RATE_HZ)
+    parts = []
+    for x in clips:
+        take = x.size if total <= limit else max(1, x.size * limit // total)
+        start = (x.size - take) // 2
+        parts.append(np.asarray(x[start : start + take], dtype=np.float32))
+    return band_profile(np.concatenate(parts), sample_rate=SAMPLE_RATE_HZ)
 
 
 def _heldout_sequences(

@@ -146,6 +146,9 @@ def learn(
         )
     except CalibrationError as exc:
         raise LearnError(str(exc)) from None
+    # The normal spectrum does not change by adding unheard normal running to the bank: keep
+    # the calibration's band profile (it explains events); the learned audio is not needed.
+    learned.band_profile = bundle.band_profile
     if learned.report is not None:
         learned.report["files"] = previous_files + learned.report["files"]
         learned.report["learned"] = [clip.name for clip in clips]

@@ -18,6 +18,11 @@ class MachineState(StrEnum):
     recordings of it stopped); no anomaly is raised."""
     NO_AUDIO = "no_audio"
     CALIBRATING = "calibrating"
+    MUTED = "muted"
+    """Alarms are muted from outside (the `mute` command): anomalies are logged, not raised,
+    until the mute ends; the state says so instead of what the detector hears."""
+    DISABLED = "disabled"
+    """Detection is switched off from outside (the `detection` command): nothing is judged."""
 
 
 class EventType(StrEnum):

@@ -52,7 +52,8 @@ CONTROL_SWITCHES: Final = ("mute", "detection")
 CONTROL_BUTTONS: Final = ("learn_last_event",)
 """Button controls: add the machine's last event to what it considers normal."""
 CONTROL_STATE_LEAF: Final = "state"
-"""A switch's state is read back from ``<command topic>/state`` (retained, ON/OFF)."""
+"""A switch's state is read back from ``<command topic>/state`` (retained JSON acknowledgement
+whose ``value`` is ON/OFF)."""
 
 _OBJECT_ID_CHARS: Final = re.compile(r"[^a-zA-Z0-9_-]")
 """HA accepts only these in a discovery topic's object id; unique ids follow the same rule."""
@@ -67,11 +68,21 @@ ANOMALOUS_TEMPLATE: Final = (
     + MachineState.NO_AUDIO.value
     + "', '"
     + MachineState.CALIBRATING.value
+    + "', '"
+    + MachineState.DISABLED.value
     + "'] %}None"
     "{% else %}OFF{% endif %}"
 )
-"""No audio or calibrating: HA shows 'unknown' (the template's 'None') rather than a false
-'OK'."""
+"""No audio, calibrating or detection switched off: HA shows 'unknown' (the template's 'None')
+rather than a false 'OK'. Muted reads OFF: silencing the alarm is what muting is for."""
+CONTROL_VALUE_TEMPLATE: Final = "{{ value_json.value }}"
+"""A control's state topic carries the daemon's JSON acknowledgement (`service.controls`);
+its ``value`` is the switch's ON/OFF."""
+CONTROL_ATTRIBUTES_TEMPLATE: Final = (
+    "{{ {'ok': value_json.ok, 'reason': value_json.reason, 'until': value_json.get('until')} "
+    "| to_json }}"
+)
+"""The last command's outcome and, for mute, until when, as the switch's attributes."""
 EVENT_TEMPLATE: Final = (
     "{% if value_json.type in ['" + EventType.START.value + "', '" + EventType.END.value + "'] %}"
     "{{ {'event_type': value_json.type, 'event_id': value_json.event_id, "
@@ -295,6 +306,9 @@ def machine_components(node_id: str, machine: str, topics: Topics) -> dict[str, 
             "unique_id": f"{uid}_{name}",
             "command_topic": command_topic(topics, machine, name),
             "state_topic": control_state_topic(topics, machine, name),
+            "value_template": CONTROL_VALUE_TEMPLATE,
+            "json_attributes_topic": control_state_topic(topics, machine, name),
+            "json_attributes_template": CONTROL_ATTRIBUTES_TEMPLATE,
             "payload_on": SWITCH_ON,
             "payload_off": SWITCH_OFF,
             "entity_category": "config",

@@ -253,6 +253,20 @@ class EventMessage(Payload):
     # Also accepts a mapping with name/version/sha256 (the daemon passes one).
     model: ModelRef = Field(description="The encoder that produced the scores.")
     bundle_id: str = Field(description="Calibration bundle that set the threshold.")
+    # Added within major version 1 (consumers ignore fields they do not know); written on
+    # every type so the schema stays closed with every field required.
+    clip: str | None = Field(
+        None,
+        description="Absolute path of the event's audio clip on the gateway (FLAC, or WAV "
+        "without libsndfile; a spectrogram PNG of the same name lies beside it), written "
+        "clips.post_seconds after the end; null before the end, or without clips.",
+    )
+    explanation: str | None = Field(
+        None,
+        description="Why it fired, in words: the frequency band that changed most against "
+        "normal, by how much and how (steady, intermittent, impulses and their rate); null "
+        "before the end, or when it could not be computed.",
+    )
 
     @property
     def model_ref(self) -> ModelRef:

@@ -16,6 +16,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -24,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_asd.config import MqttConfig
+from edge_asd.mqtt.discovery import DiscoveryMessage, stale_discovery
 from edge_asd.mqtt.messages import Availability, EventMessage, MachineState, Topics
 from edge_asd.mqtt.outbox import Outbox, OutboxError
 
@@ -42,6 +44,14 @@ DRAIN_IDLE_WAKE_SECONDS: Final = 1.0
 """The drain thread also wakes this often without a signal, as a safety net."""
 DEFAULT_STOP_TIMEOUT_SECONDS: Final = 5.0
 _STOP_POLL_SECONDS: Final = 0.05
+DISCOVERY_QOS: Final = 1
+COMMAND_QOS: Final = 1
+HA_ONLINE: Final = b"online"
+"""What Home Assistant publishes on ``<discovery prefix>/status`` when it (re)starts."""
+
+CommandHandler = Callable[[str, str, bytes, bool], None]
+"""(machine, command name, payload, retained) of a message on ``<node>/<machine>/cmd/<name>``;
+called on paho's network thread, so it must only queue the command."""
 
 
 class PublisherError(Exception):
@@ -151,6 +161,14 @@ class MqttPublisher:
         # Drain-thread-only state: paho message id -> outbox id, and the last id handed over.
         self._inflight: dict[int, int] = {}
         self._cursor: int | None = None
+        # Retained extras (service.shift): acknowledgements, HA discovery, commands.
+        self._retained: dict[str, tuple[bytes, int]] = {}
+        """topic -> (payload, qos) republished on every connect, like the states."""
+        self._discovery: list[DiscoveryMessage] = []
+        self._discovery_prefix: str | None = None
+        self._discovery_machines: list[str] = []
+        self._discovery_sent = 0
+        self._command_handler: CommandHandler | None = None
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -191,6 +209,7 @@ class MqttPublisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     # ----------------------------------------------------------------- public interface
@@ -374,6 +393,7 @@ class MqttPublisher:
                 client.publish(self._topics.state(machine), state, qos=STATE_QOS, retain=True)
             self._connected.set()
         self._wake.set()
+        self._on_connect_extras(client)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this from inside its `except OSError`, so the cause is still at hand.
@@ -490,3 +510,95 @@ class MqttPublisher:
             self._cursor = message.id
             with self._lock:
                 self._published += 1
+
+    # ----------------------------------------------------------------- retained extras
+    # Home Assistant discovery, command subscription and retained acknowledgements. Configure
+    # them before `start`; everything below runs on the caller's or paho's network thread.
+
+    def enable_discovery(
+        self, messages: Sequence[DiscoveryMessage], *, prefix: str, machines: Sequence[str]
+    ) -> None:
+        """Publish `messages` (retained) on every connect and whenever Home Assistant says
+        ``online`` on ``<prefix>/status``; remove retained configs of this gateway's machines
+        that are not in `machines` (they left the config)."""
+        self._discovery = list(messages)
+        self._discovery_prefix = prefix
+        self._discovery_machines = list(machines)
+
+    def set_command_handler(self, handler: CommandHandler) -> None:
+        """Subscribe to ``<prefix>/<node>/+/cmd/+`` on every connect and hand each message to
+        `handler`."""
+        self._command_handler = handler
+
+    @property
+    def discovery_sent(self) -> int:
+        """How many times the discovery messages were (re)published (tests, diagnostics)."""
+        with self._lock:
+            return self._discovery_sent
+
+    def publish_retained(
+        self, topic: str, payload: bytes | str, qos: int = 1, *, remember: bool = True
+    ) -> None:
+        """A retained message; with `remember`, republished on every (re)connect (a control's
+        acknowledgement must be on the broker even if it was published while away)."""
+        data = payload.encode("utf-8") if isinstance(payload, str) else payload
+        with self._state_lock:
+            if remember:
+                self._retained[topic] = (data, qos)
+            if self.connected:
+                self._client.publish(topic, data, qos=qos, retain=True)
+
+    def _on_connect_extras(self, client: mqtt.Client) -> None:
+        with self._state_lock:
+            for topic, (data, qos) in self._retained.items():
+                client.publish(topic, data, qos=qos, retain=True)
+        if self._command_handler is not None:
+            client.subscribe(f"{self._topics.base}/+/cmd/+", qos=COMMAND_QOS)
+        prefix = self._discovery_prefix
+        if prefix is not None:
+            self._publish_discovery(client)
+            # Retained configs already on the broker: found stale ones are removed as they
+            # arrive (`_on_message`), so no wait for "all retained messages" is needed.
+            client.subscribe(
+                [(f"{prefix}/status", DISCOVERY_QOS), (f"{prefix}/device/+/config", DISCOVERY_QOS)]
+            )
+
+    def _publish_discovery(self, client: mqtt.Client) -> None:
+        for message in self._discovery:
+            client.publish(message.topic, message.encode(), qos=DISCOVERY_QOS, retain=True)
+        with self._lock:
+            self._discovery_sent += 1
+        _LOGGER.info("Published Home Assistant discovery (%d messages)", len(self._discovery))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._route_message(client, message)
+        except Exception:
+            # paho's network thread must survive any surprise in a message.
+            _LOGGER.exception("Could not handle message on %s", message.topic)
+
+    def _route_message(self, client: mqtt.Client, message: mqtt.MQTTMessage) -> None:
+        topic, payload = message.topic, bytes(message.payload)
+        prefix = self._discovery_prefix
+        if prefix is not None and topic == f"{prefix}/status":
+            if payload.strip() == HA_ONLINE:
+                # HA restarted and lost what it knew: announce everything again.
+                self._publish_discovery(client)
+            return
+        if prefix is not None and mqtt.topic_matches_sub(f"{prefix}/device/+/config", topic):
+            # Only what the broker held at subscribe time (retain flag): live traffic on these
+            # topics is ours or other gateways' current configs.
+            if message.retain and payload:
+                for removal in stale_discovery(
+                    {topic: payload},
+                    self._topics.node_id,
+                    self._discovery_machines,
+                    prefix=prefix,
+                ):
+                    _LOGGER.info("Removing Home Assistant device %s (left the config)", topic)
+                    client.publish(removal.topic, b"", qos=DISCOVERY_QOS, retain=True)
+            return
+        handler = self._command_handler
+        if handler is not None and mqtt.topic_matches_sub(f"{self._topics.base}/+/cmd/+", topic):
+            levels = topic[len(self._topics.base) + 1 :].split("/")
+            handler(levels[0], levels[2], payload, bool(message.retain))

@@ -205,7 +205,7 @@ class ClipRecorder:
 
     def __init__(
         self,
-        dir: str | os.PathLike[str],  # the config key is `clips.dir`
+        dir: str | os.PathLike[str] | None,  # the config key is `clips.dir`
         pre_seconds: float,
         post_seconds: float,
         max_total_mb: float,
@@ -216,7 +216,10 @@ class ClipRecorder:
         max_clip_seconds: float = DEFAULT_MAX_CLIP_SECONDS,
         audio_format: str | None = None,
     ) -> None:
-        """`audio_format` "flac" or "wav" forces one; by default FLAC when soundfile can."""
+        """`audio_format` "flac" or "wav" forces one; by default FLAC when soundfile can.
+
+        `dir` None keeps the pre-roll and each event's audio for `event_audio` (explanations)
+        but writes nothing: no writer thread, no files, `event_ended` returns None."""
         if pre_seconds < 0 or post_seconds < 0:
             raise ValueError("clips: pre_seconds and post_seconds must be >= 0")
         if max_total_mb <= 0 or max_age_days <= 0:
@@ -225,7 +228,9 @@ class ClipRecorder:
             raise ValueError("clips: sample_rate, queue_size and max_clip_seconds must be > 0")
         if audio_format not in (None, *AUDIO_EXTENSIONS):
             raise ValueError(f"clips: audio_format must be one of {AUDIO_EXTENSIONS}")
-        self.dir = Path(dir)
+        self.dir = None if dir is None else Path(dir)
+        self._root = self.dir if self.dir is not None else Path()
+        """The directory, for the writer (which only runs when there is one)."""
         self.pre_seconds = float(pre_seconds)
         self.post_seconds = float(post_seconds)
         self.max_total_bytes = int(max_total_mb * _BYTES_PER_MB)
@@ -245,8 +250,12 @@ class ClipRecorder:
         self._deleted = 0
         self._failing = False
         """The last write failed: the next failure is not logged again."""
-        self._thread = threading.Thread(target=self._writer_loop, name="clip-writer", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if self.dir is not None:
+            self._thread = threading.Thread(
+                target=self._writer_loop, name="clip-writer", daemon=True
+            )
+            self._thread.start()
 
     # ------------------------------------------------------------------ inference thread
 
@@ -326,19 +335,19 @@ class ClipRecorder:
             failing = self._failing
             if rec.samples >= rec.target:
                 self._finish(machine, track)
-        return None if failing else self.audio_path(event_id)
+        return None if failing or self.dir is None else self.audio_path(event_id)
 
     def audio_path(self, event_id: str) -> Path:
-        return self.dir / f"{event_id}.{self.extension}"
+        return self._root / f"{event_id}.{self.extension}"
 
     def png_path(self, event_id: str) -> Path:
-        return self.dir / f"{event_id}.png"
+        return self._root / f"{event_id}.png"
 
     def _finish(self, machine: str, track: _Track) -> None:
         """Hand the track's clip to the writer (lock held); never waits."""
         rec = track.recording
         track.recording = None
-        if rec is None or not rec.chunks:
+        if rec is None or not rec.chunks or self.dir is None:
             return
         pcm = np.concatenate(rec.chunks)
         if rec.target is not None:
@@ -400,6 +409,8 @@ class ClipRecorder:
                 if track.recording is not None:
                     self._finish(machine, track)
         self._stop.set()
+        if self._thread is None:
+            return
         self._thread.join(timeout)
         if self._thread.is_alive():
             _LOGGER.warning("clip writer still busy after %.1f s; leaving it", timeout)
@@ -435,7 +446,7 @@ class ClipRecorder:
                 _LOGGER.error(
                     "clips: cannot write in %s (%s); detection goes on, clips are skipped until "
                     "the directory works again",
-                    self.dir,
+                    self._root,
                     exc,
                 )
             return False
@@ -445,17 +456,17 @@ class ClipRecorder:
             recovered = self._failing
             self._failing = False
         if recovered:
-            _LOGGER.info("clips: %s is writable again", self.dir)
+            _LOGGER.info("clips: %s is writable again", self._root)
         return True
 
     def _prepare(self) -> None:
         """Create the directory and apply retention once at start-up (off the caller's thread:
         a slow or hung mount must not delay the daemon's start)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._root.mkdir(parents=True, exist_ok=True)
         self._enforce_retention()
 
     def _write_clip(self, job: _ClipJob) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._root.mkdir(parents=True, exist_ok=True)
         # Write under a hidden temporary name and rename: a reader (the HTTP endpoint, a
         # person copying files) never sees half a clip, and retention never matches it.
         tmp = job.audio_path.with_name(f".{job.audio_path.name}.tmp")
@@ -479,10 +490,10 @@ class ClipRecorder:
         """Delete clips older than max_age_days, then the oldest until under max_total_mb.
 
         A clip's audio and picture go together (grouped by event id)."""
-        if not self.dir.is_dir():
+        if not self._root.is_dir():
             return
         groups: dict[str, list[tuple[Path, float, int]]] = {}
-        with os.scandir(self.dir) as entries:
+        with os.scandir(self._root) as entries:
             for entry in entries:
                 match = CLIP_NAME.match(entry.name)
                 if match is None or not entry.is_file(follow_symlinks=False):
@@ -507,4 +518,4 @@ class ClipRecorder:
         if deleted:
             with self._lock:
                 self._deleted += deleted
-            _LOGGER.info("clips: retention deleted %d file(s) in %s", deleted, self.dir)
+            _LOGGER.info("clips: retention deleted %d file(s) in %s", deleted, self._root)

@@ -36,6 +36,7 @@ from edge_asd.mqtt.outbox import Outbox
 from edge_asd.mqtt.publisher import MqttPublisher, Publisher
 from edge_asd.service.logs import configure_logging
 from edge_asd.service.notify import Notifier, watchdog_interval_seconds
+from edge_asd.service.shift import ShiftFeatures
 from edge_asd.service.startup import StartupError, machine_setups, open_encoder
 
 _LOGGER = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class Daemon:
         self._last_watchdog = 0.0
         self._progress_since_watchdog = False
         self._reload_requested = threading.Event()
+        # Clips, explanations, status page, metrics, discovery, controls (service.shift).
+        self.shift = ShiftFeatures(self)
 
     # ------------------------------------------------------------------ construction
 
@@ -143,6 +146,7 @@ class Daemon:
     def run(self) -> int:
         self._install_signal_handlers()
         self.publisher.start()
+        self.shift.start()
         for device_key, channels in self._channels_by_device.items():
             machine = next(m for m in self.machines if str(m.config.device) == device_key)
             supervisor = CaptureSupervisor(
@@ -190,6 +194,7 @@ class Daemon:
             if now >= next_stats:
                 next_stats = now + self.config.stats_interval_seconds
                 self._publish_stats()
+            self.shift.update_totals(self._dropped_windows)
             if now >= next_status:
                 next_status = now + STATUS_INTERVAL_SECONDS
                 self.notifier.status(self._status_line())
@@ -207,6 +212,7 @@ class Daemon:
         self._inference.join(THREAD_JOIN_SECONDS)
         if self._inference.is_alive():
             _LOGGER.warning("inference thread did not stop in time")
+        self.shift.stop()
         self._publish_stats()
         self.publisher.stop(PUBLISHER_STOP_SECONDS)
         self.outbox.close()
@@ -248,6 +254,7 @@ class Daemon:
                 if self._reload_requested.is_set():
                     self._reload_requested.clear()
                     self.reload_bundles()
+                self.shift.apply_commands()
                 self._apply_health()
                 try:
                     block = self.queue.get(timeout=QUEUE_POLL_SECONDS)
@@ -305,8 +312,13 @@ class Daemon:
                 continue
             if block.discontinuity:
                 machine.pipeline.reset()
-            step = machine.pipeline.push(block.samples[:, machine.channel_index], block.end_ts)
+            samples = block.samples[:, machine.channel_index]
+            self.shift.push_audio(machine, samples, block.end_ts)
+            if not self.shift.detecting(machine):
+                continue
+            step = machine.pipeline.push(samples, block.end_ts)
             if step.windows:
+                self.shift.inference(step.inference_seconds, len(step.windows))
                 per_window_ms = step.inference_seconds * 1000.0 / len(step.windows)
                 self.counters.inference_ms.extend([per_window_ms] * len(step.windows))
                 self.counters.windows_processed += len(step.windows)
@@ -331,6 +343,7 @@ class Daemon:
             pending = next(changes, None)
         interval = machine.config.score_interval_seconds
         for window in step.windows:
+            self.shift.window(machine, window)
             if interval > 0 and window.end_time - machine.last_score_sent >= interval:
                 machine.last_score_sent = window.end_time
                 self._publish_score(machine, window)
@@ -343,7 +356,7 @@ class Daemon:
             score=window.score,
             threshold=machine.threshold,
             dbfs=window.dbfs,
-            state=machine.state or MachineState.NORMAL,
+            state=self.shift.published_state(machine) or MachineState.NORMAL,
         )
         self.publisher.publish_telemetry(
             self.topics.score(machine.config.name), message.to_json(), qos=0
@@ -352,6 +365,9 @@ class Daemon:
     def _publish_transition(self, machine: MachineRuntime, transition: EventTransition) -> None:
         info = self.encoder.info
         end = transition.end_ts
+        clip, explanation = self.shift.transition(machine, transition)
+        if not self.shift.publish_allowed(machine, transition):
+            return
         message = EventMessage(
             type=transition.kind,
             event_id=transition.event_id,
@@ -369,6 +385,8 @@ class Daemon:
             duration_seconds=(end if end is not None else transition.ts) - transition.start_ts,
             model={"name": info.name, "version": info.version, "sha256": info.sha256},
             bundle_id=machine.bundle.bundle_id,
+            clip=clip,
+            explanation=explanation,
         )
         _LOGGER.info(
             "%s: event %s %s score %.3f (peak %.3f, threshold %.3f)",
@@ -383,7 +401,9 @@ class Daemon:
 
     def _publish_state(self, machine: MachineRuntime, change: StateChange) -> None:
         _LOGGER.info("%s: state %s -> %s", machine.config.name, change.previous, change.state)
-        self.publisher.publish_state(machine.config.name, change.state)
+        self.publisher.publish_state(
+            machine.config.name, self.shift.state_to_publish(machine, change.state)
+        )
 
     def _end_all_events(self, ts: float) -> None:
         for machine in self.machines:
@@ -444,9 +464,26 @@ class Daemon:
             outbox_write_errors=self.outbox.write_errors,
             reconnects=publisher_stats.reconnects,
             version=__version__,
-            machines={m.config.name: m.state or MachineState.NO_AUDIO for m in self.machines},
+            machines={
+                m.config.name: self.shift.published_state(m) or MachineState.NO_AUDIO
+                for m in self.machines
+            },
         )
-        self.publisher.publish_telemetry(self.topics.stats, message.to_json(), qos=0)
+        self._publish_stats_message(message.to_json())
+
+    def _publish_stats_message(self, payload: str) -> None:
+        # Retained where the publisher can (a new subscriber, `edge-asd status`, Home
+        # Assistant after a restart, sees the latest at once); QoS 0 and not remembered.
+        retained = getattr(self.publisher, "publish_retained", None)
+        if retained is not None:
+            retained(self.topics.stats, payload, qos=0, remember=False)
+        else:
+            self.publisher.publish_telemetry(self.topics.stats, payload, qos=0)
+
+    def _dropped_windows(self) -> int:
+        """Blocks dropped between capture and inference, in hops of the first machine."""
+        dropped = sum(s.totals().dropped_frames for s in self.supervisors)
+        return dropped // self.machines[0].pipeline.hop_samples
 
     def _status_line(self) -> str:
         states = ", ".join(f"{m.config.name}={m.state or 'starting'}" for m in self.machines)

@@ -232,6 +232,7 @@ STATUS_PAGE: Final = """<!DOCTYPE html>
  .normal { background: #2e7d32; } .anomalous { background: #c62828; }
  .idle { background: #757575; } .no_audio { background: #ef6c00; }
  .calibrating { background: #1565c0; } .unknown { background: #9e9e9e; }
+ .muted { background: #6a1b9a; } .disabled { background: #424242; }
  svg.spark { width: 240px; height: 40px; background: #f3f3f3; }
  .ongoing { font-weight: 600; color: #c62828; }
  #error { color: #c62828; }
