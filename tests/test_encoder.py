@@ -137,7 +137,8 @@ def test_encoder_module_needs_neither_onnx_nor_torch() -> None:
     # onnx is a build-time dependency and torch is for pretraining only; the runtime has neither.
     code = (
         "import sys\n"
-        "from edge_asd.model.encoder import Encoder, default_model_path\n"
+        "from edge_asd.model.encoder import Encoder\n"
+        "from edge_asd.model.registry import default_model_path\n"
         "Encoder(default_model_path())\n"
         "print(sorted(m for m in ('onnx', 'torch') if m in sys.modules))\n"
     )
@@ -330,7 +331,7 @@ def test_named_models() -> None:
     assert default_model_path().is_file()
     with pytest.raises(
         ModelError,
-        match=r"unknown bundled model 'nope'.*default, logmel-stats, yamnet-denoise, yamnet-port",
+        match=r"unknown bundled model 'nope'.*default, logmel-stats, yamnet-denoise, yamnet-port, yamnet-retain",
     ):
         named_model_path("nope")
 
@@ -357,7 +358,7 @@ def test_static_output_size_disagreeing_with_metadata(tmp_path: Path) -> None:
         Encoder(path)
 
 
-@pytest.mark.parametrize("name", ["yamnet-port", "yamnet-denoise"])
+@pytest.mark.parametrize("name", ["yamnet-port", "yamnet-denoise", "yamnet-retain"])
 def test_bundled_yamnet_models_meet_the_contract(name: str) -> None:
     encoder = Encoder(named_model_path(name))
     assert encoder.info.name == name

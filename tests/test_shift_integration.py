@@ -26,7 +26,8 @@ from edge_asd.config import Config, parse_config
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import load_bundle, save_bundle
 from edge_asd.detection.calibration import Clip, Framing, calibrate
-from edge_asd.model.encoder import Encoder, resolve_model
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import resolve_model
 from edge_asd.mqtt.messages import EventMessage
 from edge_asd.service.daemon import Daemon
 from edge_asd_dev.synth import apply_fault, machine_sound

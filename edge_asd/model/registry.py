@@ -17,9 +17,12 @@ BUNDLED_MODELS: Final[Mapping[str, str]] = {
     "logmel-stats": "logmel-stats.onnx",
     "yamnet-port": "yamnet-port-int8.onnx",
     "yamnet-denoise": "yamnet-denoise-int8.onnx",
+    "yamnet-retain": "yamnet-retain-int8.onnx",
 }
 """Name -> file in edge_asd/models/ of every model shipped with the package: the trained
-student (default) and the two baselines it is compared with (docs/results.md)."""
+student (default), the same recipe with the seed's `retain` objective (for noise never heard in
+pretraining, docs/model-card.md) and the two baselines they are compared with
+(docs/results.md)."""
 DEFAULT_MODEL_NAME: Final = "yamnet-denoise"
 """The bundled model used when the config names none: the YAMNet student fine-tuned off-device
 by the committed recipe (the `denoise` objective measured best: docs/results.md)."""
