@@ -331,7 +331,8 @@ def test_named_models() -> None:
     assert default_model_path().is_file()
     with pytest.raises(
         ModelError,
-        match=r"unknown bundled model 'nope'.*default, logmel-stats, yamnet-denoise, yamnet-port, yamnet-retain",
+        match=r"unknown bundled model 'nope'.*default, logmel-stats, yamnet-denoise, "
+        r"yamnet-port, yamnet-retain",
     ):
         named_model_path("nope")
 
