@@ -118,7 +118,9 @@ class MachineConfig(_Section):
     max_event_seconds: float = Field(
         DEFAULT_MAX_EVENT_SECONDS, gt=0.0, description="Longer events are split."
     )
-    no_audio_seconds: float = Field(10.0, gt=0.0, description="Silence or no data -> no_audio.")
+    no_audio_seconds: float = Field(
+        10.0, gt=0.0, description="No data or device errors this long -> no_audio."
+    )
     score_interval_seconds: float = Field(1.0, ge=0.0, description="Score telemetry period; 0=off.")
 
     @model_validator(mode="after")

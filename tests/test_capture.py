@@ -116,17 +116,19 @@ def test_missing_device_then_unplug_then_recovery() -> None:
     assert blocks[0].discontinuity and sum(b.discontinuity for b in blocks) >= 2
 
 
-def test_digital_silence_reports_no_audio_and_reopens() -> None:
+def test_digital_silence_is_audio_not_a_lost_device() -> None:
+    """A stopped machine behind a noise gate (or a muted input) is the pipeline's `idle`; the
+    capture keeps the stream instead of flapping between no_audio and a reopened stream."""
     factory = Factory([FakeSource(blocks=10**6, fail_after=False, silent=True)])
-    health, _blocks, sup = _run(
+    health, blocks, sup = _run(
         factory,
         no_audio_seconds=0.3,
-        until=lambda h, b: len(h) >= 2,
+        until=lambda h, b: len(b) >= 20,
     )
-    assert health[0][0] is False
-    assert "digital silence" in health[0][1]
-    assert health[1][0] is True  # the next (fake) source has sound
-    assert sup.totals().reopenings >= 1
+    assert health[0][0] is True
+    assert all(ok for ok, _ in health)
+    assert sup.totals().reopenings == 0
+    assert len(blocks) >= 20
 
 
 def test_no_data_reports_no_audio() -> None:

@@ -1,9 +1,12 @@
 """Capture supervisor: one thread per audio device that keeps audio flowing for months.
 
 It opens the device, hands 16 kHz blocks to the inference thread through a bounded queue, and
-watches the stream: when the device disappears, errors, delivers nothing, or delivers only
-digital silence for `no_audio_seconds`, it reports `no_audio`, closes the stream and reopens it
-with exponential back-off. It never exits on an audio problem; only the stop event ends it.
+watches the stream: when the device disappears, errors or delivers nothing for
+`no_audio_seconds`, it reports `no_audio`, closes the stream and reopens it with exponential
+back-off. It never exits on an audio problem; only the stop event ends it. Digital silence is
+audio, not a lost device: the machine pipeline reports it as `idle` (a stopped machine behind a
+noise gate and a muted input read the same), instead of the state flapping between `no_audio`
+and the reopened stream's first blocks.
 """
 
 from __future__ import annotations
@@ -32,8 +35,6 @@ READ_TIMEOUT_SECONDS = 0.2
 """How long one read waits; bounds how quickly the thread notices the stop event."""
 REOPEN_MIN_SECONDS = 1.0
 REOPEN_MAX_SECONDS = 30.0
-DIGITAL_SILENCE_PEAK = 1e-7
-"""A block whose peak is below this is digital silence (a muted or dead input), not quiet."""
 
 CAPTURE_BLOCK_SECONDS = 0.05
 """PortAudio callback period: long enough that callbacks (Python, via cffi) cost little CPU,
@@ -156,7 +157,6 @@ class CaptureSupervisor(threading.Thread):
     def _pump(self, source: AudioSource, discontinuity: bool) -> str | None:
         """Move blocks until stop (returns None) or an audio problem (returns its reason)."""
         last_data = time.monotonic()
-        silent_since: float | None = None
         got_sound = False
         while not self._stop_event.is_set():
             self.heartbeat = time.monotonic()
@@ -170,18 +170,9 @@ class CaptureSupervisor(threading.Thread):
                     return f"no audio from device {self.device!r} for {self._no_audio_seconds:g} s"
                 continue
             last_data = now
-            if float(np.max(np.abs(block))) < DIGITAL_SILENCE_PEAK:
-                silent_since = now if silent_since is None else silent_since
-                if now - silent_since >= self._no_audio_seconds:
-                    return (
-                        f"only digital silence from device {self.device!r} for "
-                        f"{self._no_audio_seconds:g} s"
-                    )
-            else:
-                silent_since = None
-                if not got_sound:
-                    got_sound = True
-                    self._set_health(True, f"audio flowing from device {self.device!r}")
+            if not got_sound:
+                got_sound = True
+                self._set_health(True, f"audio flowing from device {self.device!r}")
             self._deliver(CapturedBlock(self.device_key, block, time.time(), discontinuity))
             discontinuity = False
         return None
