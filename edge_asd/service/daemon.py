@@ -510,7 +510,8 @@ class Daemon:
             overwritten_frames=sum(t.overwritten_frames for t in totals),
             # Blocks dropped between capture and inference, in hops of the first machine: the
             # windows that could not be analysed.
-            dropped_windows=sum(t.dropped_frames for t in totals) // self.machines[0].pipeline.hop_samples,
+            dropped_windows=sum(t.dropped_frames for t in totals)
+            // self.machines[0].pipeline.hop_samples,
             inference_ms_p50=self._percentile_ms(50),
             inference_ms_p95=self._percentile_ms(95),
             outbox_depth=self.outbox.depth(),
