@@ -1,7 +1,8 @@
 """Synthetic rotating-machine sound and additive fault generators (16 kHz float32, numpy only).
 
-Used by the demo assets, the tests and `benchmarks/make_devset.py`. Every random draw comes
-from the caller's seeded `np.random.Generator`, so a seed reproduces the audio exactly.
+Used by the demo assets, the tests, `benchmarks/make_devset.py` and `benchmarks/streams.py`.
+Every random draw comes from the caller's seeded `np.random.Generator`, so a seed reproduces the
+audio exactly.
 
 Fault generators ADD a fault component to any signal so that the power of the added
 component relative to the power of the input (whole-signal averages) equals `level_db`:
@@ -309,6 +310,70 @@ FAULTS: Final[dict[str, FaultFunction]] = {
     "looseness": looseness,
 }
 """Fault name -> generator with the `FaultFunction` signature."""
+
+
+def hiss_leak(
+    x: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add a steady high-frequency hiss (compressed air or steam escaping through a leak).
+
+    Broadband noise in a 3-7 kHz band with a slight slow flutter (+-10 %); unrelated to the
+    shaft rate (`shaft_hz` is accepted for the common signature and ignored).
+    """
+    del shaft_hz
+    sig = _as_signal(x, "hiss_leak")
+    n = sig.size
+    centre = rng.uniform(4_000.0, 6_000.0)
+    noise = _shaped_noise(n, rng, ((centre, 1_500.0),))
+    t = np.arange(n) / SAMPLE_RATE_HZ
+    flutter = 1.0 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.2, 2.0) * t + rng.uniform(0, 2 * np.pi))
+    return _add_at_ratio(sig, noise * flutter, level_db, "hiss_leak")
+
+
+def valve_clicks(
+    x: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add sparse irregular clicks (a chattering valve, a relay, a loose cover ticking).
+
+    Clicks at 0.5-3 per second on average (Poisson), each a 1-4 kHz resonance ringing for a few
+    milliseconds, about half of them followed 20-80 ms later by a weaker second click (open then
+    close). Not tied to the shaft rate (`shaft_hz` is accepted and ignored).
+    """
+    del shaft_hz
+    sig = _as_signal(x, "valve_clicks")
+    n = sig.size
+    seconds = n / SAMPLE_RATE_HZ
+    rate = rng.uniform(0.5, 3.0)
+    n_clicks = max(1, int(rng.poisson(rate * seconds)))
+    train = np.zeros(n)
+    for start in rng.integers(0, n, n_clicks):
+        train[start] += rng.uniform(0.6, 1.0)
+        if rng.random() < 0.5:
+            second = start + round(rng.uniform(0.02, 0.08) * SAMPLE_RATE_HZ)
+            if second < n:
+                train[second] += rng.uniform(0.2, 0.5)
+    kernel = _decaying_kernel(rng, rng.uniform(1_000.0, 4_000.0), rng.uniform(1e-3, 4e-3))
+    component = np.convolve(train, kernel)[:n]
+    return _add_at_ratio(sig, component, level_db, "valve_clicks")
+
+
+EXTRA_FAULTS: Final[dict[str, FaultFunction]] = {
+    "hiss_leak": hiss_leak,
+    "valve_clicks": valve_clicks,
+}
+"""Further fault families (same signature), kept out of `FAULTS` so that the development set
+built from `FAULTS` (benchmarks/make_devset.py) does not change; `benchmarks/streams.py` uses
+both (`ALL_FAULTS`)."""
+
+ALL_FAULTS: Final[dict[str, FaultFunction]] = {**FAULTS, **EXTRA_FAULTS}
 
 
 def apply_fault(

@@ -138,6 +138,43 @@ def test_imbalance_adds_shaft_rate_modulation(normal: np.ndarray) -> None:
     assert np.max(env[at_shaft]) > 3.0 * np.max(env_normal[at_shaft])
 
 
+@pytest.mark.parametrize("name", sorted(synth.EXTRA_FAULTS))
+@pytest.mark.parametrize("level_db", [-20.0, -6.0])
+def test_extra_fault_level_is_controlled_and_seeded(
+    normal: np.ndarray, name: str, level_db: float
+) -> None:
+    fault = synth.ALL_FAULTS[name]
+    faulty = fault(normal, rng=np.random.default_rng(5), level_db=level_db)
+    measured = _power_db(faulty.astype(np.float64) - normal) - _power_db(normal)
+    assert abs(measured - level_db) < LEVEL_TOLERANCE_DB
+    assert faulty.dtype == np.float32
+    assert faulty.shape == normal.shape
+    np.testing.assert_array_equal(
+        faulty, fault(normal, rng=np.random.default_rng(5), level_db=level_db)
+    )
+
+
+def test_extra_faults_stay_out_of_the_devset_families() -> None:
+    assert not set(synth.EXTRA_FAULTS) & set(synth.FAULTS)
+    assert synth.ALL_FAULTS == {**synth.FAULTS, **synth.EXTRA_FAULTS}
+
+
+def test_hiss_leak_raises_the_treble(normal: np.ndarray) -> None:
+    faulty = synth.hiss_leak(normal, rng=np.random.default_rng(0), level_db=-15)
+    freqs = np.fft.rfftfreq(FFT_SIZE, 1 / SAMPLE_RATE_HZ)
+    diff = _avg_spectrum_db(faulty) - _avg_spectrum_db(normal)
+    assert np.median(diff[(freqs > 6_000.0) & (freqs < 7_500.0)]) > 3.0
+
+
+def test_valve_clicks_are_sparse_transients(normal: np.ndarray) -> None:
+    faulty = synth.valve_clicks(normal, rng=np.random.default_rng(0), level_db=-10)
+    added = faulty.astype(np.float64) - normal
+    frame = SAMPLE_RATE_HZ // 100
+    energy = np.square(added[: added.size // frame * frame]).reshape(-1, frame).sum(axis=1)
+    # Most 10 ms frames hold almost none of the added energy.
+    assert np.mean(energy < 0.01 * energy.max()) > 0.5
+
+
 def test_unknown_fault_and_silent_input_are_clear_errors(normal: np.ndarray) -> None:
     with pytest.raises(ValueError, match="unknown fault 'gremlins'"):
         synth.apply_fault(normal, "gremlins", rng=np.random.default_rng(0), level_db=0)
