@@ -6,10 +6,10 @@
 Long, seeded streams are built from the development data (`--data`, default ../shared/data;
 nothing of it is copied into the repository) and fed to the product's own
 `edge_asd.detection.pipeline.MachinePipeline` exactly as the daemon feeds it: blocks of
-`--block-seconds` (0.1 s) with `pipeline.push(block, end_time)`, and the capture's digital-silence
-health (`CaptureSupervisor`: `no_audio` after `no_audio_seconds` of digital silence, then the
-stream is closed and reopened after a growing back-off, the audio of the wait being lost) applied
-with `pipeline.set_audio` before each block, as `Daemon._apply_health` does. The script never
+`--block-seconds` (0.1 s) with `pipeline.push(block, end_time)`, and the capture's health
+(`CaptureSupervisor`: healthy from the first block; digital silence is audio, which the pipeline
+reports `idle`) applied with `pipeline.set_audio` before each block, as `Daemon._apply_health`
+does. The script never
 scores or detects on its own: what it counts are the pipeline's event transitions and machine
 states.
 
@@ -82,16 +82,17 @@ from typing import Any, Final
 import numpy as np
 from tqdm import tqdm
 
-from edge_asd.audio.capture import DIGITAL_SILENCE_PEAK, REOPEN_MAX_SECONDS, REOPEN_MIN_SECONDS
 from edge_asd.audio.files import read_wav
-from edge_asd.config import CalibrationConfig, MachineConfig
+from edge_asd.config import CalibrationConfig, MachineConfig, detector_settings
 from edge_asd.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
 from edge_asd.detection.bundle import Bundle
-from edge_asd.detection.calibration import CalibrationSettings, Clip, calibrate
+from edge_asd.detection.calibration import Clip, Framing, calibrate
 from edge_asd.detection.detector import DetectorSettings
 from edge_asd.detection.pipeline import EmbeddingModel, MachinePipeline, PipelineStep
 from edge_asd.detection.states import EventType
-from edge_asd.model.encoder import Encoder, resolve_model
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import resolve_model
+from edge_asd.service.startup import MachineSetup
 from edge_asd_dev import synth
 
 _LOGGER = logging.getLogger("streams")
@@ -436,10 +437,33 @@ def hysteresis_variant(
     return DetectorVariant(name, description, build)
 
 
+def daemon_variant() -> DetectorVariant:
+    """The daemon's defaults, built by the daemon's own code (`service.startup.MachineSetup`):
+    the evidence decision calibrated for the false-alarm budget, and stop detection (`idle`)."""
+    machine = MachineConfig(name="machine", bundle=Path("bundle"))
+
+    def build(bundle: Bundle, encoder: EmbeddingModel) -> MachinePipeline:
+        threshold = bundle.threshold * machine.threshold_scale
+        setup = MachineSetup(
+            0, machine, bundle, detector_settings(machine, threshold, bundle.evidence)
+        )
+        return setup.pipeline(encoder)  # type: ignore[arg-type]
+
+    return DetectorVariant(
+        "daemon",
+        "the daemon's defaults: evidence over time for a budget of 1 false alarm per week "
+        "(CUSUM, fast path for gross scores), stops reported idle, 10 s hold-off after restarts",
+        build,
+        stop_states={ROOM_STOP: frozenset({"idle"}), SILENCE_STOP: frozenset({"idle"})},
+    )
+
+
 VARIANTS: Final[tuple[DetectorVariant, ...]] = (
+    daemon_variant(),
     hysteresis_variant(
-        "default",
-        "calibrated threshold (bundle.threshold), trigger 2, release 4: the daemon's default",
+        "before",
+        "the previous default: calibrated threshold (bundle.threshold), trigger 2, release 4, "
+        "no stop detection",
         lambda bundle: bundle.threshold,
     ),
     hysteresis_variant(
@@ -447,11 +471,6 @@ VARIANTS: Final[tuple[DetectorVariant, ...]] = (
         "threshold = max held-out normal score (bundle.normal_stats['max']), trigger 2, release 4",
         lambda bundle: float(bundle.normal_stats["max"]),
     ),
-    # A sequential decision or an idle-aware pipeline is one more entry, e.g.
-    # DetectorVariant("evidence", "...", lambda b, e: MachinePipeline.from_bundle(b, e,
-    #     detector=DetectorSettings(threshold=b.threshold, evidence=b.evidence),
-    #     running=RunningSettings()), stop_states={"room": frozenset({"idle"}),
-    #     "silence": frozenset({"idle", "no_audio"})}),
 )
 
 
@@ -462,12 +481,8 @@ VARIANTS: Final[tuple[DetectorVariant, ...]] = (
 def calibrate_bundle(clips: Sequence[Clip], encoder: EmbeddingModel, *, progress: bool) -> Bundle:
     """The product's calibration with the config's default `calibration` settings (what
     `edge-asd calibrate` uses), framed for `encoder` at the default hop."""
-    settings = CalibrationSettings(
-        window_samples=encoder.info.window_samples,
-        hop_samples=seconds_to_samples(DEFAULT_HOP_SECONDS),
-        **CalibrationConfig().model_dump(),
-    )
-    return calibrate(clips, encoder, settings, progress=progress)
+    framing = Framing(encoder.info.window_samples, seconds_to_samples(DEFAULT_HOP_SECONDS))
+    return calibrate(clips, encoder, framing, CalibrationConfig(), progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -906,14 +921,9 @@ def _fan_stream(
 
 
 class CaptureHealth:
-    """`CaptureSupervisor`'s health in stream time, for one device.
-
-    Digital silence (peak under DIGITAL_SILENCE_PEAK) for `no_audio_seconds` makes the capture
-    report unhealthy, close the stream and reopen it after a back-off that starts at
-    REOPEN_MIN_SECONDS and doubles up to REOPEN_MAX_SECONDS (never reset, as in `run`); audio
-    during the wait is lost and the first block after it is a discontinuity. A reopened stream is
-    reported healthy again at its first block that is not digital silence.
-    """
+    """`CaptureSupervisor`'s health in stream time, for one device: healthy from the first block
+    on. Digital silence is audio to the capture (the pipeline reports it `idle`); only a device
+    that delivers nothing or fails is `no_audio`, and a stream built from a file never does."""
 
     def __init__(self, no_audio_seconds: float) -> None:
         self.no_audio_seconds = no_audio_seconds
@@ -921,37 +931,11 @@ class CaptureHealth:
         """None until the capture first reports (the daemon then has no health to apply)."""
         self.lost_seconds = 0.0
         self.reopenings = 0
-        self._closed_until: float | None = None
-        self._delay = REOPEN_MIN_SECONDS
-        self._silent_since: float | None = None
-        self._got_sound = False
         self._discontinuity = True
 
     def read(self, block: np.ndarray, end_time: float) -> tuple[bool, bool]:
         """(delivered, discontinuity) for a block read at `end_time`."""
-        if self._closed_until is not None:
-            if end_time <= self._closed_until:
-                self.lost_seconds += block.size / SAMPLE_RATE_HZ
-                return False, False
-            self._closed_until = None  # reopened: a fresh _pump
-            self._silent_since = None
-            self._got_sound = False
-            self._discontinuity = True
-        if float(np.max(np.abs(block))) < DIGITAL_SILENCE_PEAK:
-            if self._silent_since is None:
-                self._silent_since = end_time
-            if end_time - self._silent_since >= self.no_audio_seconds:
-                self.healthy = False
-                self.reopenings += 1
-                self._closed_until = end_time + self._delay
-                self._delay = min(2 * self._delay, REOPEN_MAX_SECONDS)
-                self.lost_seconds += block.size / SAMPLE_RATE_HZ
-                return False, False
-        else:
-            self._silent_since = None
-            if not self._got_sound:
-                self._got_sound = True
-                self.healthy = True
+        self.healthy = True
         discontinuity = self._discontinuity
         self._discontinuity = False
         return True, discontinuity

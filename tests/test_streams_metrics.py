@@ -137,22 +137,17 @@ def test_stop_states_must_be_reported_in_time(streams: ModuleType) -> None:
 
 
 def test_capture_health_follows_the_daemon_on_digital_silence(streams: ModuleType) -> None:
+    """As `CaptureSupervisor`: digital silence is audio (the pipeline reports it idle), so the
+    stream is never closed and nothing is lost; only the first block is a discontinuity."""
     m = streams
     health = m.CaptureHealth(no_audio_seconds=2.0)
-    block = 0.125  # exact in binary: block end times compare exactly
+    block = 0.125
     sound = np.full(2000, 0.01, dtype=np.float32)
     silence = np.zeros(2000, dtype=np.float32)
-    assert health.read(sound, block) == (True, True)  # the first block opens the stream
+    assert health.read(sound, block) == (True, True)
     assert health.healthy is True
-    reads = [health.read(silence, block * k) for k in range(2, 30)]
-    # Silence from 0.25 s is delivered until 2 s of it (2.25 s): then the capture reports
-    # no_audio, closes the stream and reopens it after 1 s (audio lost until 3.25 s); the first
-    # block after that is a discontinuity.
-    assert reads[:16] == [(True, False)] * 16
-    assert reads[16:25] == [(False, False)] * 9
-    assert reads[25] == (True, True)
-    assert health.healthy is False
-    assert health.reopenings == 1
-    assert health.lost_seconds == pytest.approx(9 * block)
-    assert health.read(sound, block * 30) == (True, False)
+    reads = [health.read(silence, block * k) for k in range(2, 60)]
+    assert reads == [(True, False)] * 58
     assert health.healthy is True
+    assert health.reopenings == 0
+    assert health.lost_seconds == 0.0
