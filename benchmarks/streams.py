@@ -109,6 +109,8 @@ ROOM_STOP: Final = "room"
 SILENCE_STOP: Final = "silence"
 """The input is digital silence (muted or dead microphone)."""
 
+MIMII_OFF_CLIPS: Final = 4
+"""Calibration clips whose noise alone is also given as the stopped machine (40 s)."""
 GRACE_SECONDS: Final = 10.0
 """After a fault or a stop ends, starts within this are still attributed to it."""
 CATCH_WITHIN_SECONDS: Final = 10.0
@@ -478,11 +480,20 @@ VARIANTS: Final[tuple[DetectorVariant, ...]] = (
 # Calibration (the one place that calls the calibration API)
 
 
-def calibrate_bundle(clips: Sequence[Clip], encoder: EmbeddingModel, *, progress: bool) -> Bundle:
+def calibrate_bundle(
+    clips: Sequence[Clip],
+    encoder: EmbeddingModel,
+    *,
+    progress: bool,
+    off_clips: Sequence[Clip] = (),
+) -> Bundle:
     """The product's calibration with the config's default `calibration` settings (what
-    `edge-asd calibrate` uses), framed for `encoder` at the default hop."""
+    `edge-asd calibrate` uses), framed for `encoder` at the default hop; `off_clips` as
+    `--off-from-dir`."""
     framing = Framing(encoder.info.window_samples, seconds_to_samples(DEFAULT_HOP_SECONDS))
-    return calibrate(clips, encoder, framing, CalibrationConfig(), progress=progress)
+    return calibrate(
+        clips, encoder, framing, CalibrationConfig(), off_clips=off_clips, progress=progress
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,6 +612,8 @@ class Scenario:
     streams: list[tuple[str, Callable[[], Stream]]]
     """(name, builder): streams are built one at a time, when monitored."""
     info: dict[str, Any] = field(default_factory=dict)
+    off_calibration: list[Clip] = field(default_factory=list)
+    """Recordings of the stopped machine (the room alone), as `calibrate --off-from-dir`."""
 
 
 @dataclass(frozen=True)
@@ -679,12 +692,18 @@ def mimii_scenario(data: Path, seed: int, *, quick: bool, snr_db: float) -> Scen
     factory = read_wav(data / "noise_dev" / "factory2.wav")
     half = factory.size // 2
     clips = []
-    for path in cal_files:
+    off = []
+    for i, path in enumerate(cal_files):
         x = read_wav(path)
         noise = loop_pool(
             [factory[:half]], x.size, rng, piece_seconds=(3, 8), crossfade_seconds=0.5
         )
-        clips.append(Clip(path.name, synth.mix_at_snr(x, noise, snr_db)))
+        mixed = synth.mix_at_snr(x, noise, snr_db)
+        clips.append(Clip(path.name, mixed))
+        if i < MIMII_OFF_CLIPS:
+            # The room with the machine stopped, as the engineer would record it at calibration:
+            # the calibration noise at the level it had in the mixture.
+            off.append(Clip(f"off-{path.name}", (mixed - x).astype(np.float32)))
     noises = {
         "factory2-b": factory[half:],
         "babble": read_wav(data / "noise_dev" / "babble.wav"),
@@ -728,7 +747,9 @@ def mimii_scenario(data: Path, seed: int, *, quick: bool, snr_db: float) -> Scen
             "snr_db": snr_db,
             "drift_db": DRIFT_DB,
             "fault_levels_db": MIMII_FAULT_LEVELS_DB if not quick else dict(QUICK_FAULTS),
+            "off_recordings": f"{len(off)} x 10 s of the calibration noise alone",
         },
+        off_calibration=off,
     )
 
 
@@ -1272,7 +1293,9 @@ def run_scenario(
     """Calibrate, then monitor every stream with every variant (one seed of a scenario)."""
     tty = sys.stderr.isatty()
     started = time.perf_counter()
-    bundle = calibrate_bundle(scenario.calibration, encoder, progress=tty)
+    bundle = calibrate_bundle(
+        scenario.calibration, encoder, progress=tty, off_clips=scenario.off_calibration
+    )
     calibration_seconds = time.perf_counter() - started
     print(
         f"[{scenario.name} seed {scenario.seed}] calibrated on {len(scenario.calibration)} "
