@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from edge_asd.audio.files import read_wav
+from edge_asd.config import MachineConfig, detector_settings
 from edge_asd.constants import (
     DEFAULT_HOP_SECONDS,
     DEFAULT_WINDOW_SECONDS,
@@ -23,7 +24,6 @@ from edge_asd.constants import (
 )
 from edge_asd.detection.bundle import save_bundle
 from edge_asd.detection.calibration import Clip, Framing, calibrate
-from edge_asd.detection.detector import DetectorSettings
 from edge_asd.detection.pipeline import MachinePipeline
 from edge_asd.detection.states import EventType
 from edge_asd.model.encoder import Encoder
@@ -57,7 +57,10 @@ def run_demo(*, model: str | None = None, out: Path | None = None) -> int:
         f"bundle {bundle.bundle_id}: {len(bundle.embeddings)} windows, threshold "
         f"{bundle.threshold:.3f} ({bundle.threshold_method}){saved}"
     )
-    detector = DetectorSettings(threshold=bundle.threshold)
+    # The daemon's default detection for a machine calibrated like this (a config's defaults).
+    machine = MachineConfig(name="demo", bundle=Path(out or "demo-bundle"))
+    detector = detector_settings(machine, bundle.threshold, bundle.evidence)
+    threshold = detector.threshold
     pipeline = MachinePipeline.from_bundle(bundle, encoder, detector=detector)
     samples = read_wav(_asset(TEST_ASSET))
     result = pipeline.run_recording(samples)
@@ -67,15 +70,24 @@ def run_demo(*, model: str | None = None, out: Path | None = None) -> int:
     )
     print("   time (s)     score  ")
     for w in result.step.windows:
-        over = w.score > bundle.threshold
-        filled = min(BAR_WIDTH, round(BAR_WIDTH * w.score / (2 * bundle.threshold)))
+        over = w.score > threshold
+        filled = min(BAR_WIDTH, round(BAR_WIDTH * w.score / (2 * threshold)))
         bar = "#" * filled + " " * (BAR_WIDTH - filled)
         marker = "  <- over threshold" if over else ""
         print(f"  {w.start_time:5.1f}-{w.end_time:5.1f}  {w.score:8.3f}  |{bar}|{marker}")
-    print(
-        "  a single window over the threshold is not an alarm: an event needs "
-        f"{detector.trigger_windows} windows in a row over it (trigger_windows)"
-    )
+    if detector.evidence is not None:
+        print(
+            "  a single window over the threshold is not an alarm: evidence accumulates over "
+            f"windows above it until it reaches {detector.evidence.alarm_level:.2f} (the level "
+            "calibration set for 1 false alarm a week), or "
+            f"{detector.trigger_windows} windows in a row score over "
+            f"{detector.evidence.gross_score:.3f} (far above normal)"
+        )
+    else:
+        print(
+            "  a single window over the threshold is not an alarm: an event needs "
+            f"{detector.trigger_windows} windows in a row over it (trigger_windows)"
+        )
     # The pipeline closed any event still open at the end of the file, so every stretch
     # detected has its end transition.
     stretches = [
@@ -85,7 +97,7 @@ def run_demo(*, model: str | None = None, out: Path | None = None) -> int:
     ]
     truth = json.loads(_asset(TRUTH_ASSET).read_text(encoding="utf-8"))
     print(
-        f"\nthreshold {bundle.threshold:.3f}; the fault in this recording is at "
+        f"\nthreshold {threshold:.3f}; the fault in this recording is at "
         f"{truth['anomaly_start_seconds']:.1f}-{truth['anomaly_end_seconds']:.1f} s "
         f"({', '.join(truth.get('faults', []))})"
     )
