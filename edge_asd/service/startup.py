@@ -69,6 +69,9 @@ _TRANSIENT_SQLITE: Final = (
 MIN_FREE_BYTES: Final = 1024 * 1024
 """Less free space than this where the outbox lives is reported as a (transient) problem."""
 BROKER_CHECK_TIMEOUT_SECONDS: Final = 10.0
+_PERMANENT_PATH_ERRNOS: Final = frozenset({errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG})
+"""A path that can never hold the outbox; any other failure to open it (read-only or full
+/var at boot, permissions being fixed by a deployment) is worth a retry by systemd."""
 
 
 @dataclass(frozen=True)
@@ -236,19 +239,20 @@ def machine_setup(index: int, machine: MachineConfig, encoder: Encoder) -> Machi
         threshold = machine.threshold
     else:
         threshold = bundle.threshold * machine.threshold_scale
-        if not (math.isfinite(threshold) and threshold > 0):
-            # A window score is a distance (>= 0): a threshold <= 0 alarms on everything.
-            raise StartupError(
-                f"machines.{index}.bundle: {machine.bundle} sets threshold {bundle.threshold!r} "
-                f"(x threshold_scale {machine.threshold_scale} = {threshold!r}); a threshold "
-                "must be a finite number > 0: recalibrate"
-            )
     try:
         detector = detector_settings(machine, threshold, bundle.evidence)
     except ValueError as exc:
         raise StartupError(
             f"machines.{index}.bundle: {machine.bundle}: {exc}; recalibrate"
         ) from None
+    for what, value in (("threshold", threshold), ("decision threshold", detector.threshold)):
+        if not (math.isfinite(value) and value > 0):
+            # A window score is a distance (>= 0): a threshold <= 0 alarms on every window.
+            raise StartupError(
+                f"machines.{index}.bundle: {machine.bundle} with threshold_scale "
+                f"{machine.threshold_scale} gives {what} {value!r}; it must be a finite "
+                "number > 0: recalibrate"
+            )
     if machine.decision == "evidence" and bundle.evidence is None and machine.threshold is None:
         _LOGGER.warning(
             "%s: bundle %s predates the evidence decision; using hysteresis until it is "
@@ -472,8 +476,7 @@ def outbox_problem(path: Path, exc: BaseException) -> Problem:
     """A failure to open the outbox at `path`, classified: a directory in the way can never
     work; anything else (full or read-only /var at boot, I/O errors) may go away."""
     permanent = path.is_dir() or any(
-        isinstance(e, OSError) and e.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG)
-        for e in _chain(exc)
+        isinstance(e, OSError) and e.errno in _PERMANENT_PATH_ERRNOS for e in _chain(exc)
     )
     return Problem("outbox.path", f"cannot open {path}: {exc}", transient=not permanent)
 
@@ -505,11 +508,12 @@ def _check_outbox(config: Config, report: SetupReport) -> None:
         with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as exc:
+        # Classified as `run` classifies a failed open (`outbox_problem`): worth a retry.
         report.add(
             Problem(
                 key,
                 f"cannot create files in {ancestor}: {exc.strerror or exc}",
-                transient=exc.errno in TRANSIENT_ERRNOS,
+                transient=exc.errno not in _PERMANENT_PATH_ERRNOS,
             )
         )
         return
