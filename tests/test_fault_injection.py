@@ -893,3 +893,31 @@ def test_microphone_back_under_another_index_is_found_within_5_s(
     while not out.empty():
         blocks.append(out.get_nowait())
     assert any(b.discontinuity for b in blocks[1:])  # the gap is marked
+
+
+def test_dead_network_thread_exits_non_zero(
+    tmp_path: Path, assets: Assets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MQTT network thread only dies of what its catch-alls cannot catch (SystemExit, a
+    bug around them): the daemon notices within a second and exits 1."""
+    config = load_config(
+        write_config(tmp_path / "d", [machine("m1", assets.normal, assets.bundle)])
+    )
+    daemon = Daemon(config)
+    publisher = daemon.publisher
+    assert isinstance(publisher, MqttPublisher)
+    started = threading.Event()
+
+    def die() -> str | None:
+        started.set()
+        raise SystemExit("simulated death of the network thread")
+
+    monkeypatch.setattr(publisher, "_connection", die)
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(daemon.run()), name="daemon-under-test")
+    runner.start()
+    runner.join(WAIT)
+    assert not runner.is_alive()
+    assert started.is_set()
+    assert result == [EXIT_FAILURE]
+    assert daemon.failure is not None and "mqtt-network thread died" in daemon.failure

@@ -264,3 +264,26 @@ def test_score_flags_a_clip_shorter_than_one_window(tmp_path: Path, bundle: Path
     assert "shorter than one 1 s window" in short_line["warning"]
     assert "padded" in short_line["warning"]
     assert full_line["warning"] is None
+
+
+def test_run_warns_about_a_password_without_tls(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edge_asd.service.daemon import Daemon
+
+    monkeypatch.setenv("EDGE_ASD_UNIT_PASSWORD", "s3cret")
+    config = parse_config(
+        {
+            "node_id": "u",
+            "model": MODEL,
+            "machines": [{"name": "m1", "device": "wav:/none.wav", "bundle": str(bundle)}],
+            "mqtt": {"username": "sensor", "password_env": "EDGE_ASD_UNIT_PASSWORD"},
+            "outbox": {"path": str(tmp_path / "o.sqlite")},
+        },
+        source=tmp_path / "c.yaml",
+    )
+    daemon = Daemon(config, publisher=FakePublisher())
+    daemon.outbox.close()
+    warnings = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert any("password is configured but TLS is off" in w for w in warnings)
+    assert "s3cret" not in caplog.text
