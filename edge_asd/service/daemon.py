@@ -87,6 +87,9 @@ INFERENCE_HANG_SECONDS: Final = 5.0
 CAPTURE_HANG_SECONDS: Final = 5.0
 """A capture thread beats at least every 0.2 s (reads and waits are bounded), and a stream's
 stop is abandoned after 2 s: silent this long, it hangs and its machines go to ``fault``."""
+BLOCK_STALL_SECONDS: Final = 1.0
+"""Processing one block (a few windows) takes milliseconds; longer than this (or half a ping
+interval), the watchdog is not fed until it finishes."""
 HANG_EXIT_SECONDS: Final = 60.0
 """A hang that lasts this long ends the daemon (EXIT_FAILURE) even without a systemd watchdog."""
 
@@ -177,6 +180,8 @@ class Daemon:
             target=self._inference_loop, name="inference", daemon=True
         )
         self._inference_beat = time.monotonic()
+        self._inference_busy_since: float | None = None
+        """Monotonic time the inference thread began the block it is processing, or None."""
         self._device_progress: dict[str, float] = {}
         """Monotonic time the inference thread last processed a block of each device."""
         self._last_block_seq: dict[str, int] = {}
@@ -411,6 +416,13 @@ class Daemon:
         inference_silent = now - self._inference_beat
         if inference_silent > INFERENCE_BEAT_SECONDS:
             served = False
+        busy_since = self._inference_busy_since
+        if busy_since is not None and now - busy_since > min(
+            BLOCK_STALL_SECONDS, self._watchdog_every / 2
+        ):
+            # One block takes milliseconds: this one is stuck (a hung encoder call). Without
+            # this, the ping due right after the stall began would still go out.
+            served = False
         hung = False
         for supervisor in self.supervisors:
             machines = self._machines_of[supervisor.device_key]
@@ -504,26 +516,13 @@ class Daemon:
                     event.machine,
                 )
                 continue
-            message = EventMessage(
-                type=EventType.END,
-                event_id=event.event_id,
-                node=self.config.node_id,
-                machine=event.machine,
-                seq=self._next_seq(),
-                ts=format_ts(now),
-                start_ts=format_ts(event.start_ts),
-                end_ts=format_ts(event.last_ts),
-                score=event.score,
-                peak_score=event.peak_score,
-                threshold=event.threshold,
-                windows_over=event.windows_over,
-                dbfs=event.dbfs,
-                # Wall times of two runs: after a clock step at boot they may disagree.
-                duration_seconds=max(0.0, event.last_ts - event.start_ts),
-                model=event.model,
-                bundle_id=event.bundle_id,
-                reason=EndReason.RESTART,
-            )
+            try:
+                message = self._restart_end(event, now)
+            except Exception:
+                # A record this version cannot turn into an event (edited by hand, another
+                # format) must not keep the daemon from starting, restart after restart.
+                _LOGGER.exception("cannot close event %s left open; dropped", event.event_id)
+                continue
             _LOGGER.warning(
                 "%s: event %s was open when the daemon last stopped; closing it (reason restart)",
                 event.machine,
@@ -531,6 +530,28 @@ class Daemon:
             )
             self.publisher.publish_event(event.machine, message)
         self.open_events.clear()
+
+    def _restart_end(self, event: OpenEvent, now: float) -> EventMessage:
+        return EventMessage(
+            type=EventType.END,
+            event_id=event.event_id,
+            node=self.config.node_id,
+            machine=event.machine,
+            seq=self._next_seq(),
+            ts=format_ts(now),
+            start_ts=format_ts(event.start_ts),
+            end_ts=format_ts(event.last_ts),
+            score=event.score,
+            peak_score=event.peak_score,
+            threshold=event.threshold,
+            windows_over=event.windows_over,
+            dbfs=event.dbfs,
+            # Wall times of two runs: after a clock step at boot they may disagree.
+            duration_seconds=max(0.0, event.last_ts - event.start_ts),
+            model=event.model,
+            bundle_id=event.bundle_id,
+            reason=EndReason.RESTART,
+        )
 
     def _next_seq(self) -> int:
         try:
@@ -558,7 +579,9 @@ class Daemon:
                     if self._drained():
                         break
                     continue
+                self._inference_busy_since = time.monotonic()
                 self._process_block(block)
+                self._inference_busy_since = None
         except Exception as exc:
             # A bug: stop, and exit non-zero so that systemd restarts us. Never a clean stop.
             _LOGGER.critical("inference thread crashed", exc_info=True)
