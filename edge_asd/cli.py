@@ -11,13 +11,15 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_asd import __version__
-from edge_asd.constants import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, SAMPLE_RATE_HZ
+from edge_asd.constants import EXIT_FAILURE, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
     import numpy as np
@@ -284,13 +286,24 @@ def _cmd_score(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     scorer = ClipScorer.from_bundle(bundle, encoder, aggregate=args.aggregate)
     failures = 0
+    window_seconds = bundle.window_samples / SAMPLE_RATE_HZ
     for path in args.files:
         try:
-            result = scorer.score_clip(read_wav(path))
-        except AudioFileError as exc:
+            samples = read_wav(path)
+            result = scorer.score_clip(samples)
+        except (AudioFileError, ValueError) as exc:
             failures += 1
             print(json.dumps({"file": str(path), "error": str(exc)}), flush=True)
             continue
+        warning = None
+        if len(samples) < bundle.window_samples:
+            # The pipeline pads a short clip with silence to one window: the score then
+            # measures the padding as much as the machine. Say so instead of hiding it.
+            warning = (
+                f"clip is {len(samples) / SAMPLE_RATE_HZ:.2f} s, shorter than one "
+                f"{window_seconds:g} s window: scored on one window padded with silence; "
+                "the score is not comparable to the threshold"
+            )
         line = {
             "file": str(path),
             "score": float(result.clip_score),
@@ -298,6 +311,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             "threshold": float(bundle.threshold),
             "anomalous": bool(result.clip_score > bundle.threshold),
             "window_scores": [round(float(s), 6) for s in result.window_scores],
+            "warning": warning,
         }
         print(json.dumps(line), flush=True)
     return EXIT_FAILURE if failures else EXIT_OK
@@ -335,17 +349,45 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from edge_asd.service.startup import StartupError, check_setup
+    from edge_asd.config import ConfigError, load_config
+    from edge_asd.service.startup import Problem, inspect_setup
 
-    config = _load_config(args.config)
     try:
-        lines = check_setup(config, check_devices=args.devices)
-    except StartupError as exc:
-        raise UsageError(str(exc)) from None
-    print(f"{args.config}: OK")
-    for line in lines:
-        print(f"  {line}")
-    return EXIT_OK
+        config = load_config(args.config)
+    except ConfigError as exc:
+        items = exc.items or [("(file)", str(exc))]
+        problems = [Problem(key, message) for key, message in items]
+        return _report_check(args, problems, [])
+    report = inspect_setup(config, check_devices=args.devices, connect=args.connect)
+    return _report_check(args, report.problems, report.lines)
+
+
+def _report_check(args: argparse.Namespace, problems: Sequence[Any], lines: Sequence[str]) -> int:
+    """check-config's verdict: every problem at once, as text (stderr) or one JSON object."""
+    errors = [p for p in problems if p.severity == "error"]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "config": str(args.config),
+                    "ok": not errors,
+                    "problems": [p.as_dict() for p in problems],
+                    "summary": list(lines),
+                },
+                indent=2,
+            )
+        )
+    else:
+        for problem in problems:
+            print(f"{args.config}: {problem.severity}: {problem}", file=sys.stderr)
+        if not errors:
+            print(f"{args.config}: OK")
+            for line in lines:
+                print(f"  {line}")
+    if not errors:
+        return EXIT_OK
+    # As `run` would exit: only problems that may go away by themselves are worth a retry.
+    return EXIT_TEMPFAIL if all(p.transient for p in errors) else EXIT_USAGE
 
 
 # ---------------------------------------------------------------- demo and run
@@ -358,13 +400,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge_asd.service.daemon import StartupError, run_daemon
+    from edge_asd.config import ConfigError, load_config
+    from edge_asd.service.daemon import run_daemon
+    from edge_asd.service.startup import StartupError, is_transient
 
-    config = _load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"edge-asd run: {exc}", file=sys.stderr)
+        # An I/O error reading the file may go away (systemd retries); a bad file does not.
+        return EXIT_TEMPFAIL if is_transient(exc) else EXIT_USAGE
     try:
         return run_daemon(config, log_level=args.log_level)
     except StartupError as exc:
-        raise UsageError(str(exc)) from None
+        for problem in exc.problems:
+            print(f"edge-asd run: {problem}", file=sys.stderr)
+        if exc.transient:
+            print(
+                f"edge-asd run: this may go away by itself; exit code {EXIT_TEMPFAIL} "
+                "(systemd retries)",
+                file=sys.stderr,
+            )
+        return exc.exit_code
 
 
 # ---------------------------------------------------------------- status and tail
@@ -483,8 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser(
         "score",
         help="score WAV files against a calibration bundle",
-        description="Print one JSON line per file: clip score, threshold and window scores. "
-        "An unreadable file gives an error line; the others are still scored.",
+        description="Print one JSON line per file: clip score, threshold and window scores, "
+        'and a "warning" (null when none), e.g. for a clip shorter than one window, which is '
+        "scored padded with silence. An unreadable file gives an error line; the others are "
+        "still scored.",
     )
     score.add_argument("--bundle", type=Path, required=True)
     score.add_argument("--aggregate", choices=AGGREGATES, default=DEFAULT_AGGREGATE)
@@ -526,11 +585,23 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser(
         "check-config",
         help="validate a config file, its model and bundles",
-        description="Validate the YAML config exactly as `run` does, load the model and every "
-        "machine's bundle, and report problems naming the key or file.",
+        description="Run every check `run` does before it starts, and more: the YAML config, "
+        "the model and every machine's bundle (thresholds included), the password, TLS files "
+        "(loaded into an SSL context), the broker host name, the outbox (opens, integrity, "
+        "writable), `wav:` recordings (decode). Reports every problem at once, each naming its "
+        "key. Exit code 0 (warnings allowed), 2 (errors), 75 (only errors that may go away, "
+        "such as a full disk).",
     )
     chk.add_argument("--config", type=Path, required=True)
-    chk.add_argument("--devices", action="store_true", help="also check audio devices exist")
+    chk.add_argument(
+        "--devices",
+        action="store_true",
+        help="also check each audio device exists in PortAudio with the configured channel",
+    )
+    chk.add_argument(
+        "--connect", action="store_true", help="also connect to the MQTT broker (then leave)"
+    )
+    chk.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     chk.set_defaults(handler=_cmd_check_config)
 
     demo = sub.add_parser(
@@ -644,6 +715,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
+        # SIGHUP (systemctl reload) terminates a process by default; while the model and
+        # bundles load, before the daemon's reload handler is installed, ignore it.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         for name in _SINGLE_THREAD_ENV:
             os.environ.setdefault(name, "1")
     if args.command != "run":  # the daemon configures journald-friendly logging itself

@@ -13,7 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from edge_asd.constants import DEFAULT_HOP_SECONDS, DEFAULT_WINDOW_SECONDS
@@ -48,9 +60,29 @@ _DEFAULT_STATE_DIR = Path("/var/lib/edge-asd")
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid; the message names the key."""
 
+    def __init__(self, message: str, *, items: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.items = items or []
+        """(key, message) of each problem the model found (empty for whole-file problems)."""
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` or `.nan` (valid YAML floats) pass `ge`/`gt` bounds and
+    # would make a timeout never fire or a rate limit never send.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul_no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # A NUL byte cannot be in a path (open() raises ValueError deep in a worker) or a
+        # topic; say so here, naming the key. `port: true` is YAML for 1 in lax pydantic.
+        if isinstance(value, str) and "\x00" in value:
+            raise PydanticCustomError("nul_byte", "contains a NUL byte")
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and "bool" not in str(field.annotation):
+                raise PydanticCustomError("not_bool", "must not be true/false here")
+        return value
 
 
 def _one_of(what: str, names: tuple[str, ...]) -> AfterValidator:
@@ -79,8 +111,10 @@ class MachineConfig(_Section):
     """One monitored machine: a microphone channel plus its calibration."""
 
     name: Annotated[str, Field(pattern=_NAME_PATTERN, description="Used in MQTT topics.")]
-    device: str | int = Field("default", description="PortAudio device name (substring) or index.")
-    channel: int = Field(0, ge=0, description="Input channel of the device, from 0.")
+    device: str | StrictInt = Field(
+        "default", description="PortAudio device name (substring) or index."
+    )
+    channel: StrictInt = Field(0, ge=0, description="Input channel of the device, from 0.")
     bundle: Path = Field(description="Calibration bundle directory made by `edge-asd calibrate`.")
     window_seconds: float = Field(DEFAULT_WINDOW_SECONDS, gt=0.05, le=10.0)
     hop_seconds: float = Field(DEFAULT_HOP_SECONDS, gt=0.01, le=10.0)
@@ -100,7 +134,7 @@ class MachineConfig(_Section):
     threshold: float | None = Field(
         None, gt=0.0, description="Absolute window threshold; overrides, implies hysteresis."
     )
-    detect_stops: bool = Field(
+    detect_stops: StrictBool = Field(
         True, description="Report a stopped machine as idle (and raise no anomaly) instead."
     )
     startup_holdoff_seconds: float = Field(
@@ -109,10 +143,10 @@ class MachineConfig(_Section):
         le=3600.0,
         description="After a stop, the machine's run-up is not judged for this long.",
     )
-    trigger_windows: int = Field(
+    trigger_windows: StrictInt = Field(
         DEFAULT_TRIGGER_WINDOWS, ge=1, le=100, description="Windows over threshold to start."
     )
-    release_windows: int = Field(
+    release_windows: StrictInt = Field(
         DEFAULT_RELEASE_WINDOWS, ge=1, le=100, description="Windows under threshold to end."
     )
     max_event_seconds: float = Field(
@@ -133,8 +167,15 @@ class MachineConfig(_Section):
         return self
 
 
+def _protocol_text(value: Any) -> Any:
+    """`protocol: 5` in YAML is an integer; the version names are text ("3.1.1")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 class TlsConfig(_Section):
-    enabled: bool = False
+    enabled: StrictBool = False
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -148,13 +189,18 @@ class TlsConfig(_Section):
 
 class MqttConfig(_Section):
     host: str = Field("localhost", min_length=1)
-    port: int = Field(_DEFAULT_MQTT_PORT, ge=1, le=_MAX_PORT)
+    port: StrictInt = Field(_DEFAULT_MQTT_PORT, ge=1, le=_MAX_PORT)
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = (
         DEFAULT_TOPIC_PREFIX
     )
     client_id: str | None = Field(None, description="Default: edge-asd-<node_id>, sanitised.")
-    qos: Literal[0, 1, 2] = 1
-    keepalive_seconds: int = Field(60, ge=5, le=3600)
+    qos: Annotated[Literal[0, 1, 2], StrictInt] = 1
+    protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(_protocol_text)] = Field(
+        "5",
+        description="MQTT version. 5 lets the broker say why it refused a message (an ACL "
+        "deny is then quarantined, not lost silently); 3.1.1 for brokers without MQTT 5.",
+    )
+    keepalive_seconds: StrictInt = Field(60, ge=5, le=3600)
     username: str | None = None
     password_file: Path | None = Field(None, description="File whose first line is the password.")
     password_env: str | None = Field(None, description="Environment variable with the password.")
@@ -193,7 +239,7 @@ class MqttConfig(_Section):
 
 class OutboxConfig(_Section):
     path: Path = _DEFAULT_STATE_DIR / "outbox.sqlite"
-    max_messages: int = Field(100_000, ge=10)
+    max_messages: StrictInt = Field(100_000, ge=10)
     max_age_seconds: float = Field(7 * 86_400, gt=0)
 
 
@@ -238,7 +284,7 @@ class CalibrationConfig(_Section):
     `calibrate` and the offline evaluation read them from `CalibrationConfig()`)."""
 
     scoring: ScoreMethod = DEFAULT_SCORE_METHOD
-    k: int = Field(
+    k: StrictInt = Field(
         1,
         ge=1,
         le=256,
@@ -249,8 +295,8 @@ class CalibrationConfig(_Section):
     )
     threshold_method: ThresholdMethod = "gamma"
     threshold_percentile: float = Field(0.995, gt=0.5, lt=1.0)
-    folds: int = Field(5, ge=2, le=50)
-    min_windows: int = Field(60, ge=10)
+    folds: StrictInt = Field(5, ge=2, le=50)
+    min_windows: StrictInt = Field(60, ge=10)
     target_false_alarms_per_week: float = Field(
         DEFAULT_TARGET_FALSE_ALARMS_PER_WEEK,
         gt=0.0,
@@ -346,7 +392,13 @@ def parse_config(data: Any, *, source: Path) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(source, exc)) from None
+        items = [tuple(line.split(": ", 1)) for line in error_lines(exc)]
+        raise ConfigError(
+            _format_error(source, exc), items=[(key, message) for key, message in items]
+        ) from None
+    except RecursionError:
+        # A document nested thousands of levels deep: no config is, say so instead of crashing.
+        raise ConfigError(f"invalid configuration {source}: nested too deeply") from None
 
 
 def load_config(path: Path) -> Config:
@@ -354,13 +406,21 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration {path} is not UTF-8 text: {exc.reason}") from None
+    except ValueError as exc:  # a NUL byte in the path itself
+        raise ConfigError(f"cannot read configuration {path!r}: {exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"configuration {path} is not valid YAML{where}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # PyYAML's constructors raise plain Python errors for well-formed but impossible
+        # values, e.g. `2001-13-01` (a date with month 13) -> ValueError.
+        raise ConfigError(f"configuration {path} has a value YAML cannot build: {exc}") from None
     return parse_config(data, source=path)
 
 

@@ -8,10 +8,20 @@ SAMPLE_RATE_HZ: Final = 16_000
 DEFAULT_WINDOW_SECONDS: Final = 1.0
 DEFAULT_HOP_SECONDS: Final = 0.5
 
+# Exit codes, chosen for systemd (`Restart=on-failure`, `RestartPreventExitStatus=2`): every
+# non-zero code but EXIT_USAGE makes systemd restart the daemon.
 EXIT_OK: Final = 0
+"""Stopped on request (SIGTERM, SIGINT): systemd does not restart it."""
 EXIT_FAILURE: Final = 1
+"""A runtime failure: a worker thread (capture, inference, network) crashed or hung, or a
+command failed. systemd restarts the daemon."""
 EXIT_USAGE: Final = 2
-"""Usage and configuration errors, like argparse."""
+"""Usage and configuration errors, like argparse: a configuration that can never work.
+systemd does not restart (RestartPreventExitStatus=2); restarting would bury the message."""
+EXIT_TEMPFAIL: Final = 75
+"""A start-up failure that may go away by itself (EX_TEMPFAIL of sysexits.h): an I/O error
+reading the model or a bundle, an outbox that cannot be opened because /var is full or still
+read-only at boot. systemd restarts the daemon until it works."""
 
 
 def seconds_to_samples(seconds: float, rate_hz: int = SAMPLE_RATE_HZ) -> int:

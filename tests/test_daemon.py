@@ -46,8 +46,14 @@ class FakePublisher:
     def start(self) -> None:
         self.started = True
 
-    def stop(self, timeout_seconds: float = 2.0) -> None:
+    failed: bool | None = None
+
+    def stop(self, timeout_seconds: float = 2.0, *, failed: bool = False) -> None:
         self.stopped = True
+        self.failed = failed
+
+    def thread_problem(self) -> None:
+        return None
 
     def publish_event(self, machine: str, message: EventMessage) -> None:
         self.events.append(message)

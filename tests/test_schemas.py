@@ -44,7 +44,7 @@ GOLDEN_EVENT = (
     '"peak_score":1e-05,"threshold":1e+16,"windows_over":5,"dbfs":null,"duration_seconds":2.5,'
     '"model":{"name":"logmel-stats","version":"1.0.0","sha256":"'
     + "ab" * 32
-    + '"},"bundle_id":"b-1","clip":null,"explanation":null}'
+    + '"},"bundle_id":"b-1","clip":null,"explanation":null,"reason":null}'
 )
 """clip and explanation were added within version 1; everything before them is unchanged."""
 GOLDEN_SCORE = (
@@ -57,7 +57,8 @@ GOLDEN_STATS = (
     '"uptime_seconds":3600.25,"windows_processed":7200,"capture_overruns":1,'
     '"overwritten_frames":160,"dropped_windows":0,"inference_ms_p50":null,'
     '"inference_ms_p95":null,"outbox_depth":3,"outbox_discarded":0,"outbox_write_errors":0,'
-    '"reconnects":2,"version":"0.1.0","machines":{"press-1":"normal","fan-2":"no_audio"}}'
+    '"reconnects":2,"version":"0.1.0","machines":{"press-1":"normal","fan-2":"no_audio"},'
+    '"faults":{},"messages_quarantined":0}'
 )
 
 

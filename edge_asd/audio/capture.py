@@ -7,6 +7,10 @@ back-off. It never exits on an audio problem; only the stop event ends it. Digit
 audio, not a lost device: the machine pipeline reports it as `idle` (a stopped machine behind a
 noise gate and a muted input read the same), instead of the state flapping between `no_audio`
 and the reopened stream's first blocks.
+
+A bug (an exception that is not an audio problem) ends the thread: it is logged, kept in
+`error`, and the daemon's supervisor, which watches `is_alive()` and `heartbeat`, reports the
+device's machines as faulty and exits non-zero so that systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ _LOGGER = logging.getLogger(__name__)
 READ_TIMEOUT_SECONDS = 0.2
 """How long one read waits; bounds how quickly the thread notices the stop event."""
 REOPEN_MIN_SECONDS = 1.0
-REOPEN_MAX_SECONDS = 30.0
+REOPEN_MAX_SECONDS = 4.0
+"""Back-off cap between open attempts. Low, so that a microphone that comes back (re-plugged,
+possibly under another PortAudio index) is found within seconds; an attempt on a missing
+device costs one device enumeration."""
 
 CAPTURE_BLOCK_SECONDS = 0.05
 """PortAudio callback period: long enough that callbacks (Python, via cffi) cost little CPU,
@@ -68,9 +75,14 @@ class CapturedBlock:
     samples: np.ndarray
     """float32 (frames, channels) at 16 kHz, in the order of the supervisor's channels."""
     end_ts: float
-    """Wall-clock time (epoch seconds) at which the last frame was read."""
+    """Time at which the last frame was read, on the supervisor's clock (the daemon's
+    monotonic timeline, epoch-like seconds)."""
     discontinuity: bool
     """True when audio before this block was lost (reopen, dropped blocks)."""
+    seq: int = -1
+    """Per-device block number, +1 per block delivered or dropped: the consumer sees a gap
+    even when the block dropped for a full queue was this device's and the drop was made by
+    another device's thread (the queue is shared). -1: not numbered."""
 
 
 @dataclass
@@ -98,7 +110,9 @@ class CaptureSupervisor(threading.Thread):
         source_factory: SourceFactory = open_source,
         reopen_min_seconds: float = REOPEN_MIN_SECONDS,
         reopen_max_seconds: float = REOPEN_MAX_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` stamps the blocks (the daemon passes its monotonic timeline)."""
         super().__init__(name=f"capture-{device}", daemon=True)
         self.device = device
         self.device_key = str(device)
@@ -117,10 +131,26 @@ class CaptureSupervisor(threading.Thread):
         """Monotonic time of the last loop iteration: proves this thread is not stuck."""
         self._closed_stats = CaptureCounters()
         self._live: AudioSource | None = None
+        self._clock = clock
+        self._seq = 0
+        self._last_problem: str | None = None
+        self.error: BaseException | None = None
+        """What ended the thread if it was not the stop event (a bug, not an audio problem)."""
 
     # ------------------------------------------------------------------ thread body
 
     def run(self) -> None:
+        try:
+            self._supervise()
+        except BaseException as exc:
+            # Not an audio problem (those are retried below): a bug. Keep it for the daemon's
+            # supervisor, which sees this thread dead and exits non-zero; never swallow it.
+            self.error = exc
+            _LOGGER.critical("capture thread for device %r crashed", self.device, exc_info=True)
+        finally:
+            self.first_attempt_done.set()
+
+    def _supervise(self) -> None:
         delay = self._reopen_min
         discontinuity = True
         while not self._stop_event.is_set():
@@ -139,7 +169,6 @@ class CaptureSupervisor(threading.Thread):
             self.counters.reopenings += 1
             self._wait(delay)
             delay = min(delay * 2, self._reopen_max)
-        self.first_attempt_done.set()
 
     def _open(self) -> AudioSource | None:
         try:
@@ -173,12 +202,16 @@ class CaptureSupervisor(threading.Thread):
             if not got_sound:
                 got_sound = True
                 self._set_health(True, f"audio flowing from device {self.device!r}")
-            self._deliver(CapturedBlock(self.device_key, block, time.time(), discontinuity))
+            self._deliver(CapturedBlock(self.device_key, block, self._clock(), discontinuity))
             discontinuity = False
         return None
 
     def _deliver(self, block: CapturedBlock) -> None:
         self.counters.blocks += 1
+        block = CapturedBlock(
+            block.device_key, block.samples, block.end_ts, block.discontinuity, self._seq
+        )
+        self._seq += 1
         try:
             self._queue.put_nowait(block)
             return
@@ -192,7 +225,7 @@ class CaptureSupervisor(threading.Thread):
             self.counters.dropped_frames += len(dropped.samples)
         except queue.Empty:
             pass
-        marked = CapturedBlock(block.device_key, block.samples, block.end_ts, True)
+        marked = CapturedBlock(block.device_key, block.samples, block.end_ts, True, block.seq)
         try:
             self._queue.put_nowait(marked)
         except queue.Full:
@@ -224,8 +257,13 @@ class CaptureSupervisor(threading.Thread):
             return
         if healthy:
             _LOGGER.info("%s", message)
-        else:
-            _LOGGER.warning("%s; retrying", message)
+            self._last_problem = None
+        elif message != self._last_problem:
+            # Once per change of problem: a device missing for a week must not log every retry.
+            _LOGGER.warning(
+                "%s; retrying every %g-%g s", message, self._reopen_min, self._reopen_max
+            )
+            self._last_problem = message
         self.healthy = healthy
         self._on_health(healthy, message)
 

@@ -290,6 +290,10 @@ class _PortAudioState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.open_streams = 0
+        self.stale = False
+        """A stream failed since the last enumeration: its device may be gone, or back under
+        another index (a re-plugged USB microphone), and the cached list may map its old
+        index to nothing or to another device. Re-enumerate before the next open."""
 
 
 _PORTAUDIO = _PortAudioState()
@@ -300,14 +304,20 @@ def _find_with_rescan(sd: Any, device: str | int) -> dict[str, Any]:
 
     Call with _PORTAUDIO.lock held.
     """
-    try:
-        return find_input_device(device, _query_devices(sd))
-    except AudioDeviceError:
-        terminate = getattr(sd, "_terminate", None)
-        initialize = getattr(sd, "_initialize", None)
-        if _PORTAUDIO.open_streams or terminate is None or initialize is None:
-            raise
-    _LOGGER.info("audio input device %r not found; re-enumerating PortAudio devices", device)
+    terminate = getattr(sd, "_terminate", None)
+    initialize = getattr(sd, "_initialize", None)
+    can_rescan = not _PORTAUDIO.open_streams and terminate is not None and initialize is not None
+    if _PORTAUDIO.stale and can_rescan:
+        _LOGGER.info("re-enumerating PortAudio devices after a stream failure")
+    else:
+        try:
+            return find_input_device(device, _query_devices(sd))
+        except AudioDeviceError:
+            if not can_rescan:
+                raise
+        _LOGGER.info("audio input device %r not found; re-enumerating PortAudio devices", device)
+    assert terminate is not None and initialize is not None  # for mypy: can_rescan
+    _PORTAUDIO.stale = False
     # A failed earlier re-initialisation leaves PortAudio terminated; terminating again then
     # fails harmlessly, and initialising is what matters.
     with contextlib.suppress(sd.PortAudioError):
@@ -445,6 +455,7 @@ class SoundDeviceSource(_ContextSource):
             )
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
+            _PORTAUDIO.stale = True  # the device list may be out of date (we hold the lock)
             self._ring = None
             if stream is not None:
                 with contextlib.suppress(sd.PortAudioError):
@@ -500,6 +511,8 @@ class SoundDeviceSource(_ContextSource):
                     self._frames_delivered += out.shape[0]
                     return out
             elif not stream.active and not self._stopping:
+                with _PORTAUDIO.lock:
+                    _PORTAUDIO.stale = True
                 raise AudioDeviceError(f"audio input device {self._device_name} stream stopped")
             if time.monotonic() >= deadline:
                 return None

@@ -23,6 +23,10 @@ class MachineState(StrEnum):
     until the mute ends; the state says so instead of what the detector hears."""
     DISABLED = "disabled"
     """Detection is switched off from outside (the `detection` command): nothing is judged."""
+    FAULT = "fault"
+    """The daemon cannot serve this machine: its capture thread or the inference thread died
+    or hangs (the reason is logged and in the stats' ``faults``). Not a verdict on the
+    machine's sound."""
 
 
 class EventType(StrEnum):
@@ -31,3 +35,18 @@ class EventType(StrEnum):
     START = "start"
     UPDATE = "update"
     END = "end"
+
+
+class EndReason(StrEnum):
+    """Why an event ended without its sound returning to normal (``reason`` of an ``end``;
+    null when the sound did)."""
+
+    RESTART = "restart"
+    """The daemon died with the event open (crash, SIGKILL, power cut); closed at its next
+    start. ``end_ts`` is the last moment the event was known to be open."""
+    SHUTDOWN = "shutdown"
+    """The daemon was stopped (SIGTERM) while the event was open."""
+    FAULT = "fault"
+    """A worker thread failed while the event was open; the daemon exits to be restarted."""
+    RELOAD = "reload"
+    """Bundles were reloaded (SIGHUP); detection restarts with the new bundle."""

@@ -33,7 +33,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from edge_asd.detection.states import EventType, MachineState
+from edge_asd.detection.states import EndReason, EventType, MachineState
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -267,6 +267,12 @@ class EventMessage(Payload):
         "normal, by how much and how (steady, intermittent, impulses and their rate); null "
         "before the end, or when it could not be computed.",
     )
+    reason: EndReason | None = Field(
+        default=None,
+        description="Set on an end the sound did not cause: restart (the daemon died with the "
+        "event open and closed it at its next start), shutdown, fault (a worker thread "
+        "failed) or reload (bundles reloaded); null otherwise.",
+    )
 
     @property
     def model_ref(self) -> ModelRef:
@@ -340,6 +346,16 @@ class StatsMessage(Payload):
     version: str = Field(description="edge-asd package version.")
     machines: dict[TopicLevel, MachineState] = Field(
         description="Current state of every machine on this node."
+    )
+    faults: dict[TopicLevel, str] = Field(
+        default_factory=dict,
+        description="Why each machine in state fault is there (capture or inference thread "
+        "dead or hung); empty when none is.",
+    )
+    messages_quarantined: Count = Field(
+        default=0,
+        description="Outbox messages the broker refused (MQTT 5 reason code) or the client "
+        "could never send, set aside instead of blocking the queue.",
     )
 
 

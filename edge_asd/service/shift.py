@@ -185,8 +185,13 @@ class ShiftFeatures:
             self.metrics.inference(seconds / windows, windows)
 
     def window(self, machine: MachineRuntime, window: WindowResult) -> None:
+        # Pipeline times are on the daemon's monotonic timeline; the page shows wall time.
         self.board.window(
-            machine.config.name, window.end_time, window.score, machine.threshold, window.dbfs
+            machine.config.name,
+            self._wall(window.end_time),
+            window.score,
+            machine.threshold,
+            window.dbfs,
         )
 
     def state_to_publish(self, machine: MachineRuntime, state: MachineState) -> MachineState:
@@ -211,12 +216,20 @@ class ShiftFeatures:
             if self.controls.muted(name):
                 self._suppressed.add(transition.event_id)
             self.board.event(
-                name, kind, transition.event_id, transition.start_ts, transition.peak_score
+                name,
+                kind,
+                transition.event_id,
+                self._wall(transition.start_ts),
+                transition.peak_score,
             )
             return None, None
         if kind is not EventType.END:
             self.board.event(
-                name, kind, transition.event_id, transition.start_ts, transition.peak_score
+                name,
+                kind,
+                transition.event_id,
+                self._wall(transition.start_ts),
+                transition.peak_score,
             )
             return None, None
         explanation = self._explain(machine)
@@ -227,9 +240,19 @@ class ShiftFeatures:
             self._last_event[name] = transition.event_id
         summary = None if explanation is None else explanation.summary
         self.board.event(
-            name, kind, transition.event_id, end_time, transition.peak_score, summary, path
+            name,
+            kind,
+            transition.event_id,
+            self._wall(end_time),
+            transition.peak_score,
+            summary,
+            path,
         )
         return clip, summary
+
+    def _wall(self, timeline: float) -> float:
+        clock = getattr(self.daemon, "clock", None)
+        return timeline if clock is None else float(clock.to_wall(timeline))
 
     def publish_allowed(self, machine: MachineRuntime, transition: EventTransition) -> bool:
         """False for every step of an event that started while its machine was muted."""
@@ -351,7 +374,7 @@ class ShiftFeatures:
         was = self.controls.detection_enabled(name)
         if was and not enabled:
             # End an open event now: nothing will end it while the audio is not analysed.
-            self.daemon._publish_step(machine, machine.pipeline.close(time.time()))
+            self.daemon._publish_step(machine, machine.pipeline.close(self.daemon.clock.now()))
         elif enabled and not was:
             # Never splice a window across the time detection was off.
             machine.pipeline.reset()
