@@ -76,9 +76,11 @@ STEADY_FRACTION: Final = 0.8
 MIN_STD_DB: Final = 1.0
 """Floor of a band's standard deviation, so a perfectly stationary reference does not turn
 tiny differences into many sigmas."""
-MAX_EXPLAIN_SECONDS: Final = 60.0
-"""Only the first minute of a long event is analysed: the cost stays bounded and a fault that
-has not shown its character within a minute will not show it later."""
+MAX_EXPLAIN_SECONDS: Final = 20.0
+"""Only the first 20 s of a long event are analysed: the cost (and the daemon's peak memory,
+which has a 100 MB target) stays bounded, and a persistent fault shows its character by then."""
+FRAMES_PER_CHUNK: Final = 128
+"""Frames transformed at once: the windowed copy of overlapping frames stays ~1 MB."""
 _EPS: Final = 1e-20
 
 
@@ -93,11 +95,16 @@ def frame_power(samples: npt.ArrayLike, frame: int, hop: int) -> FloatArray:
         x = np.pad(x, (0, frame - x.size))
     window = np.hanning(frame)
     frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
-    spectrum = np.fft.rfft(frames * window, axis=1)
-    power = np.square(np.abs(spectrum))
     # Parseval with a window: sum over bins of 2|X|^2 / (N * sum w^2) is the frame's mean square.
     scale = 2.0 / (frame * float(np.sum(window**2)))
-    return np.asarray(power * scale)
+    power = np.empty((frames.shape[0], frame // 2 + 1), dtype=np.float64)
+    # In chunks: the overlapping frames' windowed copy and spectrum of a whole event at once
+    # would be tens of MB in the daemon.
+    for start in range(0, frames.shape[0], FRAMES_PER_CHUNK):
+        stop = start + FRAMES_PER_CHUNK
+        spectrum = np.fft.rfft(frames[start:stop] * window, axis=1)
+        power[start:stop] = np.square(np.abs(spectrum)) * scale
+    return power
 
 
 def band_edges(sample_rate: int = SAMPLE_RATE_HZ) -> FloatArray:

@@ -48,9 +48,10 @@ which the detector only confirms a few windows (or, with the evidence rule, seco
 DEFAULT_QUEUE_SIZE: Final = 4
 """Clips waiting for the writer; a clip is seconds of audio, so more would mean the disk is
 hopeless anyway."""
-DEFAULT_MAX_CLIP_SECONDS: Final = 360.0
-"""Audio kept per clip at most (the detector splits events at 300 s): bounds memory at
-about 11 MB per machine in an endless event."""
+DEFAULT_MAX_CLIP_SECONDS: Final = 90.0
+"""Audio kept per clip at most (pre-roll, the start of the event, post-roll): enough to hear a
+fault, and it bounds memory at about 6 MB per machine in an endless event (the daemon has a
+100 MB target)."""
 WRITER_POLL_SECONDS: Final = 0.5
 PCM16_MAX: Final = 32767
 PCM16_SCALE: Final = 32768.0
