@@ -23,7 +23,8 @@ from edge_asd.config import ConfigError, load_config, parse_config
 from edge_asd.constants import EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import save_bundle
 from edge_asd.detection.calibration import Clip, Framing, calibrate
-from edge_asd.model.encoder import Encoder, resolve_model
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import resolve_model
 from edge_asd.service.startup import host_problem, inspect_setup
 from edge_asd_dev.synth import machine_sound
 from tests.mqtt_fixture import MosquittoBroker, free_port, mosquitto_path

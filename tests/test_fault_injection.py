@@ -40,7 +40,8 @@ from edge_asd.config import MqttConfig, load_config
 from edge_asd.constants import EXIT_FAILURE, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import META_FILE, save_bundle
 from edge_asd.detection.calibration import Clip, Framing, calibrate
-from edge_asd.model.encoder import Encoder, resolve_model
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import resolve_model
 from edge_asd.mqtt import outbox as outbox_module
 from edge_asd.mqtt.messages import event_schema, stats_schema
 from edge_asd.mqtt.outbox import Outbox

@@ -23,7 +23,9 @@ from edge_asd.config import parse_config
 from edge_asd.constants import EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import save_bundle
 from edge_asd.detection.calibration import Clip, Framing, calibrate
-from edge_asd.model.encoder import Encoder, ModelError, resolve_model
+from edge_asd.model.contract import ModelError
+from edge_asd.model.encoder import Encoder
+from edge_asd.model.registry import resolve_model
 from edge_asd.service.faults import FaultInjection, parse_faults
 from edge_asd.service.open_events import OpenEvent, OpenEventStore, path_for
 from edge_asd.service.startup import Problem, StartupError, is_transient, outbox_problem
