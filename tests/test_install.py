@@ -62,6 +62,7 @@ mqtt:
   client_id: null
   qos: 1
   keepalive_seconds: 60
+  protocol: "5"
   username: null
   password_file: null
   password_env: null
