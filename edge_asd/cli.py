@@ -257,7 +257,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     try:
         machine = config.machine(args.machine)
         encoder = open_encoder(config)
-        setup = machine_setup(config.machines.index(machine), machine, encoder)
+        setup = machine_setup(config.machines.index(machine), machine, encoder, config.source)
     except (ConfigError, StartupError) as exc:
         raise UsageError(str(exc)) from None
     failures = replay(setup, encoder, args.files)

@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     ValidationError,
@@ -337,6 +338,13 @@ class Config(_Section):
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     clips: ClipsConfig = ClipsConfig()
     http: HttpConfig = HttpConfig()
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file `load_config` read it from (None when built otherwise): for messages that
+        give the command to run."""
+        return self._source
 
     @model_validator(mode="after")
     def _unique_machines(self) -> Config:
@@ -421,7 +429,9 @@ def load_config(path: Path) -> Config:
         # PyYAML's constructors raise plain Python errors for well-formed but impossible
         # values, e.g. `2001-13-01` (a date with month 13) -> ValueError.
         raise ConfigError(f"configuration {path} has a value YAML cannot build: {exc}") from None
-    return parse_config(data, source=path)
+    config = parse_config(data, source=path)
+    config._source = path
+    return config
 
 
 def default_client_id(node_id: str) -> str:

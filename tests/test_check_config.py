@@ -163,6 +163,42 @@ def test_setup_problems_all_at_once(tmp_path: Path, bundle: Path, wav: Path) -> 
     assert "cannot be decoded" in messages["machines.0.device"]
 
 
+def test_missing_bundle_says_which_calibrate_command_makes_it(
+    tmp_path: Path, bundle: Path, wav: Path
+) -> None:
+    """A new user's first error: the key first, then the command that writes the bundle."""
+    missing = tmp_path / "bundles" / "m1"
+    data = config_data(tmp_path, bundle, wav)
+    data["machines"][0]["bundle"] = str(missing)
+    code, report = check(tmp_path, data)
+    assert code == EXIT_USAGE and not report["ok"]
+    assert keys(report) == {"machines.0.bundle"}
+    message = report["problems"][0]["message"]
+    assert "directory does not exist" in message
+    config = tmp_path / "config.yaml"
+    assert message.endswith(
+        f"; make it with: edge-asd calibrate --config {config} --machine m1 --from-dir DIR "
+        f"--out {missing}"
+    ), message
+    # Without a model to load, the bundle is still checked and the hint still given.
+    data["model"] = str(tmp_path / "no-such-model.onnx")
+    _, report = check(tmp_path, data)
+    messages = {p["key"]: p["message"] for p in report["problems"]}
+    assert "; make it with: edge-asd calibrate --config" in messages["machines.0.bundle"]
+    # The plain text output names the key first.
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_asd", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == EXIT_USAGE
+    assert f"error: machines.0.bundle: bundle {missing}: directory does not exist; make it" in (
+        result.stdout + result.stderr
+    )
+
+
 def test_text_output_lists_every_problem(tmp_path: Path, bundle: Path, wav: Path) -> None:
     data = config_data(tmp_path, bundle, wav)
     data["mqtt"]["host"] = "broker..plant"

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import sqlite3
 import ssl
 import tempfile
@@ -160,7 +161,21 @@ def open_encoder(config: Config) -> Encoder:
         raise StartupError(f"model: {exc}", transient=is_transient(exc)) from None
 
 
-def _load_machine_bundle(index: int, machine: MachineConfig, encoder: Encoder) -> Bundle:
+def calibrate_hint(machine: MachineConfig, config_path: Path | None) -> str:
+    """Where the machine's bundle directory does not exist, "; make it with: edge-asd
+    calibrate ..." (the command that writes it, from recordings in a DIR to choose); else ""."""
+    if Path(machine.bundle).is_dir():
+        return ""
+    command = ["edge-asd", "calibrate"]
+    if config_path is not None:
+        command += ["--config", shlex.quote(str(config_path)), "--machine", shlex.quote(machine.name)]
+    command += ["--from-dir", "DIR", "--out", shlex.quote(str(machine.bundle))]
+    return "; make it with: " + " ".join(command)
+
+
+def _load_machine_bundle(
+    index: int, machine: MachineConfig, encoder: Encoder, source: Path | None = None
+) -> Bundle:
     key = f"machines.{index}"
     window = seconds_to_samples(machine.window_seconds)
     if window != encoder.info.window_samples:
@@ -173,7 +188,9 @@ def _load_machine_bundle(index: int, machine: MachineConfig, encoder: Encoder) -
     except (BundleError, OSError) as exc:
         # An OSError escapes load_bundle where a stat fails with EIO (is_file() only hides
         # ENOENT and the like): a flaky disk, worth a retry.
-        raise StartupError(f"{key}.bundle: {exc}", transient=is_transient(exc)) from None
+        raise StartupError(
+            f"{key}.bundle: {exc}{calibrate_hint(machine, source)}", transient=is_transient(exc)
+        ) from None
     if bundle.window_samples != window:
         raise StartupError(
             f"{key}.bundle: {machine.bundle} was calibrated with {bundle.window_samples}-sample "
@@ -235,8 +252,10 @@ class MachineSetup:
         )
 
 
-def machine_setup(index: int, machine: MachineConfig, encoder: Encoder) -> MachineSetup:
-    bundle = _load_machine_bundle(index, machine, encoder)
+def machine_setup(
+    index: int, machine: MachineConfig, encoder: Encoder, source: Path | None = None
+) -> MachineSetup:
+    bundle = _load_machine_bundle(index, machine, encoder, source)
     if machine.threshold is not None:
         threshold = machine.threshold
     else:
@@ -268,7 +287,7 @@ def machine_setup(index: int, machine: MachineConfig, encoder: Encoder) -> Machi
 def machine_setups(config: Config, encoder: Encoder) -> list[MachineSetup]:
     if not config.machines:
         raise StartupError("machines: at least one machine is needed to run")
-    return [machine_setup(i, m, encoder) for i, m in enumerate(config.machines)]
+    return [machine_setup(i, m, encoder, config.source) for i, m in enumerate(config.machines)]
 
 
 @dataclass
@@ -326,7 +345,7 @@ def inspect_setup(
         )
         for index, machine in enumerate(config.machines):
             try:
-                setup = machine_setup(index, machine, encoder)
+                setup = machine_setup(index, machine, encoder, config.source)
             except StartupError as exc:
                 report.add_error(exc)
                 continue
@@ -339,7 +358,11 @@ def inspect_setup(
                 load_bundle(machine.bundle)
             except (BundleError, OSError) as exc:
                 report.add(
-                    Problem(f"machines.{index}.bundle", str(exc), transient=is_transient(exc))
+                    Problem(
+                        f"machines.{index}.bundle",
+                        f"{exc}{calibrate_hint(machine, config.source)}",
+                        transient=is_transient(exc),
+                    )
                 )
     _check_mqtt(config, report, connect=connect)
     if not for_run:
