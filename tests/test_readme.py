@@ -36,3 +36,12 @@ def test_documented_subcommands_exist() -> None:
     actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
     known = set(actions[0].choices)  # type: ignore[union-attr]
     assert documented <= known, documented - known
+
+
+def test_deploy_guide_runs_as_root_without_sudo() -> None:
+    """The gateway is a fresh Debian where commands run as root: no sudo there."""
+    guide = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "run every command on this page as root" in guide.lower()
+    commands = "\n".join(re.findall(r"```sh\n(.*?)```", guide, flags=re.DOTALL))
+    assert not re.search(r"\bsudo(edit)?\s", guide), "use runuser -u edge-asd -- / editor"
+    assert "runuser -u edge-asd -- " in commands
