@@ -168,7 +168,8 @@ def calibrate_hint(machine: MachineConfig, config_path: Path | None) -> str:
         return ""
     command = ["edge-asd", "calibrate"]
     if config_path is not None:
-        command += ["--config", shlex.quote(str(config_path)), "--machine", shlex.quote(machine.name)]
+        command += ["--config", shlex.quote(str(config_path))]
+        command += ["--machine", shlex.quote(machine.name)]
     command += ["--from-dir", "DIR", "--out", shlex.quote(str(machine.bundle))]
     return "; make it with: " + " ".join(command)
 
