@@ -19,6 +19,7 @@ import pytest
 from edge_asd.mqtt import outbox as outbox_module
 from edge_asd.mqtt.outbox import (
     CORRUPT_SUFFIX,
+    MAX_CORRUPT_COPIES,
     SEQ_RESERVE_BLOCK,
     Outbox,
     OutboxError,
@@ -480,14 +481,14 @@ def test_wal_that_fails_the_check_is_recovered(tmp_path: Path) -> None:
         assert kept.read_bytes() == main_bytes
         assert kept.with_name(kept.name + "-wal").read_bytes() == wal_bytes
         assert box.next_seq() > max(issued)  # the counter was salvaged from the meta table
-        assert box.put("t", b"x", 1) is not None
+        assert box.store("t", b"x", 1) > 300  # so were the message ids
         assert box.depth() == 1
 
 
 def test_corruption_found_while_running_is_recovered(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     box = Outbox(path)
-    box.put("t", payload(0), 1)
+    old_id = box.store("t", payload(0), 1)
     seqs = [box.next_seq() for _ in range(2)]
     real = box._conn
     assert real is not None
@@ -496,7 +497,10 @@ def test_corruption_found_while_running_is_recovered(tmp_path: Path) -> None:
     )
     # The store that hit the corruption lands in the fresh file.
     new_id = box.store("t", payload(1), 1)
-    assert new_id > 0
+    # Ids continue above the old file's: an ack for a message still in flight from the old
+    # file cannot delete this one.
+    assert new_id > old_id
+    assert box.ack(old_id) is False
     assert box.recovered_corrupt == 1
     assert len(_corrupt_copies(path)) == 1
     assert [m.payload for m in box.pending(10)] == [payload(1)]
@@ -504,14 +508,20 @@ def test_corruption_found_while_running_is_recovered(tmp_path: Path) -> None:
     box.close()
 
 
-def test_two_recoveries_keep_both_copies(tmp_path: Path) -> None:
+def test_repeated_recoveries_keep_the_newest_copies_only(tmp_path: Path) -> None:
+    """Failing flash corrupting the file again and again must not fill the disk."""
     path = tmp_path / "outbox.sqlite"
-    for _ in range(2):
-        path.write_bytes(b"garbage" * 500)
+    for n in range(MAX_CORRUPT_COPIES + 2):
+        path.write_bytes(f"garbage {n} ".encode() * 500)
+        path.with_name(path.name + "-wal").write_bytes(b"wal garbage")
         Outbox(path).close()
-    assert len(_corrupt_copies(path)) == 2
+    kept = _corrupt_copies(path)
+    assert len(kept) == MAX_CORRUPT_COPIES
+    assert kept[-1].read_bytes().startswith(f"garbage {MAX_CORRUPT_COPIES + 1} ".encode())
+    assert len(list(tmp_path.glob("*.corrupt-*-wal"))) == MAX_CORRUPT_COPIES
     with Outbox(path) as box:
-        assert box.recovered_corrupt == 2
+        # Garbage holds no counter to salvage; the kept copies still bound it from below.
+        assert box.recovered_corrupt >= MAX_CORRUPT_COPIES
 
 
 def test_old_schema_is_migrated(tmp_path: Path) -> None:

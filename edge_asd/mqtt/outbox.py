@@ -39,9 +39,10 @@ inspection only. A wall-clock jump is logged once and counted in `clock_jumps`.
 Faults never raise out of the constructor (bad bounds aside):
 
 - A corrupt file (not a database, ``PRAGMA quick_check`` fails, including through its WAL) is
-  renamed ``<name>.corrupt-<UTC timestamp>`` (with its ``-wal``/``-shm``), kept for inspection,
-  logged, counted in `recovered_corrupt`, and a fresh file is created. The sequence counter is
-  salvaged from it where possible (else from the in-process state or a wall-clock floor).
+  renamed ``<name>.corrupt-<UTC timestamp>`` (with its ``-wal``/``-shm``), kept for inspection
+  (the newest `MAX_CORRUPT_COPIES`), logged, counted in `recovered_corrupt`, and a fresh file
+  is created. The sequence counter is salvaged from it where possible (else from the
+  in-process state or a wall-clock floor).
 - An outbox that cannot be opened or written (full disk, read-only or missing directory, I/O
   error) makes the outbox *degraded*: `degraded` is True, `degraded_reason` says why, `store`
   raises `OutboxUnavailable` so the publisher can send directly instead, and failures are
@@ -58,7 +59,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +83,9 @@ CLOCK_JUMP_SECONDS: Final = 60.0
 JOURNAL_SIZE_LIMIT_BYTES: Final = 8 * 1024 * 1024
 """The WAL file is truncated back to this size after a checkpoint, bounding its disk use."""
 CORRUPT_SUFFIX: Final = ".corrupt-"
+MAX_CORRUPT_COPIES: Final = 3
+"""Corrupt files kept for inspection; older ones are deleted, so failing flash that corrupts
+the outbox again and again cannot fill the disk with copies."""
 
 _BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
 _SQLITE_CORRUPT: Final = 11
@@ -95,6 +99,7 @@ _META_SEQ_USED: Final = "seq_used"
 _META_BOOT: Final = "boot"
 """Hash of the boot id of the process that has the file open: a crash on the same boot loses
 no non-fsynced write (it is in the page cache), so `seq_used` can be trusted then."""
+_SALVAGED_MAX_ID: Final = "sqlite_sequence.messages"
 _META_CLEAN: Final = "clean_close"
 """1 after `close` (durable), 0 while open (written durably at open)."""
 _META_AGE_CLOCK_MS: Final = "age_clock_ms"
@@ -208,6 +213,8 @@ class _State:
     recovered_corrupt: int = 0
     age_base: float = 0.0
     age_mono0: float = 0.0
+    max_id: int = 0
+    """Highest message id ever used in the file (SQLite's AUTOINCREMENT counter)."""
 
 
 def _is_corruption(exc: BaseException) -> bool:
@@ -384,6 +391,7 @@ class Outbox:
             # Rows without an outbox-clock time (older file) count as stored just now.
             conn.execute("UPDATE messages SET age_ts = ? WHERE age_ts IS NULL", (age_base,))
             depth = int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            max_id = self._max_id(conn)
             self._write_meta(conn, _META_CLEAN, 0)
             if self._boot is not None:
                 self._write_meta(conn, _META_BOOT, self._boot)
@@ -412,18 +420,29 @@ class Outbox:
             recovered_corrupt=meta.get(_META_RECOVERED_CORRUPT, 0),
             age_base=age_base,
             age_mono0=self._mono(),
+            max_id=max_id,
         )
 
     @staticmethod
-    def _salvage(conn: sqlite3.Connection) -> dict[str, int]:
+    def _max_id(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    @classmethod
+    def _salvage(cls, conn: sqlite3.Connection) -> dict[str, int]:
         """Counters readable from a corrupt file (the meta table may still be intact)."""
-        try:
-            return {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-        except (sqlite3.Error, TypeError, ValueError):
-            return {}
+        salvaged: dict[str, int] = {}
+        # Each part on its own: a corrupt file may keep one table readable and not the other.
+        with suppress(sqlite3.Error, TypeError, ValueError):
+            rows = conn.execute("SELECT key, value FROM meta").fetchall()
+            salvaged.update((str(k), int(v)) for k, v in rows)
+        with suppress(sqlite3.Error, TypeError, ValueError):
+            salvaged[_SALVAGED_MAX_ID] = cls._max_id(conn)
+        return salvaged
 
     def _corrupt_name(self) -> Path:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        # Microseconds: names sort in the order the copies were made (pruning relies on it).
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         base = self.path.with_name(f"{self.path.name}{CORRUPT_SUFFIX}{stamp}")
         candidate, n = base, 0
         while candidate.exists():
@@ -442,11 +461,20 @@ class Outbox:
         os.replace(self.path, target)
         return target
 
-    def _count_corrupt_copies(self) -> int:
+    def _corrupt_copies(self) -> list[Path]:
+        """Kept corrupt files (main files only), oldest first (the names sort by time)."""
         prefix = self.path.name + CORRUPT_SUFFIX
-        return sum(
-            1 for p in self.path.parent.glob(prefix + "*") if not p.name.endswith(("-wal", "-shm"))
+        return sorted(
+            p for p in self.path.parent.glob(prefix + "*") if not p.name.endswith(("-wal", "-shm"))
         )
+
+    def _prune_corrupt_copies(self) -> None:
+        for old in self._corrupt_copies()[:-MAX_CORRUPT_COPIES]:
+            for path in (old, *(old.with_name(old.name + s) for s in ("-wal", "-shm"))):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    _LOGGER.warning("Outbox: cannot delete old corrupt copy %s: %s", path, exc)
 
     def _recover(self, detail: str, salvaged: dict[str, int]) -> bool:
         """Move the corrupt file aside and start a fresh one. Under the lock."""
@@ -479,11 +507,15 @@ class Outbox:
             seq_floor = max(seq_floor, int(self._wall() * 1000))
         recovered = max(
             salvaged.get(_META_RECOVERED_CORRUPT, self._state.recovered_corrupt) + 1,
-            self._count_corrupt_copies(),
+            len(self._corrupt_copies()),
         )
+        self._prune_corrupt_copies()
         discarded = max(salvaged.get(_META_DISCARDED, 0), self._state.discarded)
         quarantined = max(salvaged.get(_META_QUARANTINED, 0), self._state.quarantined)
         age_ms = max(salvaged.get(_META_AGE_CLOCK_MS, 0), int(self._age_now() * 1000))
+        # Message ids continue above the old file's: the publisher may still hold old ids as
+        # in flight, and an ack for one must not delete an unrelated new row.
+        id_floor = max(salvaged.get(_SALVAGED_MAX_ID, 0), self._state.max_id)
         _LOGGER.error(
             "Outbox %s is corrupt (%s): moved aside to %s for inspection%s; starting a fresh "
             "outbox (recovered corrupt files so far: %d)",
@@ -506,6 +538,11 @@ class Outbox:
                     (_META_AGE_CLOCK_MS, age_ms),
                 ):
                     self._write_meta(conn, key, value)
+                if id_floor:
+                    conn.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('messages', ?)",
+                        (id_floor,),
+                    )
         except (OSError, sqlite3.Error, _CorruptOutbox) as exc:
             if conn is not None:
                 conn.close()
@@ -525,6 +562,7 @@ class Outbox:
             recovered_corrupt=recovered,
             age_base=age_ms / 1000.0,
             age_mono0=self._mono(),
+            max_id=id_floor,
         )
         self._next_seq = seq_floor
         self._clear_degraded()
@@ -672,6 +710,7 @@ class Outbox:
                     self._write_failed(f"store a message for {topic}", again)
                     raise OutboxUnavailable(self._degraded_reason or str(again)) from again
             self._clear_degraded()
+            self._state.max_id = max(self._state.max_id, new_id)
             self._state.depth = self._state.depth + 1 - dropped
             if dropped:
                 self._state.discarded += dropped
