@@ -102,6 +102,27 @@ def test_wav_source_loop_restarts(tmp_path: Path) -> None:
         assert source.stats().frames_delivered == 5000
 
 
+def test_wav_source_decodes_a_looped_single_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_asd.audio import sources
+
+    path = _const_wav(tmp_path / "a.wav", 0.5, 1000)
+    loads: list[object] = []
+    real = sources.read_wav_channels
+
+    def counting(*args: object, **kwargs: object) -> object:
+        loads.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sources, "read_wav_channels", counting)
+    with WavSource(path, block_frames=BLOCK, loop=True) as source:
+        blocks = [source.read(READ_TIMEOUT_S) for _ in range(5)]  # five passes
+    assert len(loads) == 1
+    assert all(b is not None and b.shape[0] == 1000 for b in blocks)
+    np.testing.assert_allclose(np.concatenate(blocks)[200:-200], 0.5, atol=1e-3)  # type: ignore[arg-type]
+
+
 def test_wav_source_skips_unreadable_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _const_wav(tmp_path / "a.wav", 0.1, 500)
     (tmp_path / "b.wav").write_bytes(b"garbage")
