@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from edge_asd.config import Config
+    from edge_asd.detection.bundle import Bundle
     from edge_asd.model.encoder import Encoder
 
 _LOGGER = logging.getLogger(__name__)
@@ -214,19 +215,30 @@ def _read_audio(path: Path) -> np.ndarray:
 # ---------------------------------------------------------------- learn and replay
 
 
-def _cmd_learn(args: argparse.Namespace) -> int:
-    from edge_asd.detection.bundle import BundleError, load_bundle, save_bundle
-    from edge_asd.detection.calibration import Clip
-    from edge_asd.detection.learn import LearnError, learn
+def _bundle_and_encoder(path: Path, model: str | None) -> tuple[Bundle, Encoder]:
+    """A bundle and its encoder: `model`, else the file the bundle was calibrated with when it
+    is still there, else the default; the bundle is checked against it (UsageError)."""
+    from edge_asd.detection.bundle import BundleError, load_bundle
 
     try:
-        bundle = load_bundle(args.bundle)
+        bundle = load_bundle(path)
     except BundleError as exc:
         raise UsageError(str(exc)) from None
-    model = args.model
     if model is None and Path(bundle.model.path).is_file():
         model = bundle.model.path
     encoder = _open_encoder(model, bundle.window_samples / SAMPLE_RATE_HZ)
+    try:
+        return load_bundle(path, model=encoder.info), encoder
+    except BundleError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from edge_asd.detection.bundle import save_bundle
+    from edge_asd.detection.calibration import Clip
+    from edge_asd.detection.learn import LearnError, learn
+
+    bundle, encoder = _bundle_and_encoder(args.bundle, args.model)
     clips = [
         Clip(name=str(path), samples=_read_audio(path))
         for path in _audio_files(args.inputs, "learn")
@@ -269,21 +281,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from edge_asd.audio.files import AudioFileError, read_wav
-    from edge_asd.detection.bundle import BundleError, load_bundle
     from edge_asd.detection.scoring import ClipScorer
 
-    try:
-        bundle = load_bundle(args.bundle)
-    except BundleError as exc:
-        raise UsageError(str(exc)) from None
-    model = args.model
-    if model is None and Path(bundle.model.path).is_file():
-        model = bundle.model.path
-    encoder = _open_encoder(model, bundle.window_samples / SAMPLE_RATE_HZ)
-    try:
-        bundle = load_bundle(args.bundle, model=encoder.info)
-    except BundleError as exc:
-        raise UsageError(str(exc)) from None
+    bundle, encoder = _bundle_and_encoder(args.bundle, args.model)
     scorer = ClipScorer.from_bundle(bundle, encoder, aggregate=args.aggregate)
     failures = 0
     window_seconds = bundle.window_samples / SAMPLE_RATE_HZ
