@@ -129,3 +129,21 @@ def test_clip_recorder_without_a_directory_keeps_audio_but_writes_nothing(
     finally:
         recorder.close()
     assert recorder.dir is None
+
+
+def test_recalibrate_payloads() -> None:
+    from edge_asd.service.controls import (
+        MAX_RECALIBRATE_SECONDS,
+        MIN_RECALIBRATE_SECONDS,
+        parse_recalibrate,
+    )
+
+    assert parse_recalibrate(b'{"seconds": 120}') == 120.0
+    assert parse_recalibrate(b"45") == 45.0
+    for bad in (b"{}", b'{"seconds": "x"}', b"nan", b'{"seconds": 10, "x": 1}'):
+        with pytest.raises(ControlError):
+            parse_recalibrate(bad)
+    with pytest.raises(ControlError, match="out of range"):
+        parse_recalibrate(str(MIN_RECALIBRATE_SECONDS - 1).encode())
+    with pytest.raises(ControlError, match="out of range"):
+        parse_recalibrate(str(MAX_RECALIBRATE_SECONDS + 1).encode())

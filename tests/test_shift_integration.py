@@ -265,6 +265,48 @@ def test_clip_explanation_status_metrics_and_controls(
     assert saved["machines"][MACHINE]["detection"] is True
 
 
+def test_recalibrate_records_calibrates_and_swaps_the_bundle(
+    mosquitto_broker: MosquittoBroker,  # noqa: F811 - the fixture
+    tmp_path: Path,
+    bundle_dir: Path,
+    recording: Path,
+) -> None:
+    """`recalibrate {"seconds": N}`: N s of the live audio become the new bundle, on disk and in
+    use; a second command while it records, and an out-of-range one, are refused."""
+    broker = mosquitto_broker
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bundle)
+    original_id = load_bundle(bundle).bundle_id
+    config = _config(tmp_path, broker, bundle, recording)
+    with Subscriber(broker.host, broker.port, f"{BASE}/#") as sub:
+        daemon = Daemon(config)
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(daemon.run()), name="daemon")
+        thread.start()
+        try:
+            assert _wait(lambda: daemon.counters.windows_processed > 0, 30)
+            _command(broker, "recalibrate", '{"seconds": 5}')
+            assert _wait(lambda: bool(_acks(sub, "recalibrate")), 20)
+            assert _acks(sub, "recalibrate")[-1]["ok"] is False  # under the minimum
+            _command(broker, "recalibrate", '{"seconds": 32}')
+            assert _wait(lambda: len(_acks(sub, "recalibrate")) > 1, 20)
+            accepted = _acks(sub, "recalibrate")[-1]
+            assert accepted["ok"] is True and accepted["value"] == 32.0
+            _command(broker, "recalibrate", "40")
+            assert _wait(lambda: len(_acks(sub, "recalibrate")) > 2, 20)
+            assert _acks(sub, "recalibrate")[-1]["ok"] is False  # one at a time
+            assert _wait(lambda: len(_acks(sub, "recalibrate")) > 3, 120), _acks(sub, "recalibrate")
+            done = _acks(sub, "recalibrate")[-1]
+            assert done["ok"] is True, done
+            assert done["bundle_id"] != original_id
+            assert load_bundle(bundle).bundle_id == done["bundle_id"]
+            assert _wait(lambda: daemon.machines[0].bundle.bundle_id == done["bundle_id"], 10)
+        finally:
+            daemon.request_stop()
+            thread.join(WAIT)
+        assert result == [0]
+
+
 def test_a_port_in_use_leaves_the_daemon_without_the_page(
     tmp_path: Path, bundle_dir: Path, recording: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

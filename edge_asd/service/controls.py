@@ -13,6 +13,11 @@ switches and button of `mqtt.discovery` send, or anyone the broker's ACL lets pu
   clip to the machine's bundle as normal running (`detection.learn.learn`), then reload.
 - ``learn_last_event``: any payload (the HA button sends ``PRESS``): the same, for the
   machine's last event that has a clip.
+- ``recalibrate``: ``{"seconds": N}`` (or the bare number), `MIN_RECALIBRATE_SECONDS` <= N <=
+  `MAX_RECALIBRATE_SECONDS`: record the next N seconds of the machine's audio, calibrate a new
+  bundle on them with the config's `calibration` settings (the stopped-machine recordings of
+  the old bundle are kept), swap it in atomically and reload. Acknowledged when accepted
+  (``value``: the seconds) and again when the new bundle is in use.
 
 Each command is answered on ``<command topic>/state`` with a retained JSON acknowledgement
 ``{"ok": bool, "reason": str|null, "value": ..., "until": ts|null, "ts": ts}``: ``value`` is the
@@ -49,7 +54,8 @@ MUTE: Final = "mute"
 DETECTION: Final = "detection"
 LEARN: Final = "learn"
 LEARN_LAST_EVENT: Final = "learn_last_event"
-COMMANDS: Final = (MUTE, DETECTION, LEARN, LEARN_LAST_EVENT)
+RECALIBRATE: Final = "recalibrate"
+COMMANDS: Final = (MUTE, DETECTION, LEARN, LEARN_LAST_EVENT, RECALIBRATE)
 SWITCHES: Final = (MUTE, DETECTION)
 """Controls with a value to keep (and to publish at start-up for the HA switches)."""
 
@@ -156,6 +162,37 @@ def parse_mute(payload: bytes) -> float | None:
             f"({MAX_MUTE_SECONDS / 86_400:g} days); send OFF to unmute"
         )
     return float(seconds)
+
+
+MIN_RECALIBRATE_SECONDS: Final = 31.0
+"""Calibration needs at least 60 windows (30.5 s at the default 1 s / 0.5 s framing)."""
+MAX_RECALIBRATE_SECONDS: Final = 600.0
+"""Ten minutes, kept as 16-bit samples in memory while recording (19 MB): the daemon has a
+memory target; longer calibrations are made offline with `edge-asd calibrate`."""
+
+
+def parse_recalibrate(payload: bytes) -> float:
+    """Seconds to record for a new calibration."""
+    text = _text(payload)
+    expected = '{"seconds": N} or the bare number of seconds'
+    if text.startswith("{"):
+        data = _json_object(text, expected)
+        _no_other_keys(data, ("seconds",), expected)
+        value: Any = data.get("seconds")
+    else:
+        value = text
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ControlError(f"seconds {value!r} is not a number: expected {expected}") from None
+    if not (
+        math.isfinite(seconds) and MIN_RECALIBRATE_SECONDS <= seconds <= MAX_RECALIBRATE_SECONDS
+    ):
+        raise ControlError(
+            f"seconds {seconds:g} out of range: {MIN_RECALIBRATE_SECONDS:g} to "
+            f"{MAX_RECALIBRATE_SECONDS:g}"
+        )
+    return seconds
 
 
 def parse_switch(payload: bytes) -> bool:

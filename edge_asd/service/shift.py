@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,6 +40,7 @@ from edge_asd.service.controls import (
     DETECTION,
     LEARN_LAST_EVENT,
     MUTE,
+    RECALIBRATE,
     STATE_FILE_NAME,
     SWITCHES,
     Ack,
@@ -49,6 +50,7 @@ from edge_asd.service.controls import (
     LearnRequest,
     parse_learn,
     parse_mute,
+    parse_recalibrate,
     parse_switch,
 )
 from edge_asd.service.status import StatusBoard
@@ -69,6 +71,16 @@ class _LearnResult:
     machine: str
     command: str
     ack: Ack
+
+
+@dataclass
+class _Recording:
+    """Audio being recorded for a `recalibrate` command, as 16-bit samples (half the memory)."""
+
+    target: int
+    """Samples to record."""
+    chunks: list[npt.NDArray[np.int16]] = field(default_factory=list)
+    samples: int = 0
 
 
 def read_clip(path: Path) -> npt.NDArray[np.float32]:
@@ -120,6 +132,8 @@ class ShiftFeatures:
         self.controls = Controls(names, config.outbox.path.parent / STATE_FILE_NAME)
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._learned: queue.SimpleQueue[_LearnResult] = queue.SimpleQueue()
+        self._recordings: dict[str, _Recording] = {}
+        """Machine -> the audio a `recalibrate` command is recording (inference thread only)."""
         self._learning: threading.Thread | None = None
         self._last_event: dict[str, str] = {}
         """Machine -> its last event that has a clip (learn_last_event)."""
@@ -177,8 +191,17 @@ class ShiftFeatures:
         return self.controls.detection_enabled(machine.config.name)
 
     def push_audio(self, machine: MachineRuntime, samples: npt.ArrayLike, end_ts: float) -> None:
-        """Every block, before the pipeline sees it: the clip's pre-roll and event audio."""
+        """Every block, before the pipeline sees it: the clip's pre-roll and event audio, and
+        the audio of a calibration being recorded."""
         self.clips.push(machine.config.name, samples, end_ts)
+        recording = self._recordings.get(machine.config.name)
+        if recording is not None:
+            x = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+            recording.chunks.append((x * 32767.0).astype(np.int16))
+            recording.samples += x.shape[0]
+            if recording.samples >= recording.target:
+                del self._recordings[machine.config.name]
+                self._start_recalibration(machine, recording)
 
     def inference(self, seconds: float, windows: int) -> None:
         if self.metrics is not None and windows:
@@ -343,6 +366,8 @@ class ShiftFeatures:
                 self._mute(machine, parse_mute(command.payload))
             elif control == DETECTION:
                 self._set_detection(machine, parse_switch(command.payload))
+            elif control == RECALIBRATE:
+                self._record_calibration(machine, parse_recalibrate(command.payload))
             else:
                 request = parse_learn(command.payload, last=control == LEARN_LAST_EVENT)
                 self._start_learn(machine, control, request)
@@ -453,6 +478,53 @@ class ShiftFeatures:
             _LOGGER.error("%s: learning event %s failed: %s", name, event_id[:8], exc)
             ack = Ack(False, f"learn failed: {exc}", event_id)
         self._learned.put(_LearnResult(name, control, ack))
+
+    # ------------------------------------------------------------------ recalibrate
+
+    def _record_calibration(self, machine: MachineRuntime, seconds: float) -> None:
+        name = machine.config.name
+        if name in self._recordings or (self._learning is not None and self._learning.is_alive()):
+            raise ControlError("a learn or a recalibration is still running; try again later")
+        self._recordings[name] = _Recording(target=round(seconds * SAMPLE_RATE_HZ))
+        _LOGGER.warning("%s: recording %.0f s of audio for a new calibration", name, seconds)
+        self._publish_ack(name, RECALIBRATE, Ack(True, "recording", seconds))
+
+    def _start_recalibration(self, machine: MachineRuntime, recording: _Recording) -> None:
+        samples = np.concatenate(recording.chunks)[: recording.target]
+        recording.chunks.clear()
+        self._learning = threading.Thread(
+            target=self._recalibrate_worker,
+            args=(machine, samples),
+            name="control-recalibrate",
+            daemon=True,
+        )
+        self._learning.start()
+
+    def _recalibrate_worker(self, machine: MachineRuntime, pcm: npt.NDArray[np.int16]) -> None:
+        """Off the inference thread: calibrating takes seconds to minutes."""
+        from edge_asd.detection.bundle import save_bundle
+        from edge_asd.detection.calibration import Clip, Framing, calibrate
+
+        name = machine.config.name
+        seconds = pcm.shape[0] / SAMPLE_RATE_HZ
+        try:
+            old = machine.bundle
+            clip = Clip(name=f"recalibrate command, {seconds:.0f} s", samples=pcm / 32767.0)
+            bundle = calibrate(
+                [clip],
+                self.daemon.encoder,
+                Framing(old.window_samples, old.hop_samples),
+                self.daemon.config.calibration,
+                progress=False,
+            )
+            # The room with the machine stopped has not changed: keep those recordings.
+            bundle.off_embeddings = old.off_embeddings
+            save_bundle(bundle, machine.config.bundle)
+            ack = Ack(True, None, seconds, extra=(("bundle_id", bundle.bundle_id),))
+        except Exception as exc:  # noqa: BLE001 - any failure is the command's answer
+            _LOGGER.error("%s: recalibration failed: %s", name, exc)
+            ack = Ack(False, f"recalibration failed: {exc}", seconds)
+        self._learned.put(_LearnResult(name, RECALIBRATE, ack))
 
     def _finish_learn(self, result: _LearnResult) -> None:
         ack = result.ack
