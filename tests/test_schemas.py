@@ -44,7 +44,7 @@ GOLDEN_EVENT = (
     '"peak_score":1e-05,"threshold":1e+16,"windows_over":5,"dbfs":null,"duration_seconds":2.5,'
     '"model":{"name":"logmel-stats","version":"1.0.0","sha256":"'
     + "ab" * 32
-    + '"},"bundle_id":"b-1","clip":null,"explanation":null,"reason":null}'
+    + '"},"bundle_id":"b-1","clip":null,"explanation":null,"clip_url":null,"reason":null}'
 )
 """clip and explanation were added within version 1; everything before them is unchanged."""
 GOLDEN_SCORE = (

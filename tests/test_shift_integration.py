@@ -163,6 +163,7 @@ def test_clip_explanation_status_metrics_and_controls(
             clip = Path(end.clip)
             assert clip.is_absolute() and clip.parent == tmp_path / "clips"
             assert clip.name == f"{end.event_id}.flac"
+            assert end.clip_url is not None and end.clip_url.endswith(f"/clips/{clip.name}")
             assert _wait(lambda: clip.is_file() and clip.with_suffix(".png").is_file(), 15)
             assert clip.stat().st_size > 1000
             assert clip.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -190,7 +191,7 @@ def test_clip_explanation_status_metrics_and_controls(
             event = next(e for e in snapshot["events"] if e["event_id"] == end.event_id)
             assert event["explanation"] == end.explanation
             assert event["clip"] == f"/clips/{end.event_id}.flac"
-            status, content_type, body = _get(f"{url}/clips/{end.event_id}.flac")
+            status, content_type, body = _get(end.clip_url)
             assert (status, content_type) == (200, "audio/flac") and body[:4] == b"fLaC"
 
             # ------------------------------------------------ HA discovery is on the broker

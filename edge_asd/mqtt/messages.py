@@ -267,6 +267,11 @@ class EventMessage(Payload):
         "normal, by how much and how (steady, intermittent, impulses and their rate); null "
         "before the end, or when it could not be computed.",
     )
+    clip_url: str | None = Field(
+        None,
+        description="The clip on the gateway's HTTP endpoint (http://<bind>:<port>/clips/"
+        "<event_id>.<ext>) when `http` is configured; null otherwise, and before the end.",
+    )
     reason: EndReason | None = Field(
         default=None,
         description="Set on an end the sound did not cause: restart (the daemon died with the "

@@ -765,6 +765,7 @@ class Daemon:
             reason=end_reason if ending else None,
             clip=clip,
             explanation=explanation,
+            clip_url=self.shift.clip_url(clip),
         )
         _LOGGER.info(
             "%s: event %s %s score %.3f (peak %.3f, threshold %.3f)%s",

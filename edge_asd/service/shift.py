@@ -273,6 +273,12 @@ class ShiftFeatures:
         )
         return clip, summary
 
+    def clip_url(self, clip: str | None) -> str | None:
+        """The clip's address on the status endpoint, when it serves one."""
+        if clip is None or self.server is None:
+            return None
+        return f"{self.server.url}/clips/{Path(clip).name}"
+
     def _wall(self, timeline: float) -> float:
         clock = getattr(self.daemon, "clock", None)
         return timeline if clock is None else float(clock.to_wall(timeline))
