@@ -84,7 +84,7 @@ FRAMES_PER_CHUNK: Final = 128
 _EPS: Final = 1e-20
 
 
-def frame_power(samples: npt.ArrayLike, frame: int, hop: int) -> FloatArray:
+def frame_power(samples: npt.ArrayLike, frame: int, hop: int) -> npt.NDArray[np.float32]:
     """Power spectra [T, frame // 2 + 1] of Hann-windowed frames, scaled so that a full-scale
     sine reads about 0.5 (its mean square) summed over its bins. A signal shorter than one
     frame is zero-padded to one frame."""
@@ -97,7 +97,7 @@ def frame_power(samples: npt.ArrayLike, frame: int, hop: int) -> FloatArray:
     frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
     # Parseval with a window: sum over bins of 2|X|^2 / (N * sum w^2) is the frame's mean square.
     scale = 2.0 / (frame * float(np.sum(window**2)))
-    power = np.empty((frames.shape[0], frame // 2 + 1), dtype=np.float64)
+    power = np.empty((frames.shape[0], frame // 2 + 1), dtype=np.float32)
     # In chunks: the overlapping frames' windowed copy and spectrum of a whole event at once
     # would be tens of MB in the daemon.
     for start in range(0, frames.shape[0], FRAMES_PER_CHUNK):
@@ -379,12 +379,13 @@ def explain(
     `MAX_EXPLAIN_SECONDS` are analysed. ValueError on empty or non-finite samples or a profile
     of another sample rate.
     """
-    x = _check_samples(samples, "explain")
+    # Cut before the float64 copy: a long event's audio is never copied whole.
+    head = np.asarray(samples)[: int(MAX_EXPLAIN_SECONDS * sample_rate)]
+    x = _check_samples(head, "explain")
     if profile.sample_rate != sample_rate:
         raise ValueError(
             f"explain: profile is for {profile.sample_rate} Hz audio, samples are {sample_rate} Hz"
         )
-    x = x[: int(MAX_EXPLAIN_SECONDS * sample_rate)]
     edges, power = _band_power(x, sample_rate)
     if edges.shape != profile.edges_hz.shape or not np.allclose(edges, profile.edges_hz):
         raise ValueError("explain: the profile's bands do not match this module's bands")
