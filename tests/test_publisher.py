@@ -661,3 +661,22 @@ def test_stop_without_broker_is_bounded(
     stopper.join(WAIT_SECONDS)
     assert not stopper.is_alive()
     assert outbox.depth() == 1  # kept for the next start
+
+
+def test_updates_are_stored_without_an_fsync_starts_and_ends_with_one(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update is superseded by the next one or the end: the outbox may skip its fsync
+    (flash wear at 1 Hz during a long event); a start and an end are durable."""
+    calls: list[tuple[str, bool]] = []
+    real_put = outbox.put
+
+    def put(topic: str, payload: bytes, qos: int, retain: bool = False, *, durable: bool = True):  # type: ignore[no-untyped-def]
+        calls.append((json.loads(payload)["type"], durable))
+        return real_put(topic, payload, qos, retain, durable=durable)
+
+    monkeypatch.setattr(outbox, "put", put)
+    publisher = publisher_for(1, outbox)  # never started: the outbox is all that is used
+    for kind in (EventType.START, EventType.UPDATE, EventType.END):
+        publisher.publish_event(MACHINE, make_event(outbox.next_seq(), kind=kind))
+    assert calls == [("start", True), ("update", False), ("end", True)]

@@ -50,7 +50,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_asd.config import MqttConfig
 from edge_asd.mqtt.discovery import DiscoveryMessage, stale_discovery
-from edge_asd.mqtt.messages import Availability, EventMessage, MachineState, Topics
+from edge_asd.mqtt.messages import Availability, EventMessage, EventType, MachineState, Topics
 from edge_asd.mqtt.outbox import Outbox, OutboxError, OutboxMessage
 
 _LOGGER = logging.getLogger(__name__)
@@ -471,7 +471,10 @@ class MqttPublisher:
         topic = self._topics.event(machine)
         payload = message.to_json().encode("utf-8")
         qos = self._config.qos
-        if self._outbox.put(topic, payload, qos, retain=False) is not None:
+        # An update is superseded by the next update or the end: it is not worth an fsync (1 Hz
+        # during a long event would wear the gateway's flash); starts and ends are durable.
+        durable = message.type != EventType.UPDATE
+        if self._outbox.put(topic, payload, qos, retain=False, durable=durable) is not None:
             self._wake.set()
             return
         with self._lock:
