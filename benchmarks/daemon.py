@@ -62,8 +62,10 @@ def _torch_mapped(pid: int) -> bool:
     return "torch" in Path(f"/proc/{pid}/maps").read_text()
 
 
-def _calibrate(work: Path, model: str | None) -> Path:
-    rng = np.random.default_rng(11)
+def calibrate_synthetic_machine(work: Path, model: str | None, seed: int = 11) -> Path:
+    """`edge-asd calibrate` on 60 s of a synthetic machine (6 clips); returns the bundle. Also
+    used by benchmarks/soak.py."""
+    rng = np.random.default_rng(seed)
     normal = work / "normal"
     normal.mkdir()
     for index in range(6):
@@ -99,7 +101,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="edge-asd-bench-") as tmp:
         work = Path(tmp)
-        bundle = _calibrate(work, args.model)
+        bundle = calibrate_synthetic_machine(work, args.model)
         broker = MosquittoBroker(work / "broker")
         broker.start()
         mic = VirtualMic()

@@ -49,6 +49,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.daemon import calibrate_synthetic_machine  # noqa: E402
 from edge_asd.audio.files import write_wav  # noqa: E402
 from edge_asd.constants import SAMPLE_RATE_HZ  # noqa: E402
 from edge_asd_dev.synth import apply_fault, machine_sound  # noqa: E402
@@ -61,8 +62,6 @@ SEGMENT_SECONDS: Final = 60.0
 """The WAV is made of segments this long, each with one fault in it: one event a minute."""
 FAULT_AT_SECONDS: Final = 30.0
 FAULT_SECONDS: Final = 6.0
-CALIBRATION_CLIPS: Final = 6
-CALIBRATION_CLIP_SECONDS: Final = 10.0
 STARTUP_TIMEOUT_SECONDS: Final = 120.0
 DRAIN_TIMEOUT_SECONDS: Final = 90.0
 STOP_TIMEOUT_SECONDS: Final = 30.0
@@ -139,33 +138,6 @@ def _make_audio(path: Path, seconds: float, seed: int) -> int:
     return segments
 
 
-def _calibrate(work: Path, model: str | None, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    normal = work / "normal"
-    normal.mkdir()
-    for index in range(CALIBRATION_CLIPS):
-        clip = machine_sound(CALIBRATION_CLIP_SECONDS, rng=rng)
-        write_wav(normal / f"n{index}.wav", clip, SAMPLE_RATE_HZ)
-    bundle = work / "bundle"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge_asd",
-            "calibrate",
-            "--from-dir",
-            str(normal),
-            "--out",
-            str(bundle),
-            *(["--model", model] if model else []),
-        ],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
-    return bundle
-
-
 def _drift_per_day(samples: list[Sample], warmup: float, attr: str) -> float | None:
     """Slope of a least-squares line through `attr` after the warm-up, per 24 h."""
     points = [(s.t, float(getattr(s, attr))) for s in samples if s.t >= warmup]
@@ -221,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     use_filter = args.syscall_filter and seccomp_filter.available() is None
     with tempfile.TemporaryDirectory(prefix="edge-asd-soak-") as tmp:
         work = Path(tmp)
-        bundle = _calibrate(work, args.model, seed=11)
+        bundle = calibrate_synthetic_machine(work, args.model)
         wav = work / "machine.wav"
         faults_in_file = _make_audio(wav, args.audio_seconds, seed=5)
         outbox = work / "outbox.sqlite"

@@ -108,7 +108,7 @@ def test_a_persistent_fault_alarms_and_a_gross_one_alarms_fast() -> None:
 
 
 def test_event_ends_once_the_evidence_has_drained() -> None:
-    ev = EvidenceSettings(reference=1.0, drift=0.0, alarm_level=2.0, gross_score=100.0)
+    ev = EvidenceSettings(reference=1.0, alarm_level=2.0, gross_score=100.0)
     d = Detector(DetectorSettings(threshold=1.0, evidence=ev, update_interval_seconds=1e9))
     kinds = []
     for i, s in enumerate([3.0, 3.0, 0.5, 0.5, 0.5, 0.5]):
@@ -141,17 +141,15 @@ def test_short_calibration_says_how_much_more_to_record() -> None:
 
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="alarm_level"):
-        EvidenceSettings(reference=1.0, drift=0.0, alarm_level=math.nan, gross_score=2.0)
-    with pytest.raises(ValueError, match="drift"):
-        EvidenceSettings(reference=1.0, drift=-1.0, alarm_level=1.0, gross_score=2.0)
+        EvidenceSettings(reference=1.0, alarm_level=math.nan, gross_score=2.0)
+    with pytest.raises(ValueError, match="gross_score"):
+        EvidenceSettings(reference=2.0, alarm_level=1.0, gross_score=1.0)
     with pytest.raises(ValueError, match="target"):
         fit_evidence([np.ones(10)], [0], hop_seconds=HOP, window_seconds=WINDOW, target_per_week=0)
 
 
 def test_an_event_ends_within_release_windows_of_typical_normal_however_high_the_level() -> None:
-    ev = EvidenceSettings(
-        reference=2.0, drift=0.0, alarm_level=50.0, gross_score=6.0, typical_score=1.0
-    )
+    ev = EvidenceSettings(reference=2.0, alarm_level=50.0, gross_score=6.0, typical_score=1.0)
     d = Detector(
         DetectorSettings(threshold=2.0, evidence=ev, release_windows=4, update_interval_seconds=1e9)
     )

@@ -650,7 +650,7 @@ def build_bundle(
     profile = running_profile(audio.levels)
     _LOGGER.info(
         "calibrated on %d windows from %d clips (%s folds): threshold %.4g (%s, %.4g); "
-        "evidence: reference %.4g, drift %.3g, alarm level %.3g, expected %.3g false alarms "
+        "evidence: reference %.4g, alarm level %.3g, expected %.3g false alarms "
         "per week",
         n_windows,
         sum(1 for c in counts if c),
@@ -659,7 +659,6 @@ def build_bundle(
         config.threshold_method,
         config.threshold_percentile,
         fit.settings.reference,
-        fit.settings.drift,
         fit.settings.alarm_level,
         fit.expected_false_alarms_per_week,
     )

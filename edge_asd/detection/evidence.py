@@ -5,14 +5,13 @@ crying wolf more than about once a week (docs/method.md, section 5.1). A thresho
 windows cannot reach that with minutes of calibration audio, so evidence is accumulated
 (Page's CUSUM): per window
 
-    x_t = log(score_t / reference) - drift
+    x_t = log(score_t / reference)
     S_t = max(0, S_{t-1} + x_t)
 
 and an alarm is raised when S_t reaches `alarm_level`. `reference` is a high quantile of the
-held-out normal scores (windows above it add evidence), `drift` is a margin
-taken off every window (0 as calibrated: each held-out fold is scored against a bank without
-it, so the held-out scores already show how much unheard normal running shifts the score, and
-the alarm level is set on them), and `alarm_level` is set from the
+held-out normal scores (windows above it add evidence; each fold is scored against a bank
+without it, so those scores already show how much unheard normal running shifts the score),
+and `alarm_level` is set from the
 false-alarm budget: the peaks of the CUSUM's excursions over held-out normal scores are modelled
 (empirical, with a generalised Pareto tail above their median), and the level is the one at which
 the expected number of excursions per week that reach it equals the budget.
@@ -64,8 +63,6 @@ class EvidenceSettings:
 
     reference: float
     """Score above which a window adds evidence (score units)."""
-    drift: float
-    """Subtracted from each window's log-score ratio (natural-log units)."""
     alarm_level: float
     """CUSUM level that raises an alarm (natural-log units)."""
     gross_score: float
@@ -82,8 +79,6 @@ class EvidenceSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"evidence {name} must be a positive number, got {value!r}")
-        if not (math.isfinite(self.drift) and self.drift >= 0):
-            raise ValueError(f"evidence drift must be >= 0, got {self.drift!r}")
         if self.gross_score <= self.reference:
             raise ValueError(
                 f"evidence gross_score {self.gross_score!r} must exceed the reference "
@@ -99,7 +94,7 @@ class EvidenceSettings:
 
     def increment(self, score: float) -> float:
         """x_t for one window's score."""
-        x = math.log(max(score, SCORE_FLOOR) / self.reference) - self.drift
+        x = math.log(max(score, SCORE_FLOOR) / self.reference)
         return min(x, self.max_increment)
 
     def event_cap(self, release_windows: int) -> float:
@@ -120,7 +115,6 @@ class EvidenceSettings:
     def from_dict(cls, data: dict[str, Any]) -> EvidenceSettings:
         return cls(
             reference=float(data["reference"]),
-            drift=float(data["drift"]),
             alarm_level=float(data["alarm_level"]),
             gross_score=float(data["gross_score"]),
             release_score=float(data.get("release_score", 0.0)),
@@ -270,15 +264,10 @@ def fit_evidence(
         raise ValueError("no held-out normal scores to calibrate the decision on")
     scores = np.concatenate(seqs)
     reference = max(float(np.quantile(scores, reference_quantile)), SCORE_FLOOR)
-    # Drift stays 0: each fold is scored against a bank without it, so the held-out scores
-    # already hold how much unheard normal running shifts the score, and the alarm level is set
-    # on them. Subtracting the fold spread again would count it twice and lose weak faults.
-    drift = 0.0
     spread = fold_spread(seqs, fold_of, reference)
     largest_score = float(scores.max())
     settings_for = _settings_factory(
         reference,
-        drift,
         largest_score * gross_factor,
         float(np.median(scores)),
         max(release_score, reference),
@@ -346,13 +335,10 @@ def fit_evidence(
     )
 
 
-def _settings_factory(
-    reference: float, drift: float, gross: float, typical: float, release: float
-) -> Any:
+def _settings_factory(reference: float, gross: float, typical: float, release: float) -> Any:
     def make(level: float) -> EvidenceSettings:
         return EvidenceSettings(
             reference=reference,
-            drift=drift,
             alarm_level=level,
             gross_score=gross,
             release_score=release,
@@ -363,7 +349,7 @@ def _settings_factory(
 
 
 def _increments(scores: np.ndarray, settings: EvidenceSettings) -> np.ndarray:
-    x = np.log(np.maximum(scores, SCORE_FLOOR) / settings.reference) - settings.drift
+    x = np.log(np.maximum(scores, SCORE_FLOOR) / settings.reference)
     return np.minimum(x, settings.max_increment)
 
 
