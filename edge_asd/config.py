@@ -47,6 +47,7 @@ from edge_asd.detection.vocabulary import (
     THRESHOLD_METHODS,
 )
 from edge_asd.mqtt.messages import DEFAULT_TOPIC_PREFIX
+from edge_asd.mqtt.outbox import DEFAULT_REOPEN_INTERVAL_SECONDS
 
 if TYPE_CHECKING:
     from edge_asd.detection.evidence import EvidenceSettings
@@ -242,6 +243,13 @@ class OutboxConfig(_Section):
     path: Path = _DEFAULT_STATE_DIR / "outbox.sqlite"
     max_messages: StrictInt = Field(100_000, ge=10)
     max_age_seconds: float = Field(7 * 86_400, gt=0)
+    retry_seconds: float = Field(
+        DEFAULT_REOPEN_INTERVAL_SECONDS,
+        gt=0,
+        le=3600,
+        description="How often a degraded outbox (full or read-only disk, I/O error) tries "
+        "its file again; events are published directly, without durability, meanwhile.",
+    )
 
 
 class HomeAssistantConfig(_Section):

@@ -307,6 +307,16 @@ class ScoreMessage(Payload):
     state: MachineState = Field(description="Machine state after this window.")
 
 
+class OutboxMode(StrEnum):
+    """How events are queued (`StatsMessage.outbox`)."""
+
+    DURABLE = "durable"
+    """Stored in the SQLite outbox before they are published: nothing lost while away."""
+    DEGRADED = "degraded"
+    """The outbox cannot store (full or read-only disk, I/O error): events go to the broker
+    directly through a bounded in-memory queue, lost on restart; retried periodically."""
+
+
 class StatsMessage(Payload):
     """Node health on <prefix>/<node>/stats, QoS 0, not retained, every
     stats_interval_seconds; counters are totals since the process started unless noted.
@@ -361,6 +371,42 @@ class StatsMessage(Payload):
         default=0,
         description="Outbox messages the broker refused (MQTT 5 reason code) or the client "
         "could never send, set aside instead of blocking the queue.",
+    )
+    outbox: OutboxMode = Field(
+        default=OutboxMode.DURABLE,
+        description="durable: events are stored before they are published; degraded: the "
+        "outbox cannot store (outbox_degraded_reason says why) and events are published "
+        "directly, without durability, until it works again.",
+    )
+    outbox_degraded_reason: str | None = Field(
+        default=None, description="Why the outbox is degraded; null when it is durable."
+    )
+    outbox_recovered_corrupt: Count = Field(
+        default=0,
+        description="Corrupt outbox files moved aside (kept for inspection) and replaced by a "
+        "fresh one; persisted, total over the gateway's life.",
+    )
+    outbox_quarantined: Count = Field(
+        default=0,
+        description="Messages in the outbox's quarantine table, total over the outbox file's "
+        "life (messages_quarantined counts since start).",
+    )
+    outbox_clock_jumps: Count = Field(
+        default=0, description="Wall-clock jumps of more than a minute seen by the outbox."
+    )
+    events_not_stored: Count = Field(
+        default=0,
+        description="Events the outbox could not store, published directly instead (not durable).",
+    )
+    events_held: Count = Field(
+        default=0,
+        description="Events the outbox could not store, held in memory until the broker is "
+        "reachable (bounded; lost on restart).",
+    )
+    events_lost: Count = Field(
+        default=0,
+        description="Events neither stored nor delivered: the in-memory queue of a degraded "
+        "outbox overflowed while the broker was away.",
     )
 
 

@@ -861,6 +861,35 @@ class Outbox:
                 return seq
             raise OutboxUnavailable(self._degraded_reason or f"outbox {self.path}: no seq")
 
+    def retry(self) -> bool:
+        """While degraded, try the file again (at most every reopen interval); True if the
+        outbox is usable now.
+
+        For a caller that stores nothing for a long time (no events while the disk is full):
+        a store retries by itself, but without one the outbox would stay degraded after the
+        disk came back. The probe is one small durable write (the outbox clock), so space
+        that returned is proven writable, not assumed.
+        """
+        with self._lock:
+            if self._closed:
+                return False
+            if self._degraded_reason is None:
+                return True
+            last = self._last_open_attempt
+            if last is not None and self._mono() - last < self.reopen_interval_seconds:
+                return False
+            self._last_open_attempt = self._mono()
+            if self._conn is None:
+                return self._try_open()
+            try:
+                with self._transaction(self._conn, durable=True):
+                    self._write_meta(self._conn, _META_AGE_CLOCK_MS, int(self._age_now() * 1000))
+            except sqlite3.Error as exc:
+                # True when the file was corrupt and has been replaced by a fresh one.
+                return self._write_failed("write (retry)", exc)
+            self._clear_degraded()
+            return True
+
     # ------------------------------------------------------------------ reading
 
     def _select(self, sql: str, params: tuple[object, ...]) -> list[OutboxMessage]:

@@ -40,6 +40,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,10 @@ MAX_INFLIGHT_MESSAGES: Final = 20
 MAX_QUEUED_MESSAGES: Final = 1000
 """paho's own cap on QoS>0 messages it holds per client (a second bound, never reached by the
 outbox window; a publish beyond it is refused and retried later)."""
+DIRECT_QUEUE_MAX_MESSAGES: Final = 1000
+"""Events held in memory while the outbox is degraded (cannot store: full or read-only disk)
+and the broker is away; beyond this the oldest are dropped and counted as lost. A bound of
+memory, not of time: about 1 kB each, a megabyte in all; lost on restart (not durable)."""
 DRAIN_IDLE_WAKE_SECONDS: Final = 1.0
 """The drain thread also wakes this often without a signal, as a safety net."""
 DEFAULT_STOP_TIMEOUT_SECONDS: Final = 5.0
@@ -115,7 +120,8 @@ class PublisherStats:
     events_not_stored: int
     """Events the outbox could not store (disk full, I/O error)."""
     events_lost: int
-    """Events neither stored nor sent (outbox write failed while offline)."""
+    """Events neither stored nor sent: the outbox could not store them and the in-memory queue
+    of direct publishing overflowed (`DIRECT_QUEUE_MAX_MESSAGES`)."""
     last_connect_error: str | None
     quarantined: int = 0
     """Outbox messages refused by the broker or unsendable, set aside (`MqttPublisher`)."""
@@ -125,6 +131,10 @@ class PublisherStats:
     """QoS>0 messages the current paho client holds (in flight or queued)."""
     callback_errors: int = 0
     """Exceptions raised in our paho callbacks (logged, never propagated)."""
+    direct_queue: int = 0
+    """Events the outbox could not store, held in memory until the broker is reachable."""
+    direct_sent: int = 0
+    """Events the outbox could not store, handed to the client directly (not durable)."""
 
 
 @dataclass(frozen=True)
@@ -318,6 +328,10 @@ class MqttPublisher:
         self._telemetry_dropped = 0
         self._events_not_stored = 0
         self._events_lost = 0
+        self._direct_sent = 0
+        self._direct: deque[tuple[str, bytes, int]] = deque()
+        """(topic, payload, qos) of events the outbox could not store, oldest first; guarded
+        by `_lock`, bounded by DIRECT_QUEUE_MAX_MESSAGES, sent by the drain thread."""
         self._last_connect_error: str | None = None
         self._refusal: str | None = None
         """Why the broker refused the current connection attempt (CONNACK), if it did."""
@@ -477,20 +491,25 @@ class MqttPublisher:
         if self._outbox.put(topic, payload, qos, retain=False, durable=durable) is not None:
             self._wake.set()
             return
+        # Degraded outbox (full or read-only disk): published directly, without durability,
+        # through a bounded in-memory queue that the drain thread empties while connected.
         with self._lock:
             self._events_not_stored += 1
-        # Without durability, sending now is the best that is left.
-        info = self._client.publish(topic, payload, qos=qos) if self.connected else None
-        if info is not None and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return
-        with self._lock:
-            self._events_lost += 1
-        _LOGGER.error(
-            "Event %s seq %d for %s lost: outbox write failed and broker unavailable",
-            message.event_id,
-            message.seq,
-            machine,
-        )
+            self._direct.append((topic, payload, qos))
+            overflow = len(self._direct) - DIRECT_QUEUE_MAX_MESSAGES
+            for _ in range(max(0, overflow)):
+                self._direct.popleft()
+                self._events_lost += 1
+        self._wake.set()
+        if overflow > 0:
+            _LOGGER.error(
+                "Event %s seq %d for %s: outbox cannot store and the broker is away; the "
+                "oldest event held in memory was dropped (%d held at most)",
+                message.event_id,
+                message.seq,
+                machine,
+                DIRECT_QUEUE_MAX_MESSAGES,
+            )
 
     def publish_state(self, machine: str, state: MachineState | str) -> None:
         """Retained machine state; remembered and republished on every (re)connect."""
@@ -533,6 +552,8 @@ class MqttPublisher:
                 in_flight=len(self._inflight),
                 client_queue=len(held) if held is not None else 0,
                 callback_errors=self._callback_errors,
+                direct_queue=len(self._direct),
+                direct_sent=self._direct_sent,
             )
 
     # ----------------------------------------------------------------- network thread
@@ -809,7 +830,37 @@ class MqttPublisher:
             return batch
         return self._outbox.pending(room, after_id=self._cursor)
 
+    def _send_direct(self, generation: int) -> bool:
+        """Hand the events held in memory (outbox degraded) to paho, oldest first; True when
+        none is left. Not tracked for acks: they were never durable, and a connection lost
+        before the broker's PUBACK loses them, as a power cut would."""
+        client = self._client
+        while True:
+            with self._lock:
+                if not self._direct:
+                    return True
+                if self._generation != generation or not self._connected.is_set():
+                    return False
+                topic, payload, qos = self._direct[0]
+            try:
+                info = client.publish(topic, payload, qos=qos, retain=False)
+            except ValueError as exc:
+                _LOGGER.error("Event for %r cannot be sent and is dropped: %s", topic, exc)
+                info = None
+            if info is not None and info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return False
+            with self._lock:
+                if self._direct and self._direct[0][1] is payload:
+                    self._direct.popleft()
+                if info is None:
+                    self._events_lost += 1
+                else:
+                    self._direct_sent += 1
+
     def _submit(self, generation: int) -> None:
+        # Events held in memory first: they are older than anything the outbox holds now.
+        if not self._send_direct(generation):
+            return
         room = MAX_INFLIGHT_MESSAGES - len(self._inflight)
         if room <= 0:
             return

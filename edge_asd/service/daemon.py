@@ -47,7 +47,14 @@ from edge_asd.detection.bundle import Bundle
 from edge_asd.detection.detector import EventTransition
 from edge_asd.detection.pipeline import MachinePipeline, PipelineStep, StateChange, WindowResult
 from edge_asd.detection.states import EndReason, EventType, MachineState
-from edge_asd.mqtt.messages import EventMessage, ScoreMessage, StatsMessage, Topics, format_ts
+from edge_asd.mqtt.messages import (
+    EventMessage,
+    OutboxMode,
+    ScoreMessage,
+    StatsMessage,
+    Topics,
+    format_ts,
+)
 from edge_asd.mqtt.outbox import Outbox, OutboxError
 from edge_asd.mqtt.publisher import MqttPublisher, Publisher, PublisherError
 from edge_asd.service.faults import FaultInjection
@@ -61,6 +68,7 @@ from edge_asd.service.startup import (
     StartupError,
     inspect_setup,
     machine_setups,
+    outbox_path_problem,
     outbox_problem,
 )
 from edge_asd.service.timeline import Timeline
@@ -198,6 +206,8 @@ class Daemon:
         self._logged_publisher_problem: str | None = None
         self._stop_requested_at: float | None = None
         self._next_stats = 0.0
+        self._outbox_degraded: bool | None = None
+        """The outbox's mode as last reported (None before the first check)."""
         self._fallback_seq = 0
         # Clips, explanations, status page, metrics, discovery, controls (service.shift).
         self.shift = ShiftFeatures(self)
@@ -212,21 +222,28 @@ class Daemon:
 
     def _open_outbox(self) -> Outbox:
         path = self.config.outbox.path
+        never = outbox_path_problem(path)
+        if never is not None:
+            raise StartupError(never)
         try:
             outbox = Outbox(
                 path,
                 max_messages=self.config.outbox.max_messages,
                 max_age_seconds=self.config.outbox.max_age_seconds,
+                reopen_interval_seconds=self.config.outbox.retry_seconds,
             )
         except Exception as exc:  # noqa: BLE001 - any failure to open it is a start-up error
             raise StartupError(outbox_problem(path, exc)) from None
-        # An outbox that opens degraded (it cannot write: full or read-only /var at boot) is
-        # worth a restart rather than a run without durability from the first event on.
-        if getattr(outbox, "degraded", False):
-            reason = getattr(outbox, "degraded_reason", None) or "degraded"
-            outbox.close()
-            raise StartupError(
-                Problem("outbox.path", f"cannot write {path}: {reason}", transient=True)
+        if outbox.degraded:
+            # A full or read-only /var at boot: detection must not wait for the disk. Events go
+            # out directly (bounded, not durable), the retained stats say so, and the main loop
+            # retries the file every `outbox.retry_seconds`.
+            _LOGGER.error(
+                "outbox degraded at start (%s): events are published directly, without "
+                "durability, until %s can be written (retried every %g s)",
+                outbox.degraded_reason,
+                path,
+                self.config.outbox.retry_seconds,
             )
         return outbox
 
@@ -319,10 +336,25 @@ class Daemon:
             if now >= self._next_stats:
                 self._next_stats = now + self.config.stats_interval_seconds
                 self._publish_stats()
+            self._check_outbox()
             self.shift.update_totals(self._dropped_windows)
             if now >= next_status:
                 next_status = now + STATUS_INTERVAL_SECONDS
                 self.notifier.status(self._status_line())
+
+    def _check_outbox(self) -> None:
+        """Retry a degraded outbox; publish the (retained) stats at once when its mode changes,
+        so that a subscriber sees the warning, and its end, without waiting for the interval."""
+        self.outbox.retry()
+        degraded = self.outbox.degraded
+        if degraded != self._outbox_degraded:
+            if self._outbox_degraded is not None:
+                if degraded:
+                    _LOGGER.error("outbox degraded: %s", self.outbox.degraded_reason)
+                else:
+                    _LOGGER.warning("outbox durable again: events are stored before publishing")
+            self._outbox_degraded = degraded
+            self._next_stats = 0.0
 
     def _shutdown(self) -> int:
         started = time.monotonic()
@@ -836,6 +868,7 @@ class Daemon:
     def _publish_stats_now(self) -> None:
         totals = [s.totals() for s in self.supervisors]
         publisher_stats = self.publisher.stats()
+        outbox = self.outbox.status()
         message = StatsMessage(
             node=self.config.node_id,
             ts=format_ts(self.clock.wall_now()),
@@ -849,9 +882,9 @@ class Daemon:
             // self.machines[0].pipeline.hop_samples,
             inference_ms_p50=self._percentile_ms(50),
             inference_ms_p95=self._percentile_ms(95),
-            outbox_depth=self.outbox.depth(),
-            outbox_discarded=self.outbox.discarded,
-            outbox_write_errors=self.outbox.write_errors,
+            outbox_depth=outbox.depth,
+            outbox_discarded=outbox.discarded,
+            outbox_write_errors=outbox.write_errors,
             reconnects=publisher_stats.reconnects,
             version=__version__,
             machines={
@@ -863,6 +896,14 @@ class Daemon:
             },
             faults={m.config.name: m.fault for m in self.machines if m.fault is not None},
             messages_quarantined=publisher_stats.quarantined,
+            outbox=OutboxMode.DEGRADED if outbox.degraded else OutboxMode.DURABLE,
+            outbox_degraded_reason=outbox.degraded_reason,
+            outbox_recovered_corrupt=outbox.recovered_corrupt,
+            outbox_quarantined=outbox.quarantined,
+            outbox_clock_jumps=outbox.clock_jumps,
+            events_not_stored=publisher_stats.events_not_stored,
+            events_held=publisher_stats.direct_queue,
+            events_lost=publisher_stats.events_lost,
         )
         self._publish_stats_message(message.to_json())
 
@@ -890,7 +931,7 @@ class Daemon:
         mqtt = "mqtt up" if self.publisher.connected else "mqtt down"
         return (
             f"{states}; {self.counters.windows_processed} windows, {latency}; {mqtt}; "
-            f"outbox {self.outbox.depth()}"
+            f"outbox {self.outbox.depth()}{' (degraded)' if self.outbox.degraded else ''}"
         )
 
 

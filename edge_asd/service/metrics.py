@@ -46,6 +46,12 @@ class DaemonTotals:
     reconnects: int = 0
     outbox_depth: int = 0
     outbox_discarded: int = 0
+    outbox_degraded: bool = False
+    """The outbox cannot store (full or read-only disk): events go out without durability."""
+    outbox_write_errors: int = 0
+    outbox_recovered_corrupt: int = 0
+    outbox_quarantined: int = 0
+    events_lost: int = 0
     clips_written: int = 0
     clips_dropped: int = 0
     clip_failures: int = 0
@@ -72,6 +78,26 @@ class _SnapshotCollector(Collector):
                 "Events dropped by the outbox bounds",
                 totals.outbox_discarded,
             ),
+            (
+                "edge_asd_outbox_write_errors",
+                "Outbox writes that failed (disk full, I/O error)",
+                totals.outbox_write_errors,
+            ),
+            (
+                "edge_asd_outbox_recovered_corrupt",
+                "Corrupt outbox files moved aside and replaced",
+                totals.outbox_recovered_corrupt,
+            ),
+            (
+                "edge_asd_outbox_quarantined",
+                "Messages the broker refused, set aside in the outbox",
+                totals.outbox_quarantined,
+            ),
+            (
+                "edge_asd_events_lost",
+                "Events neither stored nor delivered (degraded outbox, broker away)",
+                totals.events_lost,
+            ),
             ("edge_asd_clips_written", "Event clips written", totals.clips_written),
             ("edge_asd_clips_dropped", "Event clips dropped (writer behind)", totals.clips_dropped),
             ("edge_asd_clip_failures", "Failed clip writes", totals.clip_failures),
@@ -80,6 +106,11 @@ class _SnapshotCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily(
             "edge_asd_outbox_depth", "Events waiting in the outbox", value=totals.outbox_depth
+        )
+        yield GaugeMetricFamily(
+            "edge_asd_outbox_degraded",
+            "1 while the outbox cannot store and events are published without durability",
+            value=float(totals.outbox_degraded),
         )
         silence = GaugeMetricFamily(
             "edge_asd_seconds_without_audio",

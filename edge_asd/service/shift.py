@@ -575,13 +575,20 @@ class ShiftFeatures:
         daemon = self.daemon
         totals = [s.totals() for s in daemon.supervisors]
         clip_stats = self.clips.stats()
+        outbox = daemon.outbox.status()
+        publisher = daemon.publisher.stats()
         self.metrics.totals(
             DaemonTotals(
                 capture_overruns=sum(t.overruns for t in totals),
                 dropped_windows=dropped_windows(),
-                reconnects=daemon.publisher.stats().reconnects,
-                outbox_depth=daemon.outbox.depth(),
-                outbox_discarded=daemon.outbox.discarded,
+                reconnects=publisher.reconnects,
+                outbox_depth=outbox.depth,
+                outbox_discarded=outbox.discarded,
+                outbox_degraded=outbox.degraded,
+                outbox_write_errors=outbox.write_errors,
+                outbox_recovered_corrupt=outbox.recovered_corrupt,
+                outbox_quarantined=outbox.quarantined,
+                events_lost=publisher.events_lost,
                 clips_written=clip_stats.written,
                 clips_dropped=clip_stats.dropped,
                 clip_failures=clip_stats.failures,

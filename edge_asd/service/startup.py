@@ -516,32 +516,53 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def _check_outbox(config: Config, report: SetupReport) -> None:
-    """The outbox can be created or opened, is a sound SQLite file, and is writable."""
-    path = config.outbox.path
+def outbox_path_problem(path: Path) -> Problem | None:
+    """What makes `path` one that can never hold the outbox (a directory there, a file where a
+    directory must be): `run` exits 2 for it. Anything else (a full or read-only disk) only
+    degrades the outbox."""
     key = "outbox.path"
     if path.is_dir():
-        report.add(Problem(key, f"{path} is a directory; give the path of the SQLite file"))
-        return
+        return Problem(key, f"{path} is a directory; give the path of the SQLite file")
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        report.add(Problem(key, f"{ancestor} is not a directory; {path} cannot be created"))
+        return Problem(key, f"{ancestor} is not a directory; {path} cannot be created")
+    return None
+
+
+def _degraded_outbox(message: str) -> Problem:
+    """A problem `run` starts with, the outbox degraded (events published without durability,
+    the file retried every `outbox.retry_seconds`): a warning, not an error."""
+    return Problem(
+        "outbox.path",
+        f"{message}; run starts with the outbox degraded (events published directly, without "
+        "durability) and retries it",
+        severity="warning",
+        transient=True,
+        blocks_run=False,
+    )
+
+
+def _check_outbox(config: Config, report: SetupReport) -> None:
+    """The outbox can be created or opened, is a sound SQLite file, and is writable."""
+    path = config.outbox.path
+    key = "outbox.path"
+    never = outbox_path_problem(path)
+    if never is not None:
+        report.add(never)
         return
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
     try:
         # What run does first: create a file there (it creates the directories too).
         with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as exc:
-        # Classified as `run` classifies a failed open (`outbox_problem`): worth a retry.
-        report.add(
-            Problem(
-                key,
-                f"cannot create files in {ancestor}: {exc.strerror or exc}",
-                transient=exc.errno not in _PERMANENT_PATH_ERRNOS,
-            )
-        )
+        why = f"cannot create files in {ancestor}: {exc.strerror or exc}"
+        permanent = exc.errno in _PERMANENT_PATH_ERRNOS
+        report.add(Problem(key, why) if permanent else _degraded_outbox(why))
         return
     try:
         stat = os.statvfs(ancestor)
@@ -549,11 +570,7 @@ def _check_outbox(config: Config, report: SetupReport) -> None:
     except OSError:
         free = MIN_FREE_BYTES
     if free < MIN_FREE_BYTES:
-        report.add(
-            Problem(
-                key, f"the file system of {ancestor} is full ({free} bytes free)", transient=True
-            )
-        )
+        report.add(_degraded_outbox(f"the file system of {ancestor} is full ({free} bytes free)"))
     if path.exists():
         _check_outbox_file(path, report)
         return
@@ -566,7 +583,10 @@ def _check_outbox_file(path: Path, report: SetupReport) -> None:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=2.0, isolation_level=None)
     except sqlite3.Error as exc:
-        report.add(Problem(key, f"cannot open {path}: {exc}", transient=is_transient(exc)))
+        if is_transient(exc):
+            report.add(_degraded_outbox(f"cannot open {path}: {exc}"))
+        else:
+            report.add(Problem(key, f"cannot open {path}: {exc}"))
         return
     try:
         result = conn.execute("PRAGMA quick_check").fetchone()
@@ -579,9 +599,10 @@ def _check_outbox_file(path: Path, report: SetupReport) -> None:
         depth = conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
         report.lines.append(f"outbox {path}: ok, {depth} undelivered message(s)")
     except sqlite3.DatabaseError as exc:
-        transient = is_transient(exc)
-        what = "cannot be written" if transient else "is not a sound SQLite outbox"
-        report.add(Problem(key, f"{path} {what}: {exc}", transient=transient))
+        if is_transient(exc):
+            report.add(_degraded_outbox(f"{path} cannot be written: {exc}"))
+        else:
+            report.add(Problem(key, f"{path} is not a sound SQLite outbox: {exc}"))
     finally:
         conn.close()
 
