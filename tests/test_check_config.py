@@ -243,15 +243,32 @@ def test_bundle_threshold_must_be_positive(tmp_path: Path, bundle: Path, wav: Pa
     assert keys(report) == {"machines.0.bundle"}
 
 
-def test_outbox_on_a_read_only_file_system_is_transient(
+def test_outbox_on_a_read_only_file_system_is_a_warning(
     tmp_path: Path, bundle: Path, wav: Path
 ) -> None:
-    """Only problems that may go away by themselves: exit 75, as `run` would."""
+    """`run` starts with the outbox degraded (a full or read-only /var at boot): a warning that
+    says so, not an error."""
     data = config_data(tmp_path, bundle, wav, outbox={"path": "/sys/edge-asd-check/o.sqlite"})
     code, report = check(tmp_path, data)
-    assert code == EXIT_TEMPFAIL
-    assert [p["key"] for p in report["problems"]] == ["outbox.path"]
-    assert report["problems"][0]["transient"] is True
+    assert code == EXIT_OK
+    assert report["ok"] is True
+    [problem] = report["problems"]
+    assert problem["key"] == "outbox.path" and problem["severity"] == "warning"
+    assert problem["transient"] is True and problem["blocks_run"] is False
+    assert "degraded" in problem["message"]
+
+
+def test_outbox_path_that_can_never_work_is_an_error(
+    tmp_path: Path, bundle: Path, wav: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory", encoding="utf-8")
+    data = config_data(tmp_path, bundle, wav, outbox={"path": str(blocker / "o.sqlite")})
+    code, report = check(tmp_path, data)
+    assert code == EXIT_USAGE
+    [problem] = report["problems"]
+    assert problem["key"] == "outbox.path" and problem["severity"] == "error"
+    assert "is not a directory" in problem["message"]
 
 
 def test_existing_outbox_is_checked_and_writable(tmp_path: Path, bundle: Path, wav: Path) -> None:

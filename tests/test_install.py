@@ -75,6 +75,7 @@ outbox:
   path: /var/lib/edge-asd/outbox.sqlite
   max_messages: 100000
   max_age_seconds: 604800
+  retry_seconds: 30
 homeassistant:
   discovery: false
   prefix: homeassistant

@@ -379,6 +379,36 @@ def test_full_disk_at_open_degrades(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     box.close()
 
 
+def test_retry_brings_back_an_outbox_that_stores_nothing(tmp_path: Path) -> None:
+    """Without events, nothing would try the file again: `retry` does, every reopen interval,
+    whether the file never opened (full disk at boot) or opened and then refused writes."""
+    mono = FakeClock(0.0)
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    box = Outbox(blocker / "o.sqlite", monotonic=mono, reopen_interval_seconds=5)
+    assert box.degraded and box.retry() is False  # not due yet
+    blocker.unlink()
+    blocker.mkdir()
+    assert box.retry() is False and box.degraded
+    mono.now += 5
+    assert box.retry() is True and not box.degraded
+    assert box.retry() is True  # nothing to do
+    real = box._conn
+    assert real is not None
+    box._conn = FailingConnection(real)  # type: ignore[assignment]
+    assert box.put("t", b"x", 1) is None
+    errors = box.write_errors
+    assert box.degraded
+    mono.now += 5
+    assert box.retry() is False and box.write_errors == errors + 1  # still full: a probe write
+    box._conn = real
+    assert box.retry() is False  # within the interval
+    mono.now += 5
+    assert box.retry() is True and not box.status().degraded
+    box.close()
+    assert box.retry() is False
+
+
 # ---------------------------------------------------------------------- corrupt files
 
 

@@ -29,6 +29,7 @@ from edge_asd.mqtt.messages import (
     stats_schema,
 )
 from edge_asd.mqtt.outbox import Outbox
+from edge_asd.mqtt import publisher as publisher_module
 from edge_asd.mqtt.publisher import (
     MAX_INFLIGHT_MESSAGES,
     MqttPublisher,
@@ -449,11 +450,45 @@ def test_outbox_write_failure_falls_back_to_direct_publish(
     event = make_event(outbox.next_seq())
     publisher.publish_event(MACHINE, event)
     assert sub.wait_for(lambda m: first_seqs(sub) == [event.seq], WAIT_SECONDS)
-    assert publisher.stats().events_not_stored == 1 and publisher.stats().events_lost == 0
-    mosquitto_broker.stop()
-    assert wait_until(lambda: not publisher.connected)
-    publisher.publish_event(MACHINE, make_event(outbox.next_seq()))  # must not raise
-    assert publisher.stats().events_not_stored == 2 and publisher.stats().events_lost == 1
+    stats = publisher.stats()
+    assert stats.events_not_stored == 1 and stats.direct_sent == 1 and stats.events_lost == 0
+
+
+def test_degraded_outbox_holds_events_in_memory_while_the_broker_is_away(
+    tmp_path: Path,
+    publisher_factory: Callable[..., MqttPublisher],
+    subscriber_factory: Callable[..., Subscriber],
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Outbox cannot store and broker away: events wait in a bounded memory queue (the oldest
+    dropped and counted beyond it) and go out when the broker is back."""
+    monkeypatch.setattr(publisher_module, "DIRECT_QUEUE_MAX_MESSAGES", 2)
+    broker = MosquittoBroker(tmp_path / "broker", persistence=True)
+    broker.start()
+    try:
+        # A durable session: the broker keeps what arrives before the watcher is back.
+        sub = subscriber_factory(broker, client_id="watcher", clean_session=False)
+        publisher = publisher_factory(broker.port)
+        publisher.start()
+        assert wait_until(lambda: publisher.connected)
+        broker.stop()
+        assert wait_until(lambda: not publisher.connected)
+        monkeypatch.setattr(outbox, "put", lambda *args, **kwargs: None)  # disk full
+        sent = [make_event(outbox.next_seq()) for _ in range(3)]
+        for event in sent:
+            publisher.publish_event(MACHINE, event)  # must not raise
+        stats = publisher.stats()
+        assert stats.events_not_stored == 3 and stats.direct_queue == 2
+        assert stats.events_lost == 1
+        broker.start()
+        assert sub.wait_for(
+            lambda m: first_seqs(sub) == [e.seq for e in sent[1:]], WAIT_SECONDS
+        ), first_seqs(sub)
+        stats = publisher.stats()
+        assert stats.direct_queue == 0 and stats.direct_sent == 2 and stats.events_lost == 1
+    finally:
+        broker.stop()
 
 
 def test_broker_down_at_start(

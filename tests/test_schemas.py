@@ -58,7 +58,9 @@ GOLDEN_STATS = (
     '"overwritten_frames":160,"dropped_windows":0,"inference_ms_p50":null,'
     '"inference_ms_p95":null,"outbox_depth":3,"outbox_discarded":0,"outbox_write_errors":0,'
     '"reconnects":2,"version":"0.1.0","machines":{"press-1":"normal","fan-2":"no_audio"},'
-    '"faults":{},"messages_quarantined":0}'
+    '"faults":{},"messages_quarantined":0,"outbox":"durable","outbox_degraded_reason":null,'
+    '"outbox_recovered_corrupt":0,"outbox_quarantined":0,"outbox_clock_jumps":0,'
+    '"events_not_stored":0,"events_held":0,"events_lost":0}'
 )
 
 
