@@ -12,6 +12,7 @@ produce the fault on demand.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -692,22 +693,117 @@ def test_sighup_never_exits(
     assert daemon.wait() == EXIT_OK
 
 
-def test_outbox_that_cannot_open_at_boot_exits_for_a_retry(tmp_path: Path, assets: Assets) -> None:
-    """/var read-only (or full) at boot: exit non-zero but not 2, so systemd retries."""
-    config = write_config(
-        tmp_path / "d",
-        [machine("m1", assets.normal, assets.bundle)],
-        outbox={"path": "/sys/edge-asd-test/outbox.sqlite"},
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "edge_asd", "run", "--config", str(config)],
+@contextlib.contextmanager
+def full_file_system(where: Path, size_kib: int = 256) -> Iterator[Path]:
+    """A real full disk: a small tmpfs mounted at `where` and filled to the last block
+    (needs root; skipped otherwise). Yields the filler file: delete it to free the space."""
+    where.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(where)],
         capture_output=True,
-        text=True,
-        timeout=60,
         check=False,
     )
-    assert result.returncode == EXIT_TEMPFAIL, result.stderr
-    assert "outbox.path" in result.stderr
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (root needed): {mounted.stderr.decode().strip()}")
+    try:
+        filler = where / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        yield filler
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def stats_messages(sub: Subscriber) -> list[dict[str, Any]]:
+    found = [json.loads(p) for p in payloads(sub, "stats")]
+    for stats in found:
+        jsonschema.validate(stats, stats_schema())
+    return found
+
+
+def test_full_disk_at_boot_degrades_publishes_and_recovers(
+    tmp_path: Path,
+    assets: Assets,
+    broker: MosquittoBroker,
+    subscriber: Subscriber,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """/var full at boot: the daemon starts anyway (no exit 75 loop), detects, publishes its
+    states and events directly, and says so in the retained stats; when space comes back the
+    outbox is durable again without a restart, and the events after that are stored first."""
+    with full_file_system(tmp_path / "var") as filler:
+        outbox_path = tmp_path / "var" / "lib" / "outbox.sqlite"
+        config = write_config(
+            tmp_path / "d",
+            [machine("m1", assets.faulty, assets.bundle)],
+            port=broker.port,
+            outbox={"path": str(outbox_path), "retry_seconds": 1},
+        )
+        daemon = daemons(config)
+        assert subscriber.wait_for(
+            lambda _: any(e["type"] == "start" for e in events(subscriber)), WAIT
+        ), daemon.log
+        assert "normal" in payloads(subscriber, "m1/state")
+        assert "outbox degraded at start" in daemon.log
+        assert subscriber.wait_for(
+            lambda _: stats_messages(subscriber)[-1]["events_not_stored"] >= 1, WAIT
+        )
+        degraded = stats_messages(subscriber)[-1]
+        assert degraded["outbox"] == "degraded"
+        assert "full" in degraded["outbox_degraded_reason"]
+        assert degraded["events_not_stored"] >= 1 and degraded["events_lost"] == 0
+        assert daemon.alive()
+        filler.unlink()  # the disk has room again
+        assert subscriber.wait_for(
+            lambda _: stats_messages(subscriber)[-1]["outbox"] == "durable", WAIT
+        ), daemon.log
+        assert "Outbox" in daemon.log and "works again" in daemon.log
+        # The events after the recovery went through the (now working) outbox.
+        not_stored = stats_messages(subscriber)[-1]["events_not_stored"]
+        seen = len(events(subscriber))
+        assert subscriber.wait_for(lambda _: len(events(subscriber)) > seen + 2, WAIT)
+        last = stats_messages(subscriber)[-1]
+        assert last["events_not_stored"] == not_stored and last["events_lost"] == 0
+        assert last["outbox_degraded_reason"] is None
+        assert outbox_path.is_file()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == EXIT_OK
+
+
+def test_corrupt_outbox_at_boot_is_recovered_and_counted(
+    tmp_path: Path,
+    assets: Assets,
+    broker: MosquittoBroker,
+    subscriber: Subscriber,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """A power cut on bad flash left garbage: moved aside, a fresh outbox, counted in stats."""
+    config = write_config(
+        tmp_path / "d", [machine("m1", assets.faulty, assets.bundle)], port=broker.port
+    )
+    outbox_path = tmp_path / "d" / "outbox.sqlite"
+    garbage = b"SQLite format 3\0" + bytes(range(256)) * 64
+    outbox_path.write_bytes(garbage)
+    daemon = daemons(config)
+    assert subscriber.wait_for(
+        lambda _: any(e["type"] == "start" for e in events(subscriber)), WAIT
+    ), daemon.log
+    assert subscriber.wait_for(
+        lambda _: any(s["outbox_recovered_corrupt"] == 1 for s in stats_messages(subscriber)), WAIT
+    )
+    last = stats_messages(subscriber)[-1]
+    assert last["outbox"] == "durable" and last["outbox_recovered_corrupt"] == 1
+    [kept] = [p for p in outbox_path.parent.iterdir() if ".corrupt-" in p.name]
+    assert kept.read_bytes() == garbage
+    assert "is corrupt" in daemon.log
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == EXIT_OK
 
 
 def test_configuration_that_can_never_work_exits_2(tmp_path: Path, assets: Assets) -> None:
@@ -725,6 +821,27 @@ def test_configuration_that_can_never_work_exits_2(tmp_path: Path, assets: Asset
     )
     assert result.returncode == EXIT_USAGE
     assert "mqtt.port" in result.stderr and "machines.0.threshold_scale" in result.stderr
+
+
+def test_outbox_path_that_can_never_work_exits_2(tmp_path: Path, assets: Assets) -> None:
+    """Unlike a full disk, a file where the outbox's directory must be is never fixed by a
+    retry: exit 2, naming the key."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the outbox directory must be", encoding="utf-8")
+    config = write_config(
+        tmp_path / "d",
+        [machine("m1", assets.normal, assets.bundle)],
+        outbox={"path": str(blocker / "outbox.sqlite")},
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_asd", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "outbox.path" in result.stderr and "is not a directory" in result.stderr
 
 
 def test_io_error_reading_the_model_exits_for_a_retry(

@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 
 from edge_asd.config import MqttConfig, TlsConfig, default_client_id
+from edge_asd.mqtt import publisher as publisher_module
 from edge_asd.mqtt.messages import (
     EventMessage,
     EventType,
@@ -29,7 +30,6 @@ from edge_asd.mqtt.messages import (
     stats_schema,
 )
 from edge_asd.mqtt.outbox import Outbox
-from edge_asd.mqtt import publisher as publisher_module
 from edge_asd.mqtt.publisher import (
     MAX_INFLIGHT_MESSAGES,
     MqttPublisher,
@@ -482,9 +482,9 @@ def test_degraded_outbox_holds_events_in_memory_while_the_broker_is_away(
         assert stats.events_not_stored == 3 and stats.direct_queue == 2
         assert stats.events_lost == 1
         broker.start()
-        assert sub.wait_for(
-            lambda m: first_seqs(sub) == [e.seq for e in sent[1:]], WAIT_SECONDS
-        ), first_seqs(sub)
+        assert sub.wait_for(lambda m: first_seqs(sub) == [e.seq for e in sent[1:]], WAIT_SECONDS), (
+            first_seqs(sub)
+        )
         stats = publisher.stats()
         assert stats.direct_queue == 0 and stats.direct_sent == 2 and stats.events_lost == 1
     finally:
