@@ -20,8 +20,9 @@ EXIT_USAGE: Final = 2
 systemd does not restart (RestartPreventExitStatus=2); restarting would bury the message."""
 EXIT_TEMPFAIL: Final = 75
 """A start-up failure that may go away by itself (EX_TEMPFAIL of sysexits.h): an I/O error
-reading the model or a bundle, an outbox that cannot be opened because /var is full or still
-read-only at boot. systemd restarts the daemon until it works."""
+reading the model or a bundle. systemd restarts the daemon until it works. (An outbox that
+cannot be written, /var full or still read-only at boot, is not one: the daemon starts with the
+outbox degraded and retries it.)"""
 
 
 def seconds_to_samples(seconds: float, rate_hz: int = SAMPLE_RATE_HZ) -> int:

@@ -78,7 +78,17 @@ def test_metrics_text_has_the_metric_names(served) -> None:  # type: ignore[no-u
     board.event("press", "start", EVENT_ID, 1_700_000_000.0, 0.7)
     metrics.inference(0.012, windows=2)
     metrics.totals(
-        DaemonTotals(capture_overruns=3, dropped_windows=5, reconnects=1, outbox_depth=7)
+        DaemonTotals(
+            capture_overruns=3,
+            dropped_windows=5,
+            reconnects=1,
+            outbox_depth=7,
+            outbox_degraded=True,
+            outbox_write_errors=4,
+            outbox_recovered_corrupt=1,
+            outbox_quarantined=2,
+            events_lost=6,
+        )
     )
     with _open(f"{server.url}/metrics") as response:
         assert response.status == 200
@@ -103,6 +113,11 @@ def test_metrics_text_has_the_metric_names(served) -> None:  # type: ignore[no-u
     assert 'edge_asd_machine_state{machine="press",state="anomalous"} 0.0' in text
     assert 'edge_asd_events_total{kind="start",machine="press"} 1.0' in text
     assert "edge_asd_outbox_depth 7.0" in text
+    assert "edge_asd_outbox_degraded 1.0" in text
+    assert "edge_asd_outbox_write_errors_total 4.0" in text
+    assert "edge_asd_outbox_recovered_corrupt_total 1.0" in text
+    assert "edge_asd_outbox_quarantined_total 2.0" in text
+    assert "edge_asd_events_lost_total 6.0" in text
     assert "edge_asd_dropped_windows_total 5.0" in text
     assert "edge_asd_inference_seconds_count 2.0" in text
     assert 'edge_asd_score_ratio_bucket{le="1.5",machine="press"} 2.0' in text
