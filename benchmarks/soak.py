@@ -67,6 +67,7 @@ DRAIN_TIMEOUT_SECONDS: Final = 90.0
 STOP_TIMEOUT_SECONDS: Final = 30.0
 SECONDS_PER_DAY: Final = 86_400.0
 RSS_DRIFT_TARGET_MB_PER_DAY: Final = 5.0
+STATS_INTERVAL_SECONDS: Final = 10
 EVENT_LOG_RE: Final = re.compile(
     rf"{MACHINE_NAME}: event (?P<id>[0-9a-f]{{8}}) (?P<kind>start|update|end) score"
 )
@@ -163,6 +164,28 @@ def _received_events(sub: Subscriber) -> list[dict[str, Any]]:
     return list(unique.values())
 
 
+STATS_COUNTERS: Final = (
+    "outbox",
+    "outbox_write_errors",
+    "outbox_recovered_corrupt",
+    "outbox_quarantined",
+    "messages_quarantined",
+    "outbox_clock_jumps",
+    "events_not_stored",
+    "events_lost",
+)
+"""The daemon's own outbox figures, from its last stats message (edge_asd/mqtt/messages.py)."""
+
+
+def _last_stats(sub: Subscriber) -> dict[str, Any]:
+    """The outbox counters of the daemon's last stats message ({} before the first)."""
+    messages = sub.messages(f"edge-asd/{NODE}/stats")
+    if not messages:
+        return {}
+    stats = json.loads(messages[-1].payload)
+    return {key: stats.get(key) for key in STATS_COUNTERS}
+
+
 def _compare(
     logged: collections.Counter[tuple[str, str]], received: list[dict[str, Any]]
 ) -> dict[str, int]:
@@ -206,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "node_id": NODE,
                     "log_level": "INFO",
                     **({"model": args.model} if args.model else {}),
-                    "stats_interval_seconds": 10,
+                    "stats_interval_seconds": STATS_INTERVAL_SECONDS,
                     "machines": [
                         {
                             "name": MACHINE_NAME,
@@ -226,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sub = Subscriber(
             broker.host,
             broker.port,
-            [f"edge-asd/{NODE}/+/event", f"edge-asd/{NODE}/+/state"],
+            [f"edge-asd/{NODE}/+/event", f"edge-asd/{NODE}/+/state", f"edge-asd/{NODE}/stats"],
             client_id="soak-subscriber",
             clean_session=False,
         ).start()
@@ -287,6 +310,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sub.wait_for(drained, DRAIN_TIMEOUT_SECONDS)
             drain_seconds = time.monotonic() - drain_start
             final_depth = _outbox_depth(outbox)
+            # One stats interval more, so the last snapshot is taken after the drain.
+            time.sleep(STATS_INTERVAL_SECONDS + 1.0)
+            final_stats = _last_stats(sub)
             logged = _logged_events(log_path.read_text(errors="replace"))
             comparison = _compare(logged, _received_events(sub))
             if died is None and daemon.poll() is None:
@@ -337,6 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             [min(s.threads for s in warm), max(s.threads for s in warm)] if warm else None
         ),
         "outbox_depth_max": max((s.outbox_depth or 0) for s in samples) if samples else None,
+        "daemon_stats": final_stats,
         "daemon_log_errors": own_errors,
         "paho_log_errors": paho_errors,
         "samples": [asdict(s) for s in samples],
@@ -348,6 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _verdicts(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     drift = result["rss_drift_mb_per_24h"]
+    stats = result["daemon_stats"]
     return [
         ("run (s, after start-up)", f"{result['duration_s']:.0f}", "as asked"),
         ("broker restarts", str(result["broker_restarts"]), ">= 1"),
@@ -375,6 +403,25 @@ def _verdicts(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             "RSS drift, linear fit, extrapolated (MB/24 h)",
             f"{drift:+.1f}" if drift is not None else "n/a",
             f"< {RSS_DRIFT_TARGET_MB_PER_DAY:.0f}",
+        ),
+        (
+            "daemon stats: outbox mode, write errors, corrupt recovered, quarantined",
+            "{} / {} / {} / {}".format(
+                stats.get("outbox"),
+                stats.get("outbox_write_errors"),
+                stats.get("outbox_recovered_corrupt"),
+                stats.get("outbox_quarantined"),
+            ),
+            "durable / 0 / 0 / 0",
+        ),
+        (
+            "daemon stats: events not stored / lost, clock jumps",
+            "{} / {}, {}".format(
+                stats.get("events_not_stored"),
+                stats.get("events_lost"),
+                stats.get("outbox_clock_jumps"),
+            ),
+            "0 / 0, 0",
         ),
         ("open fds min / max", "{} / {}".format(*result["fds_min_max"]), "flat"),
         ("threads min / max", "{} / {}".format(*result["threads_min_max"]), "flat, <= 64"),
@@ -437,6 +484,8 @@ def main() -> int:
         and result["lost"] == 0
         and result["seq_gaps"] == 0
         and result["seq_repeats"] == 0
+        and result["daemon_stats"].get("outbox") == "durable"
+        and result["daemon_stats"].get("events_lost") == 0
     )
     drift = result["rss_drift_mb_per_24h"]
     ok = ok and drift is not None and drift < RSS_DRIFT_TARGET_MB_PER_DAY
