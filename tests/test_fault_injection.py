@@ -5,9 +5,11 @@ The daemon runs as a subprocess (`python -m edge_asd run`) with `wav:` devices, 
 `logmel-stats` encoder and a real Mosquitto broker. Worker crashes and hangs and wall-clock
 jumps are injected with the TEST-ONLY `EDGE_ASD_FAULT_INJECT` hook (edge_asd/service/faults.py).
 The MQTT layer's faults (a host paho cannot even encode, exceptions in callbacks, a broker that
-flaps without acknowledging, a broker that refuses a message) and a microphone that comes back
-under another PortAudio index are exercised in-process, against fakes where no real part can
-produce the fault on demand.
+flaps without acknowledging, a broker that refuses a message) and a PortAudio stop that blocks
+are exercised in-process, against fakes where no real part can produce the fault on demand. A
+full disk is a real one (a small tmpfs, filled; needs root), and a microphone that comes back
+under another PortAudio index is real too: PortAudio's ALSA host API over a private PulseAudio
+server, the microphone an ALSA device routed to a PulseAudio pipe source.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -36,7 +39,7 @@ import yaml
 
 from edge_asd.audio import sources
 from edge_asd.audio.capture import CapturedBlock, CaptureSupervisor
-from edge_asd.audio.files import write_wav
+from edge_asd.audio.files import read_wav, write_wav
 from edge_asd.config import MqttConfig, load_config
 from edge_asd.constants import EXIT_FAILURE, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import META_FILE, save_bundle
@@ -918,6 +921,8 @@ class _ReplugStream:
     def abort(self) -> None:
         self._stop.set()
         self._thread.join(2)
+        # Like PortAudio's stop on a stream whose device stalls: blocks until it lets go.
+        self.owner.abort_released.wait()
 
     def close(self) -> None:
         pass
@@ -931,6 +936,8 @@ class _ReplugPortAudio:
 
     def __init__(self) -> None:
         self.unplugged = False
+        self.abort_released = threading.Event()
+        self.abort_released.set()
         self.index = 3
         self.visible = self._devices()
         self.opened: list[int] = []
@@ -1013,6 +1020,42 @@ def test_microphone_back_under_another_index_is_found_within_5_s(
     assert any(b.discontinuity for b in blocks[1:])  # the gap is marked
 
 
+def test_rescans_come_back_when_an_abandoned_stream_stops_at_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stream's stop blocks (abandoned after 2 s): PortAudio cannot be re-enumerated under
+    it, so the microphone back under another index cannot be found yet; once the stuck stop
+    returns, rescans are possible again and the microphone is found at its new index."""
+    portaudio = _ReplugPortAudio()
+    portaudio.abort_released.clear()
+    monkeypatch.setattr(sources, "_import_sounddevice", lambda: portaudio)
+    monkeypatch.setattr(sources, "_PORTAUDIO", sources._PortAudioState())
+    out: Any = __import__("queue").Queue(maxsize=1000)
+    stop = threading.Event()
+    supervisor = CaptureSupervisor(
+        "USB Mic", [0], out, stop, no_audio_seconds=1.0, on_health=lambda ok, _msg: None
+    )
+    supervisor.start()
+    try:
+        assert wait_until(lambda: supervisor.healthy, 10)
+        portaudio.unplugged = True
+        assert wait_until(lambda: not supervisor.healthy, 10)
+        assert wait_until(lambda: sources._PORTAUDIO.stale, 10)  # a failed reopen
+        portaudio.unplugged = False
+        portaudio.index = 7
+        time.sleep(6.0)  # several reopen attempts at the cached index 3, no rescan possible
+        assert not supervisor.healthy and sources._PORTAUDIO.open_streams == 1
+        portaudio.abort_released.set()  # the stuck stop returns at last
+        back = time.monotonic()
+        assert wait_until(lambda: supervisor.healthy, 10)
+        assert time.monotonic() - back < 5.0
+        assert portaudio.opened[-1] == 7
+    finally:
+        portaudio.abort_released.set()
+        stop.set()
+        supervisor.join(5)
+
+
 def test_dead_network_thread_exits_non_zero(
     tmp_path: Path, assets: Assets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1039,3 +1082,171 @@ def test_dead_network_thread_exits_non_zero(
     assert started.is_set()
     assert result == [EXIT_FAILURE]
     assert daemon.failure is not None and "mqtt-network thread died" in daemon.failure
+
+
+# ---------------------------------------------------------------- a real microphone comes back
+
+PRESS_SOURCE = "usb_press"
+"""The PulseAudio source that plays the part of the USB microphone."""
+PRESS_DEVICE = "usb_press_mic"
+"""What the config names: a substring of the ALSA device name, as one names a USB card."""
+
+
+def _alsa_devices(home: Path, *names: tuple[str, str]) -> None:
+    """ALSA's device list (what PortAudio enumerates): `pcm.NAME` routed to PulseAudio source
+    SOURCE for each (NAME, SOURCE), listed in this order (hint: PortAudio shows only those)."""
+    text = "".join(
+        f"pcm.{name} {{\n  type pulse\n  device {source}\n"
+        f'  hint {{ show on description "{name}" }}\n}}\n'
+        for name, source in names
+    )
+    (home / ".asoundrc").write_text(text, encoding="utf-8")
+
+
+class PipeFeeder:
+    """Writes a recording, looped, in real time into a PulseAudio pipe source's FIFO."""
+
+    def __init__(self, fifo: Path, audio: np.ndarray) -> None:
+        self.fifo = fifo
+        self.pcm = np.round(np.clip(audio, -1.0, 1.0) * 32_767).astype("<i2").tobytes()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> PipeFeeder:
+        assert wait_until(self.fifo.exists, 10), f"{self.fifo} never appeared"
+        fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._feed, args=(fd,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _feed(self, fd: int) -> None:
+        chunk = round(0.02 * SAMPLE_RATE_HZ) * 2
+        t0, sent, pos = time.monotonic(), 0, 0
+        try:
+            while not self._stop.is_set():
+                due = t0 + sent / (2 * SAMPLE_RATE_HZ)
+                if due > time.monotonic():
+                    self._stop.wait(due - time.monotonic())
+                    continue
+                data = self.pcm[pos : pos + chunk] or self.pcm[:chunk]
+                pos = (pos + chunk) % len(self.pcm)
+                try:
+                    os.write(fd, data)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return  # the source was unloaded: the reader is gone
+                sent += len(data)
+        finally:
+            os.close(fd)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+@pytest.mark.parametrize("writer_first", [False, True], ids=["unplugged", "stalled-then-unplugged"])
+def test_real_microphone_back_under_another_index_is_found_within_5_s(
+    writer_first: bool,
+    tmp_path: Path,
+    assets: Assets,
+    broker: MosquittoBroker,
+    subscriber: Subscriber,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    """Real PortAudio (ALSA host API) over a real PulseAudio server: the microphone is an ALSA
+    device routed to a PulseAudio pipe source. Unplugging removes the source and the ALSA
+    device; re-plugging brings them back under another ALSA name and PortAudio index (another
+    device now lists before it, as a USB card re-plugged into another port gets another card
+    number). The daemon goes no_audio, finds it again within 5 s, and is back to normal."""
+    pulse_fixture = pytest.importorskip("tests.pulse_fixture")
+    if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
+        pytest.skip("pulseaudio is not installed")
+    home = tmp_path / "home"
+    home.mkdir()
+    with pulse_fixture.VirtualMic() as mic:
+        env = {**mic.env, "HOME": str(home)}
+        fifo = mic.base_dir / "press.fifo"
+
+        def pactl(*args: str) -> str:
+            result = subprocess.run(
+                ["pactl", *args],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            )
+            return result.stdout
+
+        def load_press_source() -> str:
+            return pactl(
+                "load-module",
+                "module-pipe-source",
+                f"source_name={PRESS_SOURCE}",
+                f"file={fifo}",
+                "format=s16le",
+                f"rate={SAMPLE_RATE_HZ}",
+                "channels=1",
+            ).strip()
+
+        # PulseAudio (16.1 here) moves a capture stream whose source goes away to another
+        # source: with the fixture's source present, the "unplugged" microphone was swapped
+        # for it unnoticed (the daemon read its silence and said idle). A gateway with one
+        # microphone has no other source: remove the fixture's.
+        for line in pactl("list", "short", "modules").splitlines():
+            if f"source_name={pulse_fixture.SOURCE_NAME}" in line:
+                pactl("unload-module", line.split()[0])
+        audio = np.asarray(read_wav(assets.normal))
+        _alsa_devices(home, (f"{PRESS_DEVICE}_card1", PRESS_SOURCE))
+        module = load_press_source()
+        feeder = PipeFeeder(fifo, audio).start()
+        config = write_config(
+            tmp_path / "d",
+            [{**machine("m1", assets.normal, assets.bundle), "device": PRESS_DEVICE}],
+            port=broker.port,
+        )
+        daemon = daemons(config, env)
+        try:
+            assert subscriber.wait_for(
+                lambda _: "normal" in payloads(subscriber, "m1/state"), WAIT
+            ), daemon.log
+            assert f"capturing from {PRESS_DEVICE}_card1 (#" in daemon.log
+            # Unplug: the source and its ALSA device go away.
+            feeder.stop()
+            if writer_first:
+                # The FIFO's writer goes first: the stream stalls (no error, no data), the
+                # daemon gives up on it after no_audio_seconds, and PortAudio's stop() blocks.
+                assert subscriber.wait_for(
+                    lambda _: payloads(subscriber, "m1/state")[-1] == "no_audio", WAIT
+                ), daemon.log
+            pactl("unload-module", module)
+            _alsa_devices(home, ("line_in", pulse_fixture.SOURCE_NAME))
+            assert subscriber.wait_for(
+                lambda _: payloads(subscriber, "m1/state")[-1] == "no_audio", WAIT
+            ), daemon.log
+            time.sleep(6.0)  # the reopen back-off reaches its cap
+            # Re-plug under another name and index: another device now lists first.
+            _alsa_devices(
+                home,
+                ("line_in", pulse_fixture.SOURCE_NAME),
+                (f"{PRESS_DEVICE}_card2", PRESS_SOURCE),
+            )
+            module = load_press_source()
+            feeder = PipeFeeder(fifo, audio).start()
+            back = time.monotonic()
+            assert wait_until(
+                lambda: f"capturing from {PRESS_DEVICE}_card2 (#" in daemon.log, WAIT
+            ), daemon.log
+            found_after = time.monotonic() - back
+            assert subscriber.wait_for(
+                lambda _: payloads(subscriber, "m1/state")[-1] == "normal", WAIT
+            ), daemon.log
+            assert found_after < 5.0, f"found again after {found_after:.1f} s\n{daemon.log}"
+            assert daemon.alive()
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait() == EXIT_OK
+        finally:
+            feeder.stop()

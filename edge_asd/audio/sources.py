@@ -350,7 +350,8 @@ def _channel_slice(selected: Sequence[int]) -> slice | None:
 
 
 def _stream_closed() -> None:
-    # An abandoned (hung) stream stays counted: PortAudio must not be re-initialised under it.
+    # Called when a stream's close returns: an abandoned (hung) one stays counted until then,
+    # since PortAudio must not be re-initialised under it.
     with _PORTAUDIO.lock:
         _PORTAUDIO.open_streams = max(0, _PORTAUDIO.open_streams - 1)
 
@@ -551,22 +552,36 @@ class SoundDeviceSource(_ContextSource):
         self._stopping = True
         self._stream = None
 
+        name = self._device_name
+        abandoned = threading.Event()
+
         def _close() -> None:
             try:
                 stream.abort()
                 stream.close()
             except Exception:  # shutdown path: report, never raise into the daemon's teardown
-                _LOGGER.exception("error closing audio input device %s", self._device_name)
+                _LOGGER.exception("error closing audio input device %s", name)
+            # Counted closed only now, however late: an abandoned stream that finally stops
+            # (its device went away for good, unblocking PortAudio) gives device rescans back;
+            # until then PortAudio must not be re-initialised under it.
+            _stream_closed()
+            if abandoned.is_set():
+                _LOGGER.warning(
+                    "abandoned stream of audio input device %s stopped at last; device "
+                    "rescans are possible again",
+                    name,
+                )
 
         closer = threading.Thread(target=_close, name="audio-stream-close", daemon=True)
         closer.start()
         closer.join(STREAM_STOP_TIMEOUT_SECONDS)
         if closer.is_alive():
+            abandoned.set()
             _LOGGER.warning(
-                "audio input device %s did not stop within %.1f s; abandoning its stream",
-                self._device_name,
+                "audio input device %s did not stop within %.1f s; abandoning its stream "
+                "(no device rescans until it stops)",
+                name,
                 STREAM_STOP_TIMEOUT_SECONDS,
             )
         else:
-            _stream_closed()
-            _LOGGER.info("stopped capture from %s", self._device_name)
+            _LOGGER.info("stopped capture from %s", name)
