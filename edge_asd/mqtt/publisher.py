@@ -25,6 +25,12 @@ Delivery of events is at-least-once: a message leaves the outbox only after the 
 (``on_publish``); after a disconnect the drain restarts from the oldest un-acknowledged message,
 so messages in flight at the disconnect may arrive twice, in order of first arrival.
 
+Degraded outbox. When the outbox cannot store an event (full or read-only disk, I/O error),
+`publish_event` hands it to a bounded in-memory queue (`DIRECT_QUEUE_MAX_MESSAGES`, the oldest
+dropped and counted in `events_lost` beyond it) that the drain thread sends directly, before the
+outbox's rows, while connected. Not durable: a restart, or a connection lost before the
+broker's PUBACK, loses them. The outbox retries its file by itself and takes over again.
+
 Refused messages. With MQTT 5 (the default, `mqtt.protocol`) the broker says why it did not
 accept a publish: a PUBACK reason code >= 0x80 (e.g. 0x87 "Not authorized" for an ACL deny).
 Such a row is quarantined (moved out of the queue, logged, counted in `quarantined`) instead of

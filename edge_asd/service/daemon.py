@@ -208,6 +208,7 @@ class Daemon:
         self._next_stats = 0.0
         self._outbox_degraded: bool | None = None
         """The outbox's mode as last reported (None before the first check)."""
+        self._was_connected = False
         self._fallback_seq = 0
         # Clips, explanations, status page, metrics, discovery, controls (service.shift).
         self.shift = ShiftFeatures(self)
@@ -346,6 +347,12 @@ class Daemon:
         """Retry a degraded outbox; publish the (retained) stats at once when its mode changes,
         so that a subscriber sees the warning, and its end, without waiting for the interval."""
         self.outbox.retry()
+        connected = self.publisher.connected
+        if connected and not self._was_connected and self.outbox.degraded:
+            # The warning published while the broker was away went nowhere (telemetry is
+            # not queued): say it again as soon as there is a connection.
+            self._next_stats = 0.0
+        self._was_connected = connected
         degraded = self.outbox.degraded
         if degraded != self._outbox_degraded:
             if self._outbox_degraded is not None:
