@@ -775,6 +775,9 @@ def test_full_disk_at_boot_degrades_publishes_and_recovers(
         assert last["events_not_stored"] == not_stored and last["events_lost"] == 0
         assert last["outbox_degraded_reason"] is None
         assert outbox_path.is_file()
+        # seq never repeats nor goes back across the switch from direct to durable.
+        seqs = [e["seq"] for e in events(subscriber)]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == EXIT_OK
 

@@ -409,6 +409,17 @@ def test_retry_brings_back_an_outbox_that_stores_nothing(tmp_path: Path) -> None
     assert box.retry() is False
 
 
+def test_next_seq_continues_above_numbers_handed_out_while_degraded(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    with Outbox(path, boot_id="boot-a") as box:
+        assert box.next_seq() == 1
+        assert box.next_seq(at_least=1000) == 1000  # the caller's fallback reached 999
+        assert box.next_seq() == 1001
+        assert box.next_seq(at_least=5) == 1002  # never backwards
+    with Outbox(path, boot_id="boot-a") as box:
+        assert box.next_seq() == 1003
+
+
 # ---------------------------------------------------------------------- corrupt files
 
 

@@ -832,8 +832,11 @@ class Outbox:
         )
         return True
 
-    def next_seq(self) -> int:
+    def next_seq(self, at_least: int = FIRST_SEQ) -> int:
         """Next event sequence number: strictly increasing across restarts and power cuts.
+
+        `at_least`: numbers the caller handed out while the outbox could not record them
+        (degraded) must not come again; the sequence continues above them.
 
         Raises `OutboxUnavailable` (counted in `write_errors`) and does not advance when the
         number cannot be recorded in the file: a number that is not on disk could be handed
@@ -842,7 +845,7 @@ class Outbox:
         with self._lock:
             for _attempt in range(2):
                 conn = self._conn_for_write()
-                seq = self._next_seq
+                seq = max(self._next_seq, at_least)
                 # A new block is reserved (durably) only when the current one is used up.
                 reserve = seq >= self._state.seq_limit
                 limit = seq + SEQ_RESERVE_BLOCK if reserve else self._state.seq_limit

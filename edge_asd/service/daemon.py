@@ -601,11 +601,14 @@ class Daemon:
 
     def _next_seq(self) -> int:
         try:
-            seq = self.outbox.next_seq()
+            seq = self.outbox.next_seq(at_least=self._fallback_seq + 1)
         except OutboxError as exc:
             # The outbox cannot record the number (degraded): the event still goes out, with
-            # a number that only this process guarantees increasing.
-            seq = self._fallback_seq + 1
+            # a number that only this process guarantees increasing. With no number known
+            # yet (degraded since start), a wall-clock floor in milliseconds, as the outbox
+            # uses after a corrupt file: far above any count an earlier run reached.
+            known = self._fallback_seq
+            seq = known + 1 if known else max(1, int(self.clock.wall_now() * 1000))
             _LOGGER.error("event seq %d not recorded in the outbox: %s", seq, exc)
         self._fallback_seq = max(self._fallback_seq, seq)
         return seq
