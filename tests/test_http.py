@@ -182,6 +182,15 @@ def test_status_json_reflects_updates(served, clock: _Clock) -> None:  # type: i
     assert event["clip"] == f"/clips/{EVENT_ID}.flac"
     assert event["spectrogram"] == f"/clips/{EVENT_ID}.png"
     assert event["clip_ready"] is True
+    assert status["warnings"] == []
+
+
+def test_node_warnings_are_shown_until_cleared(clock: _Clock) -> None:
+    board = StatusBoard(clock=clock)
+    board.set_warnings(("Outbox degraded: disk full",))
+    assert board.snapshot()["warnings"] == ["Outbox degraded: disk full"]
+    board.set_warnings(())
+    assert board.snapshot()["warnings"] == []
 
 
 def test_events_are_bounded_and_newest_first(clock: _Clock) -> None:

@@ -48,6 +48,7 @@ def page_url(tmp_path: Path) -> Iterator[str]:
         "impulses at 12 per s in 3.6-4.5 kHz, +7 dB",
         clips / f"{EVENT_ID}.wav",
     )
+    board.set_warnings(("Outbox degraded, events are published without durability",))
     server = StatusServer(board, port=0, clips_dir=clips)
     server.start()
     try:
@@ -70,6 +71,7 @@ def test_status_page_renders_machines_and_events(page_url: str) -> None:
             assert row.locator(".state").inner_text() == "anomalous"
             assert row.locator("svg polyline").count() == 1  # the score sparkline
             assert page.locator("#node").inner_text() == "gateway-07"
+            assert "Outbox degraded" in page.locator("#warnings").inner_text()
             event = page.locator(f'#events tr[data-event="{EVENT_ID}"]')
             assert "impulses at 12 per s" in event.locator(".explanation").inner_text()
             audio = event.locator(".clip a").first

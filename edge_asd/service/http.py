@@ -236,12 +236,14 @@ STATUS_PAGE: Final = """<!DOCTYPE html>
  svg.spark { width: 240px; height: 40px; background: #f3f3f3; }
  .ongoing { font-weight: 600; color: #c62828; }
  #error { color: #c62828; }
+ #warnings { color: #c62828; font-weight: bold; }
 </style>
 </head>
 <body>
 <h1>edge-asd <span id="node"></span></h1>
 <div id="meta">loading&hellip;</div>
 <div id="error"></div>
+<div id="warnings"></div>
 <table id="machines">
  <thead><tr><th>Machine</th><th>State</th><th>Score / threshold</th><th>Level</th>
  <th>Last minutes</th></tr></thead>
@@ -300,6 +302,13 @@ function render(s) {
   document.getElementById("node").textContent = s.node;
   document.getElementById("meta").textContent =
     "version " + s.version + " · updated " + time(s.now);
+  const wb = document.getElementById("warnings");
+  wb.replaceChildren();
+  for (const w of s.warnings || []) {
+    const p = document.createElement("p");
+    p.textContent = w;
+    wb.appendChild(p);
+  }
   const mb = document.querySelector("#machines tbody");
   mb.replaceChildren();
   for (const m of s.machines) {

@@ -559,7 +559,14 @@ class ShiftFeatures:
     # ------------------------------------------------------------------ main thread
 
     def update_totals(self, dropped_windows: Callable[[], int]) -> None:
-        """Refresh the metrics' running totals (outbox, reconnects, drops, clips)."""
+        """Refresh the metrics' running totals (outbox, reconnects, drops, clips) and the
+        status page's node warnings."""
+        reason = self.daemon.outbox.degraded_reason
+        self.board.set_warnings(
+            ()
+            if reason is None
+            else (f"Outbox degraded, events are published without durability: {reason}",)
+        )
         if self.metrics is None:
             return
         try:

@@ -96,6 +96,7 @@ class StatusBoard:
         self._machines: dict[str, _Machine] = {}
         self._events: dict[str, _Event] = {}
         """Insertion-ordered: oldest first."""
+        self._warnings: tuple[str, ...] = ()
 
     def _machine(self, name: str) -> _Machine:
         machine = self._machines.get(name)
@@ -158,6 +159,11 @@ class StatusBoard:
         if self._metrics is not None:
             self._metrics.event(name, kind)
 
+    def set_warnings(self, warnings: tuple[str, ...]) -> None:
+        """Node-level problems the page shows above the machines (a degraded outbox)."""
+        with self._lock:
+            self._warnings = tuple(warnings)
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy: machines in the order first seen, events newest first."""
         now = self._clock()
@@ -175,6 +181,7 @@ class StatusBoard:
                 }
                 for m in self._machines.values()
             ]
+            warnings = self._warnings
             events = [
                 {
                     "machine": e.machine,
@@ -198,4 +205,5 @@ class StatusBoard:
             "history_seconds": self.history_seconds,
             "machines": machines,
             "events": events,
+            "warnings": list(warnings),
         }
