@@ -676,6 +676,18 @@ def test_sigkill_during_an_event_is_closed_with_reason_restart(
 # ---------------------------------------------------------------- signals and start-up
 
 
+def handles_sighup(daemon: DaemonProcess) -> bool:
+    """Whether the process ignores or catches SIGHUP yet (/proc/PID/status SigIgn, SigCgt)."""
+    assert daemon.process is not None
+    try:
+        status = Path(f"/proc/{daemon.process.pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return False
+    bit = 1 << (signal.SIGHUP - 1)
+    masks = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return any(int(masks.get(key, "0"), 16) & bit for key in ("SigIgn", "SigCgt"))
+
+
 def test_sighup_never_exits(
     tmp_path: Path, assets: Assets, daemons: Callable[..., DaemonProcess]
 ) -> None:
@@ -683,7 +695,9 @@ def test_sighup_never_exits(
     (bundle reload, also with a bundle that no longer loads): the daemon keeps running."""
     config = write_config(tmp_path / "d", [machine("m1", assets.normal, assets.bundle)])
     daemon = daemons(config)
-    time.sleep(0.3)
+    # As early as the process handles SIGHUP at all (ignored, then caught): a fixed sleep
+    # raced the interpreter's start on a loaded machine, where SIGHUP still kills by default.
+    assert wait_until(lambda: handles_sighup(daemon), WAIT), daemon.log
     daemon.signal(signal.SIGHUP)  # during start-up
     assert daemon.wait_log("running: node"), daemon.log
     daemon.signal(signal.SIGHUP)
