@@ -267,7 +267,7 @@ class Explanation:
         }
 
 
-def _check_samples(samples: npt.ArrayLike, what: str) -> FloatArray:
+def _check_samples(samples: npt.ArrayLike, what: str) -> npt.NDArray[np.float32]:
     # float32: the daemon explains events on its inference thread, and its peak memory has a
     # 100 MB target; a level in dB needs nowhere near float64's precision.
     x = np.asarray(samples, dtype=np.float32)
@@ -347,7 +347,9 @@ def fft_size(n: int) -> int:
     return best
 
 
-def _bandpass(x: FloatArray, band_hz: tuple[float, float], sample_rate: int) -> FloatArray:
+def _bandpass(
+    x: npt.NDArray[np.floating[Any]], band_hz: tuple[float, float], sample_rate: int
+) -> FloatArray:
     """Brick-wall band-pass in the frequency domain: exact enough for an envelope. Zero-padded
     to a 5-smooth length (`fft_size`), which also keeps the filter from wrapping around."""
     size = fft_size(x.size)
