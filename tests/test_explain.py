@@ -159,3 +159,27 @@ def test_explain_imports_neither_scipy_nor_torch() -> None:
         )
     }
     assert not imported & {"scipy", "torch", "matplotlib"}
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 97, 1000, 176_123, 320_001])
+def test_fft_size_is_the_smallest_5_smooth_length_at_least_n(n: int) -> None:
+    def smooth(m: int) -> bool:
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    size = explain_module.fft_size(n)
+    assert size >= n and smooth(size)
+    assert not any(smooth(m) for m in range(n, size))
+
+
+def test_bandpass_of_an_awkward_length_keeps_the_band() -> None:
+    """A prime length (Bluestein territory before padding) still filters correctly."""
+    n = 16_001  # prime
+    t = np.arange(n) / SAMPLE_RATE_HZ
+    x = np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 4000 * t)
+    y = explain_module._bandpass(x, (3000.0, 5000.0), SAMPLE_RATE_HZ)
+    assert y.shape == x.shape
+    inner = slice(2000, n - 2000)  # away from the ends, where the brick wall rings
+    np.testing.assert_allclose(y[inner], np.sin(2 * np.pi * 4000 * t[inner]), atol=0.05)

@@ -54,9 +54,14 @@ WAV_DEVICE_PREFIX = "wav:"
 thresholds on a recorded incident, and for the quick start on a machine without a microphone."""
 
 
+def is_wav_device(device: str | int) -> bool:
+    """`wav:PATH`: a recording replayed, not a PortAudio device."""
+    return isinstance(device, str) and device.startswith(WAV_DEVICE_PREFIX)
+
+
 def open_source(device: str | int, channels: Sequence[int]) -> AudioSource:
     """The source for a configured device: a PortAudio device, or `wav:PATH` for a recording."""
-    if isinstance(device, str) and device.startswith(WAV_DEVICE_PREFIX):
+    if isinstance(device, str) and is_wav_device(device):
         try:
             return WavSource(
                 device[len(WAV_DEVICE_PREFIX) :], channels=tuple(channels), realtime=True, loop=True

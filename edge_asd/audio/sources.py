@@ -9,8 +9,11 @@ on a PulseAudio pipe source whose writer went away) and shutdown must never hang
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -276,11 +279,54 @@ def find_input_device(device: str | int, devices: Sequence[dict[str, Any]]) -> d
 
 
 def _import_sounddevice() -> Any:
+    """sounddevice, PortAudio initialised (its device list enumerated) and ALSA's probe
+    plugins released (`release_alsa_plugins`)."""
+    already = "sounddevice" in sys.modules
     try:
         import sounddevice
     except OSError as exc:  # the PortAudio shared library is missing
         raise AudioDeviceError(f"PortAudio is not available: {exc}") from exc
+    if not already:
+        release_alsa_plugins()
     return sounddevice
+
+
+def init_portaudio() -> None:
+    """Initialise PortAudio now, if it is installed (errors surface when a stream is opened).
+
+    The daemon calls this before it loads its model: enumeration briefly maps every ALSA
+    plugin library (`release_alsa_plugins`), and that transient then peaks below the loaded
+    daemon's steady memory instead of on top of it."""
+    with contextlib.suppress(AudioDeviceError):
+        _import_sounddevice()
+
+
+_ALSA_LIBRARY: Final = "libasound.so.2"
+
+
+def release_alsa_plugins() -> bool:
+    """Unload the ALSA plugin libraries PortAudio's enumeration loaded; True if it ran.
+
+    PortAudio opens every PCM the ALSA configuration defines while it lists devices, and with
+    Debian's libasound2-plugins that loads the a52 encoder (libavcodec and its codec
+    libraries), jack, speex and others: 10-14 MB of a daemon whose target is 100 MB, for
+    devices it never opens. alsa-lib keeps those libraries loaded until its global
+    configuration is freed; freeing it (the call PortAudio's own termination makes) unloads
+    them, and the next stream open re-reads the configuration and loads only its own plugin.
+    Only call it while no other thread is inside ALSA (after enumeration, under the PortAudio
+    lock or before capture starts)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        # RTLD_NOLOAD: only the copy PortAudio already loaded; never load ALSA for this.
+        alsa = ctypes.CDLL(_ALSA_LIBRARY, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:  # ALSA not loaded: another host API, or no PortAudio
+        return False
+    free_global = getattr(alsa, "snd_config_update_free_global", None)
+    if free_global is None:
+        return False
+    free_global.restype = ctypes.c_int
+    return int(free_global()) == 0
 
 
 def _query_devices(sd: Any) -> list[dict[str, Any]]:
@@ -336,6 +382,7 @@ def _find_with_rescan(sd: Any, device: str | int) -> dict[str, Any]:
         raise AudioDeviceError(
             f"cannot re-initialise PortAudio to look for {device!r}: {exc}"
         ) from exc
+    release_alsa_plugins()  # safe: the PortAudio lock is held and no stream of ours is open
     return find_input_device(device, _query_devices(sd))
 
 

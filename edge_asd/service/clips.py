@@ -298,8 +298,13 @@ class ClipRecorder:
             rec.append(pre, self._max_clip_samples)
             track.recording = rec
 
-    def event_audio(self, machine: str) -> EventAudio | None:
-        """The open (or post-rolling) event's audio so far, for `explain`; None without one."""
+    def event_audio(
+        self, machine: str, *, max_event_seconds: float | None = None
+    ) -> EventAudio | None:
+        """The open (or post-rolling) event's audio so far, for `explain`; None without one.
+
+        `max_event_seconds` keeps only the event's head: only what is returned is converted to
+        float, so a long event's clip is never copied whole (the daemon's peak memory)."""
         with self._lock:
             track = self._tracks.get(machine)
             rec = None if track is None else track.recording
@@ -308,8 +313,13 @@ class ClipRecorder:
             pcm = np.concatenate(rec.chunks) if rec.chunks else np.zeros(0, dtype=np.int16)
             offset = min(rec.event_offset, pcm.size)
             end = pcm.size if rec.event_samples is None else offset + rec.event_samples
-        audio = pcm.astype(np.float32) / np.float32(PCM16_SCALE)
-        return EventAudio(pre=audio[:offset], event=audio[offset:end])
+        if max_event_seconds is not None:
+            end = min(end, offset + max(0, round(max_event_seconds * self.sample_rate)))
+        scale = np.float32(1.0 / PCM16_SCALE)
+        return EventAudio(
+            pre=pcm[:offset].astype(np.float32) * scale,
+            event=pcm[offset:end].astype(np.float32) * scale,
+        )
 
     def event_ended(
         self,

@@ -40,7 +40,8 @@ from typing import Final
 import numpy as np
 
 from edge_asd import __version__
-from edge_asd.audio.capture import CapturedBlock, CaptureSupervisor, open_source
+from edge_asd.audio.capture import CapturedBlock, CaptureSupervisor, is_wav_device, open_source
+from edge_asd.audio.sources import init_portaudio
 from edge_asd.config import Config, ConfigError, MachineConfig
 from edge_asd.constants import EXIT_FAILURE, EXIT_OK
 from edge_asd.detection.bundle import Bundle
@@ -157,6 +158,8 @@ class Daemon:
         self.notifier = Notifier()
         self.faults = faults if faults is not None else FaultInjection.from_env()
         self.clock = clock or Timeline(wall=self.faults.wall_clock)
+        if any(not is_wav_device(m.device) for m in config.machines):
+            init_portaudio()  # before the model: see init_portaudio
         report = inspect_setup(config, for_run=True)
         for problem in report.problems:
             if not (problem.severity == "error" and problem.blocks_run):

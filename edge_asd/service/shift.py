@@ -31,7 +31,7 @@ import numpy.typing as npt
 from edge_asd import __version__
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.detector import EventTransition
-from edge_asd.detection.explain import Explanation, band_profile, explain
+from edge_asd.detection.explain import MAX_EXPLAIN_SECONDS, Explanation, band_profile, explain
 from edge_asd.detection.states import EventType, MachineState
 from edge_asd.mqtt.discovery import command_topic, control_state_topic, gateway_discovery
 from edge_asd.service.clips import ClipRecorder
@@ -301,7 +301,7 @@ class ShiftFeatures:
         return False
 
     def _explain(self, machine: MachineRuntime) -> Explanation | None:
-        audio = self.clips.event_audio(machine.config.name)
+        audio = self.clips.event_audio(machine.config.name, max_event_seconds=MAX_EXPLAIN_SECONDS)
         if audio is None or audio.event.size == 0:
             return None
         try:
