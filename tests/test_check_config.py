@@ -160,6 +160,10 @@ def test_setup_problems_all_at_once(tmp_path: Path, bundle: Path, wav: Path) -> 
     assert "PEM" in messages["mqtt.tls.ca_file"]
     assert "empty label" in messages["mqtt.host"]
     assert "integrity" in messages["outbox.path"] or "not a sound" in messages["outbox.path"]
+    # run recovers a corrupt outbox (moved aside, a fresh one): reported, but not blocking.
+    assert "moves it aside" in messages["outbox.path"]
+    blocking = {p["key"] for p in report["problems"] if p["blocks_run"]}
+    assert "outbox.path" not in blocking
     assert "cannot be decoded" in messages["machines.0.device"]
 
 

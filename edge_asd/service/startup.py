@@ -577,6 +577,12 @@ def _check_outbox(config: Config, report: SetupReport) -> None:
     report.lines.append(f"outbox {path} (created at start)")
 
 
+_RECOVERS: Final = (
+    "run moves it aside (kept for inspection, counted in stats) and starts a fresh outbox; "
+    "the messages it held are not sent"
+)
+
+
 def _check_outbox_file(path: Path, report: SetupReport) -> None:
     key = "outbox.path"
     uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"
@@ -591,7 +597,13 @@ def _check_outbox_file(path: Path, report: SetupReport) -> None:
     try:
         result = conn.execute("PRAGMA quick_check").fetchone()
         if result is None or result[0] != "ok":
-            report.add(Problem(key, f"{path} fails its integrity check: {result}"))
+            report.add(
+                Problem(
+                    key,
+                    f"{path} fails its integrity check: {result}; {_RECOVERS}",
+                    blocks_run=False,
+                )
+            )
             return
         # A write lock without writing: proves the file (and its WAL) can be written.
         conn.execute("BEGIN IMMEDIATE")
@@ -602,7 +614,13 @@ def _check_outbox_file(path: Path, report: SetupReport) -> None:
         if is_transient(exc):
             report.add(_degraded_outbox(f"{path} cannot be written: {exc}"))
         else:
-            report.add(Problem(key, f"{path} is not a sound SQLite outbox: {exc}"))
+            report.add(
+                Problem(
+                    key,
+                    f"{path} is not a sound SQLite outbox: {exc}; {_RECOVERS}",
+                    blocks_run=False,
+                )
+            )
     finally:
         conn.close()
 
