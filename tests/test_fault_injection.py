@@ -50,6 +50,7 @@ from edge_asd.mqtt import outbox as outbox_module
 from edge_asd.mqtt.messages import event_schema, stats_schema
 from edge_asd.mqtt.outbox import Outbox
 from edge_asd.mqtt.publisher import MAX_INFLIGHT_MESSAGES, MqttPublisher
+from edge_asd.service import daemon as daemon_module
 from edge_asd.service.daemon import Daemon
 from edge_asd.service.open_events import path_for
 from edge_asd.service.startup import StartupError
@@ -1071,6 +1072,58 @@ def test_rescans_come_back_when_an_abandoned_stream_stops_at_last(
         portaudio.abort_released.set()
         stop.set()
         supervisor.join(5)
+
+
+def test_an_abandoned_stream_is_counted_until_its_stop_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`rescans_blocked_seconds` grows while a stop hangs and is 0 again once it returns."""
+    portaudio = _ReplugPortAudio()
+    portaudio.abort_released.clear()
+    monkeypatch.setattr(sources, "_import_sounddevice", lambda: portaudio)
+    monkeypatch.setattr(sources, "_PORTAUDIO", sources._PortAudioState())
+    source = sources.SoundDeviceSource("USB Mic", channels=(0,), block_seconds=0.1)
+    source.start()
+    assert sources.rescans_blocked_seconds() == 0.0
+    source.stop()  # abandoned after STREAM_STOP_TIMEOUT_SECONDS
+    time.sleep(0.2)
+    assert sources.rescans_blocked_seconds() >= 0.2
+    portaudio.abort_released.set()
+    assert wait_until(lambda: sources.rescans_blocked_seconds() == 0.0, 5)
+    assert sources._PORTAUDIO.open_streams == 0
+
+
+def test_missing_device_with_rescans_blocked_for_good_exits_non_zero(
+    tmp_path: Path, assets: Assets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop that never returns blocks device rescans until restart, so a microphone that comes
+    back under another index would never be found: the daemon asks systemd for the restart."""
+    portaudio = _ReplugPortAudio()
+    portaudio.unplugged = True  # the machine's microphone is gone
+    monkeypatch.setattr(sources, "_import_sounddevice", lambda: portaudio)
+    monkeypatch.setattr(sources, "_PORTAUDIO", sources._PortAudioState())
+    blocked = {"seconds": 0.0}
+    monkeypatch.setattr(daemon_module, "rescans_blocked_seconds", lambda: blocked["seconds"])
+    config = load_config(
+        write_config(
+            tmp_path / "d", [machine("m1", assets.normal, assets.bundle, device="USB Mic")]
+        )
+    )
+    daemon = Daemon(config)
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(daemon.run()), name="daemon-under-test")
+    runner.start()
+    try:
+        time.sleep(2.0)
+        assert runner.is_alive()  # knowingly waiting for its device: no exit
+        blocked["seconds"] = daemon_module.HANG_EXIT_SECONDS + 1.0
+        runner.join(WAIT)
+        assert not runner.is_alive()
+        assert result == [EXIT_FAILURE]
+        assert daemon.failure is not None and "rescans" in daemon.failure
+    finally:
+        daemon.stop_event.set()
+        runner.join(WAIT)
 
 
 def test_dead_network_thread_exits_non_zero(

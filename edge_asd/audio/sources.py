@@ -348,9 +348,22 @@ class _PortAudioState:
         """A stream failed since the last enumeration: its device may be gone, or back under
         another index (a re-plugged USB microphone), and the cached list may map its old
         index to nothing or to another device. Re-enumerate before the next open."""
+        self.abandoned = 0
+        """Streams whose stop was abandoned and has not returned yet."""
+        self.abandoned_since: float | None = None
+        """Monotonic time since which some abandoned stream blocks device rescans."""
 
 
 _PORTAUDIO = _PortAudioState()
+
+
+def rescans_blocked_seconds() -> float:
+    """How long abandoned streams (a stop that never returned) have kept PortAudio from
+    re-enumerating devices; 0 when none does. Only a restart of the process recovers from a
+    stop that never returns, and the daemon uses this to decide when to ask for one."""
+    with _PORTAUDIO.lock:
+        since = _PORTAUDIO.abandoned_since
+    return 0.0 if since is None else time.monotonic() - since
 
 
 def _find_with_rescan(sd: Any, device: str | int) -> dict[str, Any]:
@@ -612,7 +625,13 @@ class SoundDeviceSource(_ContextSource):
             # (its device went away for good, unblocking PortAudio) gives device rescans back;
             # until then PortAudio must not be re-initialised under it.
             _stream_closed()
-            if abandoned.is_set():
+            with _PORTAUDIO.lock:
+                late = abandoned.is_set()
+                if late:
+                    _PORTAUDIO.abandoned -= 1
+                    if _PORTAUDIO.abandoned == 0:
+                        _PORTAUDIO.abandoned_since = None
+            if late:
                 _LOGGER.warning(
                     "abandoned stream of audio input device %s stopped at last; device "
                     "rescans are possible again",
@@ -622,8 +641,16 @@ class SoundDeviceSource(_ContextSource):
         closer = threading.Thread(target=_close, name="audio-stream-close", daemon=True)
         closer.start()
         closer.join(STREAM_STOP_TIMEOUT_SECONDS)
-        if closer.is_alive():
-            abandoned.set()
+        with _PORTAUDIO.lock:
+            # Under the lock: the closer counts itself out under it too, so a stop that returns
+            # right now is either not abandoned or abandoned and counted out, never half.
+            stuck = closer.is_alive()
+            if stuck:
+                abandoned.set()
+                _PORTAUDIO.abandoned += 1
+                if _PORTAUDIO.abandoned_since is None:
+                    _PORTAUDIO.abandoned_since = time.monotonic()
+        if stuck:
             _LOGGER.warning(
                 "audio input device %s did not stop within %.1f s; abandoning its stream "
                 "(no device rescans until it stops)",

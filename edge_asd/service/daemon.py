@@ -41,7 +41,7 @@ import numpy as np
 
 from edge_asd import __version__
 from edge_asd.audio.capture import CapturedBlock, CaptureSupervisor, is_wav_device, open_source
-from edge_asd.audio.sources import init_portaudio
+from edge_asd.audio.sources import init_portaudio, rescans_blocked_seconds
 from edge_asd.config import Config, ConfigError, MachineConfig
 from edge_asd.constants import EXIT_FAILURE, EXIT_OK
 from edge_asd.detection.bundle import Bundle
@@ -497,6 +497,16 @@ class Daemon:
                     machines, f"inference thread hangs (no heartbeat for {inference_silent:.0f} s)"
                 )
                 continue
+            blocked = rescans_blocked_seconds()
+            if not supervisor.healthy and blocked > HANG_EXIT_SECONDS:
+                # Its device is missing and PortAudio cannot look for it again under a stream
+                # whose stop never returned: waiting longer would wait forever.
+                self._fail(
+                    f"audio device {supervisor.device!r} is missing and device rescans have "
+                    f"been blocked for {blocked:.0f} s by a stream that never stopped; "
+                    "restarting re-initialises PortAudio"
+                )
+                return False
             self._clear_faults(machines)
             # A device delivering audio must also have its blocks processed since the last
             # ping; a device being reopened (unhealthy, thread alive) is knowingly waiting.
