@@ -293,7 +293,7 @@ class MachinePipeline:
                 transition = dataclasses.replace(transition, environment=context)
             step.transitions.append(transition)
             if transition.kind is EventType.START:
-                self._set_state(step, MachineState.ANOMALOUS, transition.ts)
+                self._set_state(step, self._event_state(), transition.ts)
             elif transition.kind is EventType.END and self._audio_ok:
                 self._set_state(step, self._heard_state(), transition.ts)
 
@@ -307,12 +307,26 @@ class MachinePipeline:
         """How the sound around the machine differs from calibration, while it does."""
         return None if self._environment is None else self._environment.summary
 
+    @property
+    def environment_changed(self) -> bool:
+        return self._environment is not None and self._environment.changed
+
+    def _event_state(self) -> MachineState:
+        """The state while an event is open: a changed environment outranks the alarm (it is
+        judged against a calibration that no longer applies; the event is still published, with
+        the environment as its context)."""
+        return (
+            MachineState.ENVIRONMENT_CHANGED
+            if self.environment_changed
+            else (MachineState.ANOMALOUS)
+        )
+
     def _heard_state(self) -> MachineState:
         """The state while audio flows and no event is open: a stop comes first (a stopped
         machine's room says nothing about its surroundings), then a changed environment."""
         if self.idle:
             return MachineState.IDLE
-        if self._environment is not None and self._environment.changed:
+        if self.environment_changed:
             return MachineState.ENVIRONMENT_CHANGED
         return MachineState.NORMAL
 
@@ -446,9 +460,7 @@ class MachinePipeline:
         if change is None:
             return
         step.environment.append(EnvironmentChange(self._environment.summary, at))
-        if not self._detector.in_event:
-            # During an event the state stays anomalous; its end shows the environment.
-            self._set_state(step, self._heard_state(), at)
+        self._set_state(step, self._event_state() if self.in_event else self._heard_state(), at)
 
     def run_recording(
         self, samples: np.ndarray, *, pad_short: bool = False, close: bool = True
