@@ -36,7 +36,10 @@ from edge_asd.model.registry import resolve_model
 from edge_asd_dev.synth import apply_fault, machine_sound, mix_at_snr
 
 CALIBRATION_SNR_DB = 20.0
-"""The calibration's room noise: quiet pink noise 20 dB under the machine."""
+"""The calibration's room noise: quiet pink noise 20 dB under the machine..."""
+CALIBRATION_VARIATION_DB = ((-3.0, 17.0), (-1.5, 20.0), (0.0, 23.0), (1.5, 20.0), (3.0, 17.0))
+"""...give or take: (input gain, SNR) of the calibration recordings, the variation calibration
+heard."""
 LOUD_SNR_DB = -10.0
 """The new noise: ten times the machine's power."""
 LOUD_BAND_HZ = (500.0, 8_000.0)
@@ -58,10 +61,13 @@ def _noise(seconds: float, seed: int, band_hz: tuple[float, float] | None = None
     return (x / np.sqrt(np.mean(x**2))).astype(np.float32)
 
 
-def _running(seconds: float, seed: int, snr_db: float = CALIBRATION_SNR_DB) -> np.ndarray:
+def _running(
+    seconds: float, seed: int, snr_db: float = CALIBRATION_SNR_DB, gain_db: float = 0.0
+) -> np.ndarray:
     """The machine in the calibration's room noise (every seed a fresh stretch of both)."""
     machine = machine_sound(seconds, rng=np.random.default_rng(seed))
-    return mix_at_snr(machine, _noise(seconds, 1_000 + seed), snr_db)
+    mixed = mix_at_snr(machine, _noise(seconds, 1_000 + seed), snr_db)
+    return (mixed * 10 ** (gain_db / 20.0)).astype(np.float32)
 
 
 def _loud(seconds: float, seed: int) -> np.ndarray:
@@ -77,7 +83,10 @@ def encoder() -> Encoder:
 
 @pytest.fixture(scope="module")
 def bundle(encoder: Encoder):  # type: ignore[no-untyped-def]
-    clips = [Clip(f"n{i}.wav", _running(20.0, i)) for i in range(6)]
+    clips = [
+        Clip(f"n{i}.wav", _running(20.0, i, snr_db=snr, gain_db=gain))
+        for i, (gain, snr) in enumerate([*CALIBRATION_VARIATION_DB, (0.0, CALIBRATION_SNR_DB)])
+    ]
     return calibrate(clips, encoder, Framing.from_seconds(), progress=False)
 
 
@@ -103,8 +112,10 @@ def test_calibration_stores_one_block_per_ten_seconds(bundle) -> None:  # type: 
     profile = bundle.environment
     assert profile is not None
     assert profile.blocks_db.shape == (6 * 2, profile.edges_hz.shape[0])
-    # Normal stretches of one condition lie close together: the margin is mostly the 6 dB.
-    assert 0.0 < profile.spread_db < 1.0
+    # Each recording's blocks are compared with the others': the spread is the gain and noise
+    # variation calibration heard (a few dB), the margin that plus 3 dB.
+    assert 0.5 < profile.spread_db < 4.0
+    assert profile.groups.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert profile.enter_db == pytest.approx(profile.spread_db + MIN_CHANGE_DB)
     assert profile.release_db < profile.enter_db
 
@@ -129,19 +140,24 @@ def test_bad_profiles_are_refused() -> None:
         environment_profile([np.zeros(100, dtype=np.float32)])
 
 
-def test_spread_is_the_worst_nearest_other_block() -> None:
-    blocks = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [5.0, 5.0, 5.0]])
-    # Block 2's nearest other block is 4 dB away; blocks 0 and 1 are 1 dB apart.
-    assert calibration_spread(blocks) == pytest.approx(4.0)
+def test_spread_is_the_worst_nearest_independent_block() -> None:
+    blocks = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [5.0, 5.0, 5.0], [5.5, 5.5, 5.5]])
+    # One recording each: block 2's nearest other is block 3 (0.5 dB), block 1's is block 0.
+    assert calibration_spread(blocks, [0, 1, 2, 3]) == pytest.approx(1.0)
+    # Blocks 2 and 3 of one recording are near-copies: block 3 is 4.5 dB from the others.
+    assert calibration_spread(blocks, [0, 1, 2, 2]) == pytest.approx(4.5)
+    # One recording: neighbours in time are left out, block 0's nearest is block 2.
+    assert calibration_spread(blocks) == pytest.approx(5.0)
     assert calibration_spread(blocks[:1]) == 0.0
 
 
 def test_a_short_clip_still_gives_a_block_and_a_short_tail_none() -> None:
     rate = SAMPLE_RATE_HZ
     block = round(BLOCK_SECONDS * rate)
-    assert clip_blocks([_running(3.0, 1)]).shape[0] == 1
-    assert clip_blocks([_running(BLOCK_SECONDS + 2.0, 1)]).shape[0] == 1  # 2 s tail: left out
-    assert clip_blocks([np.zeros(2 * block, dtype=np.float32)]).shape[0] == 2
+    assert clip_blocks([_running(3.0, 1)])[0].shape[0] == 1
+    assert clip_blocks([_running(BLOCK_SECONDS + 2.0, 1)])[0].shape[0] == 1  # 2 s tail: out
+    blocks, groups = clip_blocks([np.zeros(2 * block, dtype=np.float32), _running(3.0, 1)])
+    assert blocks.shape[0] == 3 and groups.tolist() == [0, 0, 1]
 
 
 def test_monitor_names_the_bands_of_the_new_noise(bundle) -> None:  # type: ignore[no-untyped-def]
@@ -188,14 +204,14 @@ def test_a_louder_different_noise_is_environment_changed_and_clears(bundle, enco
 
 
 def test_normal_variation_of_the_calibrated_condition_never_triggers_it(bundle, encoder) -> None:  # type: ignore[no-untyped-def]
-    # Fresh stretches of the machine and its room noise, the noise 3 dB louder or quieter,
-    # and the whole input 3 dB up or down (a gain drift): all within calibration's world.
+    # Fresh stretches of the machine and its room noise, with the gain and noise level moving
+    # within what calibration heard.
     parts = [
         _running(40.0, 60),
-        _running(40.0, 61, snr_db=CALIBRATION_SNR_DB - 3.0),
-        _running(40.0, 62, snr_db=CALIBRATION_SNR_DB + 3.0),
-        _running(40.0, 63) * 10 ** (3.0 / 20.0),
-        _running(40.0, 64) * 10 ** (-3.0 / 20.0),
+        _running(40.0, 61, snr_db=17.5, gain_db=2.5),
+        _running(40.0, 62, snr_db=22.0, gain_db=-2.0),
+        _running(40.0, 63, snr_db=19.0, gain_db=-3.0),
+        _running(40.0, 64, snr_db=23.0, gain_db=1.0),
     ]
     result = _pipeline(bundle, encoder).run_recording(np.concatenate(parts))
     assert result.step.environment == []
@@ -247,6 +263,7 @@ def test_learning_the_new_condition_clears_it(bundle, encoder) -> None:  # type:
     )
     assert learned.environment is not None
     assert learned.environment.blocks_db.shape[0] == bundle.environment.blocks_db.shape[0] + 6
+    assert learned.environment.groups.tolist()[-6:] == [6] * 6
     result = _pipeline(learned, encoder).run_recording(_loud(90.0, 101))
     assert result.step.environment == []
 

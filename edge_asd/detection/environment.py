@@ -14,8 +14,8 @@ unheard. This module tells that case apart from a fault, from calibration data o
   fault (a whine, bearing impacts, rubbing) changes the few bands where its energy sits and
   leaves the median where it was, while a new noise source, a moved microphone or a changed
   gain moves most bands. Half the spectrum is where the median breaks down: no tuned share.
-- The margin is the calibration's own spread (how far each calibration block is from its
-  nearest other block, the worst one) plus `MIN_CHANGE_DB`. The state is entered after
+- The margin is the calibration's own spread (how far each calibration block is from the
+  nearest block of another recording, the worst one) plus `MIN_CHANGE_DB`. The state is entered after
   `ENTER_SECONDS` of distances over the margin and left after `EXIT_SECONDS` under
   `RELEASE_SHARE` of the extra margin (hysteresis), so it does not flap.
 
@@ -56,12 +56,12 @@ BLOCK_SECONDS: Final = 10.0
 """Sound is compared in 10 s energy averages: long enough that a machine's own cycles (a press
 stroke, a fan's beat) and a passing forklift average out, short enough to follow a change
 within tens of seconds."""
-MIN_CHANGE_DB: Final = 6.0
-"""The smallest broad change reported, beyond the calibration's own spread: most bands 6 dB off
-(four times the power). A noise as loud as everything heard at calibration raises the level by
-3 dB, one three times as loud by 6 dB: from there on the machine's own sound sits under the new
-noise and the detector can no longer be trusted to hear its faults. Also more than a
-microphone's gain drift over months (a dB or two)."""
+MIN_CHANGE_DB: Final = 3.0
+"""The smallest broad change reported, beyond the calibration's own spread: most bands 3 dB off,
+i.e. twice (or half) the power. A new sound as loud as everything calibration heard in a band
+raises it by 3 dB: from there on the machine's own sound no longer dominates most of its
+spectrum, and the detector can no longer be trusted to hear its faults. A physical boundary,
+not a tuned one; more than a microphone's gain drift over months (a dB or two)."""
 RELEASE_SHARE: Final = 0.5
 """Hysteresis: the state ends when the distance is back under the calibration spread plus this
 share of `MIN_CHANGE_DB`."""
@@ -95,19 +95,29 @@ def block_distance(levels_db: npt.ArrayLike, blocks_db: npt.ArrayLike) -> FloatA
     return np.asarray(np.median(diff, axis=-1))
 
 
-def calibration_spread(blocks_db: npt.ArrayLike) -> float:
-    """The largest distance of a calibration block to its nearest other block (dB): how far
-    normal sound strays from everything else calibration heard. 0 with a single block."""
+def calibration_spread(blocks_db: npt.ArrayLike, groups: npt.ArrayLike | None = None) -> float:
+    """The largest distance of a calibration block to its nearest INDEPENDENT block (dB): how
+    far normal sound strays from the rest of what calibration heard. Blocks of one recording
+    (`groups`: the recording of each block) are near-copies of each other, so a block is
+    compared with the other recordings' blocks; with a single recording, with its blocks that
+    are not its neighbours in time. 0 when there is nothing to compare with."""
     blocks = np.asarray(blocks_db, dtype=np.float64)
     n = blocks.shape[0]
-    if n < 2:
-        return 0.0
+    group = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    several = np.unique(group).size > 1
     worst = 0.0
     for start in range(0, n, SPREAD_CHUNK_BLOCKS):
         rows = np.arange(start, min(n, start + SPREAD_CHUNK_BLOCKS))
         distances = block_distance(blocks[rows], blocks)
-        distances[np.arange(rows.size), rows] = np.inf  # not itself
-        worst = max(worst, float(np.max(np.min(distances, axis=1))))
+        if several:
+            dependent = group[rows][:, None] == group[None, :]
+        else:
+            dependent = np.abs(rows[:, None] - np.arange(n)[None, :]) <= 1
+        distances[dependent] = np.inf
+        nearest = np.min(distances, axis=1)
+        nearest = nearest[np.isfinite(nearest)]
+        if nearest.size:
+            worst = max(worst, float(np.max(nearest)))
     return worst
 
 
@@ -123,6 +133,8 @@ class EnvironmentProfile:
     square, floored at `BAND_FLOOR_DB`)."""
     spread_db: float
     """`calibration_spread` of the blocks."""
+    groups: npt.NDArray[np.int64] | None = None
+    """[N] the recording each block came from (for the spread after `learn`); None: one."""
     block_seconds: float = BLOCK_SECONDS
 
     def __post_init__(self) -> None:
@@ -136,6 +148,16 @@ class EnvironmentProfile:
             )
         if not np.all(np.isfinite(blocks)) or not math.isfinite(self.spread_db):
             raise ValueError("environment profile: levels must be finite")
+        groups = (
+            np.zeros(blocks.shape[0], dtype=np.int64)
+            if self.groups is None
+            else (np.asarray(self.groups, dtype=np.int64))
+        )
+        if groups.shape != (blocks.shape[0],):
+            raise ValueError(
+                f"environment profile: {groups.shape} groups for {blocks.shape[0]} blocks"
+            )
+        object.__setattr__(self, "groups", groups)
         object.__setattr__(self, "edges_hz", edges)
         object.__setattr__(self, "blocks_db", blocks)
         object.__setattr__(self, "spread_db", float(self.spread_db))
@@ -156,6 +178,7 @@ class EnvironmentProfile:
             "edges_hz": self.edges_hz.round(3).tolist(),
             "blocks_db": self.blocks_db.round(2).tolist(),
             "spread_db": round(self.spread_db, 3),
+            "groups": np.asarray(self.groups).tolist(),
             "block_seconds": self.block_seconds,
         }
 
@@ -166,34 +189,46 @@ class EnvironmentProfile:
             edges_hz=edges,
             blocks_db=np.asarray(data["blocks_db"], dtype=np.float64).reshape(-1, edges.shape[0]),
             spread_db=float(data["spread_db"]),
+            groups=None if data.get("groups") is None else np.asarray(data["groups"]),
             block_seconds=float(data.get("block_seconds", BLOCK_SECONDS)),
         )
 
     def extended(self, clips: Sequence[npt.ArrayLike]) -> EnvironmentProfile:
         """This profile with the blocks of more normal recordings (`learn`)."""
-        new = clip_blocks(clips)
-        blocks = _thin(np.concatenate([self.blocks_db, new]) if new.size else self.blocks_db)
+        new, new_groups = clip_blocks(clips)
+        old_groups = np.asarray(self.groups)
+        blocks, groups = _thin(
+            np.concatenate([self.blocks_db, new]),
+            np.concatenate([old_groups, new_groups + int(old_groups.max()) + 1]),
+        )
         return EnvironmentProfile(
             edges_hz=self.edges_hz,
             blocks_db=blocks,
-            spread_db=calibration_spread(blocks),
+            spread_db=calibration_spread(blocks, groups),
+            groups=groups,
             block_seconds=self.block_seconds,
         )
 
 
-def _thin(blocks: FloatArray) -> FloatArray:
+def _thin(
+    blocks: FloatArray, groups: npt.NDArray[np.int64]
+) -> tuple[FloatArray, npt.NDArray[np.int64]]:
     if blocks.shape[0] <= MAX_BLOCKS:
-        return blocks
+        return blocks, groups
     keep = np.linspace(0, blocks.shape[0] - 1, MAX_BLOCKS).round().astype(np.int64)
-    return blocks[keep]
+    return blocks[keep], groups[keep]
 
 
-def clip_blocks(clips: Sequence[npt.ArrayLike]) -> FloatArray:
-    """[N, B] band levels of each `BLOCK_SECONDS` block of each clip (16 kHz mono). A clip's
-    tail shorter than half a block is left out unless it is the clip's only block."""
+def clip_blocks(
+    clips: Sequence[npt.ArrayLike],
+) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """([N, B] band levels of each `BLOCK_SECONDS` block of each clip (16 kHz mono), [N] the
+    clip of each block). A clip's tail shorter than half a block is left out unless it is the
+    clip's only block."""
     block = round(BLOCK_SECONDS * SAMPLE_RATE_HZ)
     rows = []
-    for clip in clips:
+    groups = []
+    for index, clip in enumerate(clips):
         x = np.asarray(clip, dtype=np.float32)
         for start in range(0, x.size, block):
             part = x[start : start + block]
@@ -202,20 +237,25 @@ def clip_blocks(clips: Sequence[npt.ArrayLike]) -> FloatArray:
             # Frames side by side (hop = frame): an energy average needs no overlap.
             _, power = band_power(part, SAMPLE_RATE_HZ, hop=FRAME_SAMPLES)
             rows.append(_db(np.mean(power, axis=0)))
+            groups.append(index)
     n_bands = band_edges(SAMPLE_RATE_HZ).shape[0]
-    return np.asarray(rows, dtype=np.float64).reshape(-1, n_bands)
+    return (
+        np.asarray(rows, dtype=np.float64).reshape(-1, n_bands),
+        np.asarray(groups, dtype=np.int64),
+    )
 
 
 def environment_profile(clips: Sequence[npt.ArrayLike]) -> EnvironmentProfile:
     """The profile of normal calibration recordings (16 kHz mono float32); ValueError when no
     clip is long enough for a block."""
-    blocks = _thin(clip_blocks(clips))
+    blocks, groups = _thin(*clip_blocks(clips))
     if blocks.shape[0] == 0:
         raise ValueError("environment profile: no recording is long enough")
     return EnvironmentProfile(
         edges_hz=band_edges(SAMPLE_RATE_HZ),
         blocks_db=blocks,
-        spread_db=calibration_spread(blocks),
+        spread_db=calibration_spread(blocks, groups),
+        groups=groups,
     )
 
 
