@@ -199,7 +199,7 @@ class EnvironmentInfo(_WireModel):
     )
     margin_db: float = Field(
         description="The change beyond which this machine's surroundings count as changed: the "
-        "calibration's own spread plus 6 dB."
+        "calibration's own spread plus 3 dB."
     )
     bands: list[BandChangeRef] = Field(description="The bands that changed most, largest first.")
 
@@ -448,7 +448,7 @@ class EnvironmentMessage(Payload):
     )
     margin_db: float | None = Field(
         description="This machine's margin for change_db (the calibration's own spread plus "
-        "6 dB); null when changed is false."
+        "3 dB); null when changed is false."
     )
     bands: list[BandChangeRef] = Field(
         description="The bands that changed most, largest change first; empty when changed is "
