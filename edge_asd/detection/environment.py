@@ -15,9 +15,9 @@ unheard. This module tells that case apart from a fault, from calibration data o
   leaves the median where it was, while a new noise source, a moved microphone or a changed
   gain moves most bands. Half the spectrum is where the median breaks down: no tuned share.
 - The margin is the calibration's own spread (how far each calibration block is from the
-  nearest block of another recording, the worst one) plus `MIN_CHANGE_DB`. The state is entered after
-  `ENTER_SECONDS` of distances over the margin and left after `EXIT_SECONDS` under
-  `RELEASE_SHARE` of the extra margin (hysteresis), so it does not flap.
+  nearest block of another recording, the worst one) plus `MIN_CHANGE_DB`. The state is
+  entered after `ENTER_SECONDS` of distances over the margin and left after `EXIT_SECONDS`
+  under the spread plus `RELEASE_SHARE` of `MIN_CHANGE_DB` (hysteresis), so it does not flap.
 
 What the operator gets (`EnvironmentSummary`): the broadband level change against the nearest
 calibrated condition and the bands that changed most.
