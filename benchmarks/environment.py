@@ -42,7 +42,13 @@ from edge_asd.config import CalibrationConfig, MachineConfig, detector_settings
 from edge_asd.constants import DEFAULT_HOP_SECONDS, seconds_to_samples
 from edge_asd.detection.bundle import Bundle
 from edge_asd.detection.calibration import Clip, Framing, calibrate
-from edge_asd.detection.environment import block_distance, clip_blocks
+from edge_asd.detection.environment import (
+    MAX_BLOCKS,
+    EnvironmentMonitor,
+    EnvironmentProfile,
+    block_distance,
+    clip_blocks,
+)
 from edge_asd.detection.states import EventType, MachineState
 from edge_asd.model.encoder import Encoder
 from edge_asd.model.registry import resolve_model
@@ -186,6 +192,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     for fault, level in FAULT_LEVELS_DB.items():
         faulty = synth.ALL_FAULTS[fault](base, rng=rng, level_db=level)
         stream(f"factory2-b +10 dB, {fault} {level:+.0f} dB", faulty)
+    # What the monitor adds to each window (the daemon's inference thread), with this
+    # calibration's blocks and with the most a bundle keeps.
+    windows = np.lib.stride_tricks.sliding_window_view(base, encoder.info.window_samples)[
+        :: framing.hop_samples
+    ][:400]
+    profiles = {
+        "this calibration": bundle.environment,
+        "the most a bundle keeps": EnvironmentProfile(
+            bundle.environment.edges_hz,
+            np.resize(
+                bundle.environment.blocks_db, (MAX_BLOCKS, bundle.environment.edges_hz.shape[0])
+            ),
+            bundle.environment.spread_db,
+        ),
+    }
+    for label, profile in profiles.items():
+        monitor = EnvironmentMonitor(profile, framing.hop_samples)
+        for window in windows[:40]:
+            monitor.update(window)
+        began = time.perf_counter()
+        for window in windows:
+            monitor.update(window)
+        per_window = (time.perf_counter() - began) / windows.shape[0]
+        print(
+            f"monitor, {label} ({profile.blocks_db.shape[0]} blocks): "
+            f"{1000 * per_window:.3f} ms per window"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"{time.monotonic() - started:.0f} s; results in {args.out / 'results.json'}")

@@ -74,13 +74,14 @@ BAND_FLOOR_DB: Final = -120.0
 """Band levels are floored here (dB re full scale), below any real microphone's self-noise: an
 empty band (a band-limited recording, digital silence) must not read as a change of hundreds
 of dB."""
-MAX_BLOCKS: Final = 2048
-"""At most this many calibration blocks are kept (5.7 hours at 10 s; longer calibrations are
-thinned evenly): bounds the per-window distance and the bundle's size."""
+MAX_BLOCKS: Final = 1024
+"""At most this many calibration blocks are kept (2.8 hours at 10 s; longer calibrations are
+thinned evenly): bounds the per-window distance (docs/benchmarks.md) and the bundle's size."""
 SUMMARY_BANDS: Final = 3
 """Bands named in the summary: the ones that changed most."""
-SPREAD_CHUNK_BLOCKS: Final = 128
-"""Blocks compared at once when measuring the calibration spread (bounded memory)."""
+SPREAD_CHUNK_BLOCKS: Final = 16
+"""Blocks compared at once when measuring the calibration spread: 16 x 1024 blocks x 20 bands
+is 2.6 MB (`learn` runs inside the daemon)."""
 
 
 def _db(power: npt.ArrayLike) -> FloatArray:
