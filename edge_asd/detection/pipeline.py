@@ -220,11 +220,13 @@ class MachinePipeline:
         self.profile = profile
         self.off_bank = off_bank
         self._running = None if running is None else RunningMonitor(running)
-        self._environment = (
-            None
-            if environment is None or detector is None
-            else EnvironmentMonitor(environment, self.hop_samples)
-        )
+        self._environment: EnvironmentMonitor | None = None
+        if environment is not None and detector is not None:
+            try:
+                self._environment = EnvironmentMonitor(environment, self.hop_samples)
+            except ValueError as exc:
+                # A profile this version cannot use costs the monitor, never the machine.
+                _LOGGER.warning("environment monitor off: %s; recalibrate to get it", exc)
         self._state: MachineState | None = None
         self._audio_ok = False
         self._windows_since_gap = 0
@@ -249,8 +251,8 @@ class MachinePipeline:
         if detect_environment and detector is not None and environment is None:
             _log_once(
                 bundle.bundle_id,
-                "bundle %s has no environment profile (calibrated by an older edge-asd): "
-                "a changed environment is not reported; recalibrate to get it",
+                "bundle %s has no environment profile (calibrated by an older edge-asd, or "
+                "built without audio): environment_changed is not reported; recalibrate to get it",
             )
         return cls(
             encoder,
