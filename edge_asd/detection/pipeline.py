@@ -295,7 +295,7 @@ class MachinePipeline:
                 transition = dataclasses.replace(transition, environment=context)
             step.transitions.append(transition)
             if transition.kind is EventType.START:
-                self._set_state(step, self._event_state(), transition.ts)
+                self._set_state(step, MachineState.ANOMALOUS, transition.ts)
             elif transition.kind is EventType.END and self._audio_ok:
                 self._set_state(step, self._heard_state(), transition.ts)
 
@@ -312,16 +312,6 @@ class MachinePipeline:
     @property
     def environment_changed(self) -> bool:
         return self._environment is not None and self._environment.changed
-
-    def _event_state(self) -> MachineState:
-        """The state while an event is open: a changed environment outranks the alarm (it is
-        judged against a calibration that no longer applies; the event is still published, with
-        the environment as its context)."""
-        return (
-            MachineState.ENVIRONMENT_CHANGED
-            if self.environment_changed
-            else (MachineState.ANOMALOUS)
-        )
 
     def _heard_state(self) -> MachineState:
         """The state while audio flows and no event is open: a stop comes first (a stopped
@@ -462,7 +452,12 @@ class MachinePipeline:
         if change is None:
             return
         step.environment.append(EnvironmentChange(self._environment.summary, at))
-        self._set_state(step, self._event_state() if self.in_event else self._heard_state(), at)
+        if not self.in_event:
+            # An open alarm outranks the surroundings: a fault that changes most of the
+            # spectrum (a broken blade) reads the same to this monitor as a new noise, and must
+            # not be shown as one. The event carries the environment as its context instead,
+            # and its end shows the environment_changed state.
+            self._set_state(step, self._heard_state(), at)
 
     def run_recording(
         self, samples: np.ndarray, *, pad_short: bool = False, close: bool = True
