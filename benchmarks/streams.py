@@ -978,6 +978,8 @@ class StreamReport:
     reopenings: int
     seconds: float
     """Wall time of the run."""
+    environment: list[tuple[float, bool]] = field(default_factory=list)
+    """When the pipeline decided the surroundings changed (True) or returned (False)."""
 
 
 def monitor(
@@ -1029,6 +1031,7 @@ def monitor(
         lost_seconds=capture.lost_seconds,
         reopenings=capture.reopenings,
         seconds=time.perf_counter() - started,
+        environment=[(round(c.time, 3), c.changed) for c in step.environment],
     )
 
 
@@ -1335,6 +1338,7 @@ def run_scenario(
                     "capture_reopenings": report.reopenings,
                     "state_changes": len(report.states),
                     "state_changes_out_of_order": report.states_out_of_order,
+                    "environment_changes": report.environment,
                     "event_list": [vars(e) for e in report.events],
                     "wall_seconds": report.seconds,
                 }

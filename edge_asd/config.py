@@ -139,6 +139,11 @@ class MachineConfig(_Section):
     detect_stops: StrictBool = Field(
         True, description="Report a stopped machine as idle (and raise no anomaly) instead."
     )
+    detect_environment: StrictBool = Field(
+        True,
+        description="Report a lasting change of the sound around the machine (a new noise, a "
+        "moved microphone) as environment_changed (needs a bundle from this version).",
+    )
     startup_holdoff_seconds: float = Field(
         DEFAULT_HOLDOFF_SECONDS,
         ge=0.0,

@@ -21,11 +21,11 @@ from edge_asd.detection.bundle import save_bundle
 from edge_asd.detection.calibration import Clip, Framing, calibrate
 from edge_asd.model.encoder import Encoder
 from edge_asd.model.registry import resolve_model
-from edge_asd.mqtt.messages import EventMessage, StatsMessage
+from edge_asd.mqtt.messages import EnvironmentMessage, EventMessage, StatsMessage
 from edge_asd.mqtt.publisher import MqttPublisher, PublisherStats
 from edge_asd.service.daemon import Daemon
 from edge_asd.service.startup import StartupError, check_setup
-from edge_asd_dev.synth import apply_fault, machine_sound
+from edge_asd_dev.synth import apply_fault, machine_sound, mix_at_snr
 
 WAIT_SECONDS = 30.0
 FAULT_START_SECONDS = 4.0
@@ -211,6 +211,9 @@ def test_events_states_stats_and_clean_stop(
         if t.endswith("/stats")
     ]
     assert stats and stats[-1].windows_processed > 10
+    # A changed environment a previous run left retained on the broker is cleared at start.
+    environment = [p for t, p in publisher.telemetry if t.endswith("/m1/environment")]
+    assert environment and not EnvironmentMessage.from_json(environment[0]).changed
     messages = notify_socket()
     assert "READY=1" in messages
     assert "WATCHDOG=1" in messages
@@ -388,4 +391,39 @@ def test_reload_swaps_bundles_and_keeps_them_when_the_new_one_is_broken(
     (live / "bank.npz").write_bytes(b"not a bank")
     assert not daemon.reload_bundles()
     assert daemon.machines[0].bundle.bundle_id == after
+    daemon.outbox.close()
+
+
+def test_a_changed_environment_is_published_retained_and_cleared_by_a_reload(
+    bundle_dir: Path, recording: Path, tmp_path: Path
+) -> None:
+    publisher = FakePublisher()
+    daemon = Daemon(_config(tmp_path, bundle_dir, f"wav:{recording}"), publisher=publisher)
+    machine = daemon.machines[0]
+    topic = daemon.topics.environment("m1")
+    rng = np.random.default_rng(4)
+    audio = machine_sound(60.0, rng=rng)
+    # Broadband noise ten times the machine's power: surroundings calibration never heard.
+    loud = mix_at_snr(audio, rng.standard_normal(audio.size), -10.0)
+    daemon._publish_step(machine, machine.pipeline.push(loud, daemon.clock.now()))
+
+    def published() -> list[EnvironmentMessage]:
+        return [EnvironmentMessage.from_json(p) for t, p in publisher.telemetry if t == topic]
+
+    assert [m.changed for m in published()] == [True]
+    changed = published()[0]
+    assert changed.machine == "m1" and changed.level_change_db is not None
+    assert changed.level_change_db > 6.0 and len(changed.bands) == 3
+    assert changed.change_db is not None and changed.margin_db is not None
+    assert changed.change_db > changed.margin_db
+    # Events published in the changed surroundings carry them; an open alarm keeps the state
+    # anomalous, otherwise it reads environment_changed.
+    late = [e for e in publisher.events if e.environment is not None]
+    assert all(e.environment.bands for e in late)
+    if ("m1", "environment_changed") not in publisher.states:
+        assert publisher.states[-1] == ("m1", "anomalous") and late
+    # After `learn` or a recalibration the reloaded bundle judges afresh.
+    assert daemon.reload_bundles()
+    assert [m.changed for m in published()] == [True, False]
+    assert published()[-1].bands == [] and published()[-1].level_change_db is None
     daemon.outbox.close()

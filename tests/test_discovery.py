@@ -89,6 +89,7 @@ def test_machine_entities_read_the_daemons_topics() -> None:
         "state",
         "score",
         "level",
+        "environment",
         "alarm",
         "mute",
         "detection",
@@ -108,6 +109,10 @@ def test_machine_entities_read_the_daemons_topics() -> None:
     assert cmps["alarm"]["p"] == "event"
     assert cmps["alarm"]["state_topic"] == TOPICS.event("press") == "edge-asd/gw1/press/event"
     assert cmps["alarm"]["event_types"] == ["start", "end"]
+    environment = cmps["environment"]
+    assert environment["p"] == "binary_sensor" and environment["device_class"] == "problem"
+    assert environment["state_topic"] == TOPICS.environment("press")
+    assert environment["state_topic"] == "edge-asd/gw1/press/environment"
 
 
 def test_controls_command_topics() -> None:
@@ -219,6 +224,20 @@ def test_templates_render_what_ha_expects() -> None:
     assert _render(anomalous, "no_audio") == "None"  # HA: unknown
     assert _render(anomalous, "disabled") == "None"
     assert _render(anomalous, "muted") == "OFF"
+    # The detector's verdict is not to be trusted in surroundings calibration never heard.
+    assert _render(anomalous, "environment_changed") == "None"
+    environment = cmps["environment"]
+    changed = {
+        "changed": True,
+        "level_change_db": 9.5,
+        "bands": [{"hz": [447, 562], "change_db": 12.1}],
+    }
+    assert _render(environment["value_template"], json.dumps(changed)) == "ON"
+    assert _render(environment["value_template"], json.dumps({"changed": False})) == "OFF"
+    assert json.loads(_render(environment["json_attributes_template"], json.dumps(changed))) == {
+        "level_change_db": 9.5,
+        "bands": [{"hz": [447, 562], "change_db": 12.1}],
+    }
     ack = {"ok": True, "reason": None, "value": "ON", "until": "2026-11-22T04:04:05.123Z"}
     assert _render(cmps["mute"]["value_template"], json.dumps(ack)) == "ON"
     assert json.loads(_render(cmps["mute"]["json_attributes_template"], json.dumps(ack))) == {
@@ -244,6 +263,7 @@ def test_templates_render_what_ha_expects() -> None:
         "threshold": 1.0,
         "explanation": "+9 dB at 2.8-3.6 kHz, steady",
         "clip": "/var/lib/edge-asd/clips/abc.flac",
+        "environment": None,
     }
     start = {"type": "start", "event_id": "abc", "peak_score": 1.5, "threshold": 1.0}
     assert json.loads(_render(alarm, json.dumps(start)))["clip"] is None

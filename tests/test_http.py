@@ -136,6 +136,7 @@ def test_status_json_reflects_updates(served, clock: _Clock) -> None:  # type: i
     server, board, _ = served
     board.add_machine("fan", threshold=0.3)
     board.machine_state("press", "anomalous")
+    board.environment("press", "+9.5 dB overall, most at 450-560 Hz (+12.1 dB)")
     board.window("press", clock.now - 700.0, 0.2, 0.5, -31.0)  # older than the history
     board.window("press", clock.now - 1.0, 0.9, 0.5, -25.0)
     board.window("press", clock.now, float("nan"), 0.5, float("-inf"))
@@ -158,6 +159,7 @@ def test_status_json_reflects_updates(served, clock: _Clock) -> None:  # type: i
     fan, press = status["machines"]  # in the order first seen
     assert press["name"] == "press"
     assert press["state"] == "anomalous"
+    assert press["environment"] == "+9.5 dB overall, most at 450-560 Hz (+12.1 dB)"
     assert press["score"] is None  # NaN is not JSON
     assert press["dbfs"] is None
     assert press["threshold"] == 0.5
@@ -169,6 +171,7 @@ def test_status_json_reflects_updates(served, clock: _Clock) -> None:  # type: i
         "threshold": 0.3,
         "dbfs": None,
         "last_window": None,
+        "environment": None,
         "history": [],
     }
     (event,) = status["events"]

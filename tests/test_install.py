@@ -51,6 +51,7 @@ machines:
     trigger_windows: 2
     release_windows: 4
     detect_stops: true
+    detect_environment: true
     startup_holdoff_seconds: 10
     max_event_seconds: 300
     no_audio_seconds: 10

@@ -14,7 +14,7 @@ import yaml
 from edge_asd.audio.files import write_wav
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import load_bundle
-from edge_asd_dev.synth import apply_fault, machine_sound
+from edge_asd_dev.synth import apply_fault, machine_sound, mix_at_snr
 
 TIMEOUT = 240
 MODEL = "logmel-stats"
@@ -154,3 +154,31 @@ def test_learn_refuses_a_bundle_of_another_model(setup: dict[str, Path]) -> None
     )
     assert result.returncode == 2
     assert "recalibrate" in result.stderr or "model" in result.stderr
+
+
+def test_replay_reports_a_changed_environment_and_its_return(setup: dict[str, Path]) -> None:
+    # A loud broadband noise (ten times the machine's power, 500 Hz-8 kHz) next to the machine
+    # for 80 s, between stretches of the machine as calibrated.
+    rng = np.random.default_rng(12)
+    n = 80 * SAMPLE_RATE_HZ
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE_HZ)
+    spectrum[freqs < 500.0] = 0.0
+    noise = np.fft.irfft(spectrum, n)
+    loud = mix_at_snr(_machine(80.0, 31), noise, -10.0)
+    stream = setup["root"] / "loud.wav"
+    write_wav(
+        stream,
+        np.concatenate([_machine(30.0, 30), loud, _machine(60.0, 32)]).astype(np.float32),
+        SAMPLE_RATE_HZ,
+    )
+    lines = _replay(setup["config"], stream)
+    environment = [line for line in lines if line["kind"] == "environment"]
+    assert [line["changed"] for line in environment] == [True, False]
+    changed, back = environment
+    assert 30.0 + 20.0 <= changed["offset_seconds"] <= 30.0 + 40.0
+    assert changed["level_change_db"] > 6.0 and changed["change_db"] > changed["margin_db"]
+    assert all(band["hz"][0] >= 445 and band["change_db"] > 0 for band in changed["bands"])
+    states = [line["state"] for line in lines if line["kind"] == "state"]
+    assert "environment_changed" in states and states[-1] == "normal"
+    assert back["offset_seconds"] > 110.0

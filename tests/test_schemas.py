@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 from edge_asd.mqtt import schemas
 from edge_asd.mqtt.messages import (
     PAYLOAD_MODELS,
+    SCHEMA_ENVIRONMENT,
     SCHEMA_EVENT,
     SCHEMA_SCORE,
     SCHEMA_STATS,
+    EnvironmentMessage,
     EventMessage,
     EventType,
     MachineState,
@@ -43,10 +45,19 @@ GOLDEN_EVENT = (
     '"start_ts":"2026-11-22T03:04:02.623Z","end_ts":"2026-11-22T03:04:05.123Z","score":null,'
     '"peak_score":1e-05,"threshold":1e+16,"windows_over":5,"dbfs":null,"duration_seconds":2.5,'
     '"model":{"name":"logmel-stats","version":"1.0.0","sha256":"'
-    + "ab" * 32
-    + '"},"bundle_id":"b-1","clip":null,"explanation":null,"clip_url":null,"reason":null}'
+    + "ab"
+    * 32
+    + '"},"bundle_id":"b-1","clip":null,"explanation":null,"clip_url":null,"reason":null,'
+    '"environment":null}'
 )
-"""clip and explanation were added within version 1; everything before them is unchanged."""
+"""clip, explanation, reason and environment were added within version 1; everything before
+them is unchanged."""
+GOLDEN_ENVIRONMENT = (
+    '{"schema":"edge-asd.environment/1","node":"gw-1","machine":"press-1",'
+    '"ts":"2026-11-22T03:04:05.123Z","changed":true,"level_change_db":9.5,"change_db":8.2,'
+    '"margin_db":6.1,"bands":[{"hz":[447.0,562.0],"change_db":12.1},'
+    '{"hz":[562.0,708.0],"change_db":-3.0}]}'
+)
 GOLDEN_SCORE = (
     '{"schema":"edge-asd.score/1","node":"gw-1","machine":"press-1",'
     '"ts":"2026-11-22T03:04:05.123Z","score":0.30000000000000004,"threshold":1.2,'
@@ -121,6 +132,19 @@ def stats(**changes: Any) -> StatsMessage:
     return StatsMessage(**fields)
 
 
+def environment() -> EnvironmentMessage:
+    return EnvironmentMessage(
+        node="gw-1",
+        machine="press-1",
+        ts=format_ts(TS),
+        changed=True,
+        level_change_db=9.5,
+        change_db=8.2,
+        margin_db=6.1,
+        bands=[{"hz": [447, 562], "change_db": 12.1}, {"hz": [562, 708], "change_db": -3.0}],
+    )
+
+
 def validator(schema_id: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(
         json_schema(schema_id), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -143,7 +167,9 @@ def test_generator_cli_writes_and_checks(tmp_path: Path) -> None:
     assert schemas.stale_files(tmp_path) == []
 
 
-@pytest.mark.parametrize("schema_id", [SCHEMA_EVENT, SCHEMA_SCORE, SCHEMA_STATS])
+@pytest.mark.parametrize(
+    "schema_id", [SCHEMA_EVENT, SCHEMA_SCORE, SCHEMA_STATS, SCHEMA_ENVIRONMENT]
+)
 def test_generated_schema_is_strict_draft_2020_12(schema_id: str) -> None:
     schema = json_schema(schema_id)
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -160,7 +186,12 @@ def test_generated_schema_is_strict_draft_2020_12(schema_id: str) -> None:
 
 @pytest.mark.parametrize(
     ("message", "golden"),
-    [(event, GOLDEN_EVENT), (score, GOLDEN_SCORE), (stats, GOLDEN_STATS)],
+    [
+        (event, GOLDEN_EVENT),
+        (score, GOLDEN_SCORE),
+        (stats, GOLDEN_STATS),
+        (environment, GOLDEN_ENVIRONMENT),
+    ],
 )
 def test_wire_bytes_unchanged(message: Any, golden: str) -> None:
     built = message()
@@ -337,7 +368,9 @@ def doc_sections() -> dict[str, str]:
     return sections
 
 
-@pytest.mark.parametrize("schema_id", [SCHEMA_EVENT, SCHEMA_SCORE, SCHEMA_STATS])
+@pytest.mark.parametrize(
+    "schema_id", [SCHEMA_EVENT, SCHEMA_SCORE, SCHEMA_STATS, SCHEMA_ENVIRONMENT]
+)
 def test_docs_match_the_payloads(schema_id: str) -> None:
     section = doc_sections()[schema_id]
     properties = list(json_schema(schema_id)["properties"])

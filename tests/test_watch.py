@@ -14,8 +14,15 @@ import pytest
 import yaml
 from paho.mqtt import publish as paho_publish
 
-from edge_asd.mqtt.messages import EventMessage, ModelRef, StatsMessage, format_ts
-from edge_asd.mqtt.watch import NodeSnapshot, format_event, format_status
+from edge_asd.mqtt.messages import (
+    EnvironmentMessage,
+    EventMessage,
+    ModelRef,
+    StatsMessage,
+    Topics,
+    format_ts,
+)
+from edge_asd.mqtt.watch import NodeSnapshot, format_event, format_message, format_status
 from tests.mqtt_fixture import (
     MosquittoBroker,
     mosquitto_broker,  # noqa: F401 - fixture
@@ -223,3 +230,31 @@ def test_tail_count_and_line_formats() -> None:
         "node x: nothing retained on the broker (never connected here, or another node_id, "
         "topic_prefix or broker?)"
     ]
+
+
+def test_environment_in_status_and_tail() -> None:
+    topics = Topics("edge-asd", NODE)
+    changed = EnvironmentMessage(
+        node=NODE,
+        machine="press-1",
+        ts=format_ts(TS),
+        changed=True,
+        level_change_db=9.5,
+        change_db=8.2,
+        margin_db=6.1,
+        bands=[{"hz": [447, 562], "change_db": 12.1}],
+    ).to_json()
+    snapshot = NodeSnapshot(NODE)
+    snapshot.add(topics, f"{BASE}/press-1/state", b"environment_changed")
+    snapshot.add(topics, f"{BASE}/press-1/environment", changed.encode())
+    lines = format_status(snapshot)
+    assert "environment_changed" in lines[1]
+    assert "surroundings changed: +9.5 dB overall, most at 447-562 Hz (+12.1 dB)" in lines[1]
+    line = format_message(topics, f"{BASE}/press-1/environment", changed.encode(), now=TS, tz=UTC)
+    assert line == (
+        "press-1 ENVIRONMENT 03:04:05 changed: +9.5 dB overall, most at 447-562 Hz (+12.1 dB)"
+    )
+    cleared = json.dumps({"changed": False}).encode()
+    assert format_message(topics, f"{BASE}/press-1/environment", cleared, now=TS, tz=UTC) == (
+        "press-1 ENVIRONMENT 03:04:05 as calibrated"
+    )

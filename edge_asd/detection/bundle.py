@@ -9,7 +9,8 @@ On disk a bundle is a directory with two files:
 - ``bundle.json``: every other field, human-readable, including ``rho_scope`` and
   ``exclusion_windows``, the calibrated sequential decision (``evidence``) and the running
   machine's level profile (``running_profile``) and the normal audio's 1/3-octave band profile
-  (``band_profile``, explains events); ``off_embeddings`` in ``bank.npz`` holds the
+  (``band_profile``, explains events) and the band levels of every 10 s block of it
+  (``environment``, tells a changed environment); ``off_embeddings`` in ``bank.npz`` holds the
   recordings of the stopped machine when calibration had them;
 - ``report.json``: the calibration report (what was measured and decided, warnings).
 
@@ -44,6 +45,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from edge_asd.detection.environment import EnvironmentProfile
 from edge_asd.detection.evidence import EvidenceSettings
 from edge_asd.detection.explain import BandProfile
 from edge_asd.detection.memory_bank import NO_EXCLUSION, MemoryBank
@@ -133,6 +135,9 @@ class Bundle:
     band_profile: BandProfile | None = None
     """1/3-octave levels of the normal audio, the reference that explains an event
     (`explain.explain`); None in older bundles (the daemon then uses the clip's pre-roll)."""
+    environment: EnvironmentProfile | None = None
+    """Band levels of each 10 s block of the normal audio: the conditions calibration heard
+    (`detection.environment`); None in older bundles (no `environment_changed` then)."""
     report: dict[str, Any] | None = None
     """The calibration report (report.json)."""
     created: str = field(default_factory=utc_now_iso)
@@ -217,6 +222,7 @@ class Bundle:
             "has_levels": self.levels is not None,
             "target_false_alarms_per_week": self.target_false_alarms_per_week,
             "band_profile": None if self.band_profile is None else self.band_profile.to_dict(),
+            "environment": None if self.environment is None else self.environment.to_dict(),
         }
 
 
@@ -388,6 +394,7 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
         profile = meta.get("running_profile")
         target = meta.get("target_false_alarms_per_week")
         bands = meta.get("band_profile")
+        environment = meta.get("environment")
         bundle = Bundle(
             embeddings=bank.embeddings,
             rho=bank.rho,
@@ -416,6 +423,7 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
             levels=bank.levels,
             target_false_alarms_per_week=None if target is None else float(target),
             band_profile=None if bands is None else BandProfile.from_dict(bands),
+            environment=None if environment is None else EnvironmentProfile.from_dict(environment),
             report=_read_report(path),
         )
     except KeyError as exc:

@@ -40,6 +40,7 @@ from edge_asd.constants import (
     seconds_to_samples,
 )
 from edge_asd.detection.bundle import Bundle
+from edge_asd.detection.environment import environment_profile
 from edge_asd.detection.evidence import fit_evidence
 from edge_asd.detection.explain import BandProfile, band_profile
 from edge_asd.detection.memory_bank import (
@@ -531,6 +532,10 @@ def calibrate(
         off_files=off_files,
     )
     bundle.band_profile = normal_band_profile(checked)
+    try:
+        bundle.environment = environment_profile(checked)
+    except ValueError as exc:
+        _LOGGER.warning("calibration: no environment profile (%s)", exc)
     return bundle
 
 

@@ -25,6 +25,7 @@ from edge_asd.detection.states import EventType
 if TYPE_CHECKING:
     # Only for types: the config reads this module's defaults, and the CLI parser must not
     # load numpy (evidence's) before `run` has limited the BLAS threads.
+    from edge_asd.detection.environment import EnvironmentSummary
     from edge_asd.detection.evidence import EvidenceSettings
 
 # The hysteresis defaults, defined here once: the config's machine section, the detector and
@@ -85,6 +86,9 @@ class EventTransition:
     dbfs: float
     """Level of the window that caused this transition."""
     peak_dbfs: float
+    environment: EnvironmentSummary | None = None
+    """Set by the pipeline while the sound around the machine differs from calibration: the
+    context an alarm raised then must carry."""
 
 
 @dataclass(frozen=True)

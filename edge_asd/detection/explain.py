@@ -139,7 +139,7 @@ def band_edges(sample_rate: int = SAMPLE_RATE_HZ) -> FloatArray:
     return np.asarray(edges, dtype=np.float64)
 
 
-def _band_matrix(edges: FloatArray, frame: int, sample_rate: int) -> FloatArray:
+def band_matrix(edges: FloatArray, frame: int, sample_rate: int) -> FloatArray:
     """[B, bins] 0/1 weights summing each band's bins; a band narrower than a bin takes the bin
     nearest its centre, so no band is ever empty."""
     freqs = np.fft.rfftfreq(frame, 1.0 / sample_rate)
@@ -152,15 +152,18 @@ def _band_matrix(edges: FloatArray, frame: int, sample_rate: int) -> FloatArray:
     return matrix
 
 
-def _band_power(samples: npt.ArrayLike, sample_rate: int) -> tuple[FloatArray, FloatArray]:
-    """(band edges [B, 2], per-frame band power [T, B])."""
+def band_power(
+    samples: npt.ArrayLike, sample_rate: int = SAMPLE_RATE_HZ, hop: int = HOP_SAMPLES
+) -> tuple[FloatArray, FloatArray]:
+    """(band edges [B, 2], per-frame band power [T, B]) of `FRAME_SAMPLES` frames every `hop`
+    samples."""
     edges = band_edges(sample_rate)
     # Chunk by chunk into bands: the [T, bins] spectrum of an event is never held whole
     # (the daemon explains on its inference thread, under a 100 MB memory target).
-    weights = _band_matrix(edges, FRAME_SAMPLES, sample_rate).T.astype(np.float32)
+    weights = band_matrix(edges, FRAME_SAMPLES, sample_rate).T.astype(np.float32)
     x = np.asarray(samples)
-    bands = np.empty((_frame_count(x.size, FRAME_SAMPLES, HOP_SAMPLES), edges.shape[0]))
-    for start, chunk in _power_chunks(x, FRAME_SAMPLES, HOP_SAMPLES):
+    bands = np.empty((_frame_count(x.size, FRAME_SAMPLES, hop), edges.shape[0]))
+    for start, chunk in _power_chunks(x, FRAME_SAMPLES, hop):
         bands[start : start + chunk.shape[0]] = chunk @ weights
     return edges, bands
 
@@ -227,7 +230,7 @@ class BandProfile:
 def band_profile(samples: npt.ArrayLike, *, sample_rate: int = SAMPLE_RATE_HZ) -> BandProfile:
     """The reference profile of normal audio (calibration, or a clip's pre-roll)."""
     x = _check_samples(samples, "band_profile")
-    edges, power = _band_power(x, sample_rate)
+    edges, power = band_power(x, sample_rate)
     levels = _db(power)
     return BandProfile(
         edges_hz=edges,
@@ -437,7 +440,7 @@ def explain(
         raise ValueError(
             f"explain: profile is for {profile.sample_rate} Hz audio, samples are {sample_rate} Hz"
         )
-    edges, power = _band_power(x, sample_rate)
+    edges, power = band_power(x, sample_rate)
     if edges.shape != profile.edges_hz.shape or not np.allclose(edges, profile.edges_hz):
         raise ValueError("explain: the profile's bands do not match this module's bands")
     first, last = _choose_bands(np.mean(power, axis=0), profile)

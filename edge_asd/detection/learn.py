@@ -149,6 +149,10 @@ def learn(
     # The normal spectrum does not change by adding unheard normal running to the bank: keep
     # the calibration's band profile (it explains events); the learned audio is not needed.
     learned.band_profile = bundle.band_profile
+    # The surroundings it was learned in, though, are now known: a changed environment that
+    # is learned stops being reported (older bundles without the profile stay without).
+    if bundle.environment is not None:
+        learned.environment = bundle.environment.extended(checked)
     if learned.report is not None:
         learned.report["files"] = previous_files + learned.report["files"]
         learned.report["learned"] = [clip.name for clip in clips]

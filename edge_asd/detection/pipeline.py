@@ -13,6 +13,8 @@ time at the END of each block it pushes, and every window's start and end follow
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,11 @@ from edge_asd.audio.levels import window_dbfs
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.detection.bundle import Bundle, check_model
 from edge_asd.detection.detector import Detector, DetectorSettings, EventTransition
+from edge_asd.detection.environment import (
+    EnvironmentMonitor,
+    EnvironmentProfile,
+    EnvironmentSummary,
+)
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.methods import check_method
 from edge_asd.detection.running import (
@@ -35,6 +42,8 @@ from edge_asd.detection.running import (
 from edge_asd.detection.states import EventType, MachineState
 from edge_asd.detection.windowing import Windower, iter_window_batches
 from edge_asd.model.contract import ModelInfo
+
+_LOGGER = logging.getLogger(__name__)
 
 EMBED_BATCH_WINDOWS: Final = 32
 """Windows per encoder call offline: bounds memory (a 1 s window is 64 kB) without starving the
@@ -115,6 +124,19 @@ class StateChange:
     time: float
 
 
+@dataclass(frozen=True)
+class EnvironmentChange:
+    """The sound around the machine changed (`summary` says how) or returned to calibrated
+    conditions (`summary` None) at `time` (caller's clock)."""
+
+    summary: EnvironmentSummary | None
+    time: float
+
+    @property
+    def changed(self) -> bool:
+        return self.summary is not None
+
+
 @dataclass
 class PipelineStep:
     """Everything one call caused, in time order within each list."""
@@ -122,6 +144,7 @@ class PipelineStep:
     windows: list[WindowResult] = field(default_factory=list)
     transitions: list[EventTransition] = field(default_factory=list)
     state_changes: list[StateChange] = field(default_factory=list)
+    environment: list[EnvironmentChange] = field(default_factory=list)
     inference_seconds: float = 0.0
     """CPU wall time spent embedding and scoring the windows of this step."""
 
@@ -129,6 +152,7 @@ class PipelineStep:
         self.windows.extend(other.windows)
         self.transitions.extend(other.transitions)
         self.state_changes.extend(other.state_changes)
+        self.environment.extend(other.environment)
         self.inference_seconds += other.inference_seconds
 
 
@@ -156,6 +180,8 @@ class MachinePipeline:
     known); with them it also tracks the machine state and raises events. With `running`
     settings it also tells a stopped machine (`idle`) from a running one, from the calibrated
     level `profile` and, when given, a bank of recordings of the stopped machine (`off_bank`).
+    With an `environment` profile (and detector settings) it also tells when the sound around
+    the running machine no longer resembles calibration (`environment_changed`).
     """
 
     def __init__(
@@ -170,6 +196,7 @@ class MachinePipeline:
         running: RunningSettings | None = None,
         profile: RunningProfile | None = None,
         off_bank: MemoryBank | None = None,
+        environment: EnvironmentProfile | None = None,
     ) -> None:
         check_method(method)
         if window_samples <= 0 or hop_samples <= 0:
@@ -193,6 +220,13 @@ class MachinePipeline:
         self.profile = profile
         self.off_bank = off_bank
         self._running = None if running is None else RunningMonitor(running)
+        self._environment: EnvironmentMonitor | None = None
+        if environment is not None and detector is not None:
+            try:
+                self._environment = EnvironmentMonitor(environment, self.hop_samples)
+            except ValueError as exc:
+                # A profile this version cannot use costs the monitor, never the machine.
+                _LOGGER.warning("environment monitor off: %s; recalibrate to get it", exc)
         self._state: MachineState | None = None
         self._audio_ok = False
         self._windows_since_gap = 0
@@ -207,11 +241,19 @@ class MachinePipeline:
         detector: DetectorSettings | None = None,
         hop_samples: int | None = None,
         running: RunningSettings | None = None,
+        detect_environment: bool = True,
     ) -> MachinePipeline:
         """A pipeline with the bundle's bank, method, framing (hop overridable), running-level
-        profile and stopped-machine bank; the encoder must be the calibrated one (BundleError
-        otherwise)."""
+        profile, stopped-machine bank and, with `detect_environment`, its environment profile;
+        the encoder must be the calibrated one (BundleError otherwise)."""
         check_model(bundle, encoder.info, bundle.bundle_id)
+        environment = bundle.environment if detect_environment else None
+        if detect_environment and detector is not None and environment is None:
+            _log_once(
+                bundle.bundle_id,
+                "bundle %s has no environment profile (calibrated by an older edge-asd, or "
+                "built without audio): environment_changed is not reported; recalibrate to get it",
+            )
         return cls(
             encoder,
             bundle.memory_bank(),
@@ -222,6 +264,7 @@ class MachinePipeline:
             running=running,
             profile=bundle.running_profile,
             off_bank=bundle.off_bank(),
+            environment=environment,
         )
 
     # ------------------------------------------------------------------ state
@@ -246,7 +289,10 @@ class MachinePipeline:
         self._state = state
 
     def _apply(self, step: PipelineStep, transitions: list[EventTransition]) -> None:
+        context = self.environment
         for transition in transitions:
+            if context is not None:
+                transition = dataclasses.replace(transition, environment=context)
             step.transitions.append(transition)
             if transition.kind is EventType.START:
                 self._set_state(step, MachineState.ANOMALOUS, transition.ts)
@@ -258,9 +304,23 @@ class MachinePipeline:
         """The machine is known to be stopped."""
         return self._running is not None and self._running.idle
 
+    @property
+    def environment(self) -> EnvironmentSummary | None:
+        """How the sound around the machine differs from calibration, while it does."""
+        return None if self._environment is None else self._environment.summary
+
+    @property
+    def environment_changed(self) -> bool:
+        return self._environment is not None and self._environment.changed
+
     def _heard_state(self) -> MachineState:
-        """The state while audio flows and no event is open."""
-        return MachineState.IDLE if self.idle else MachineState.NORMAL
+        """The state while audio flows and no event is open: a stop comes first (a stopped
+        machine's room says nothing about its surroundings), then a changed environment."""
+        if self.idle:
+            return MachineState.IDLE
+        if self.environment_changed:
+            return MachineState.ENVIRONMENT_CHANGED
+        return MachineState.NORMAL
 
     def set_audio(self, ok: bool, at: float) -> PipelineStep:
         """The machine's audio came (back) or was lost; lost audio ends an open event."""
@@ -278,6 +338,8 @@ class MachinePipeline:
     def reset(self) -> None:
         """Audio before the next push was lost: never splice a window across the gap."""
         self._windower.reset()
+        if self._environment is not None:
+            self._environment.reset()
         self._windows_since_gap = 0
         self._samples_since_gap = 0
 
@@ -356,6 +418,8 @@ class MachinePipeline:
                 )
                 if not self._judge_running(step, stopped, result.end_time):
                     continue
+            if self._environment is not None:
+                self._judge_environment(step, window, result.end_time)
             self._apply(
                 step,
                 self._detector.process(
@@ -375,11 +439,25 @@ class MachinePipeline:
             self._apply(step, self._detector.close(at))
             self._set_state(step, MachineState.IDLE, at)
         elif change is False:
-            self._set_state(step, MachineState.NORMAL, at)
+            self._set_state(step, self._heard_state(), at)
         if stopped and not self._detector.in_event:
             # The windows just before a stop are its transient: do not keep their evidence.
             self._detector.close(at)
         return not (stopped or self._running.idle or self._running.holding_off(at))
+
+    def _judge_environment(self, step: PipelineStep, window: np.ndarray, at: float) -> None:
+        """Feed one window of the running machine to the environment monitor."""
+        assert self._environment is not None and self._detector is not None
+        change = self._environment.update(window)
+        if change is None:
+            return
+        step.environment.append(EnvironmentChange(self._environment.summary, at))
+        if not self.in_event:
+            # An open alarm outranks the surroundings: a fault that changes most of the
+            # spectrum (a broken blade) reads the same to this monitor as a new noise, and must
+            # not be shown as one. The event carries the environment as its context instead,
+            # and its end shows the environment_changed state.
+            self._set_state(step, self._heard_state(), at)
 
     def run_recording(
         self, samples: np.ndarray, *, pad_short: bool = False, close: bool = True
@@ -412,6 +490,17 @@ class MachinePipeline:
 
     def _batches(self, x: np.ndarray) -> Iterator[np.ndarray]:
         return iter_window_batches(x, self.window_samples, self.hop_samples, EMBED_BATCH_WINDOWS)
+
+
+_LOGGED_BUNDLES: set[str] = set()
+
+
+def _log_once(bundle_id: str, message: str) -> None:
+    """Log `message` (with the bundle id) once per bundle and process: not again for every
+    replayed file or reload."""
+    if bundle_id not in _LOGGED_BUNDLES:
+        _LOGGED_BUNDLES.add(bundle_id)
+        _LOGGER.info(message, bundle_id)
 
 
 class _TimeOf(Protocol):

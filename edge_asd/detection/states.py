@@ -16,6 +16,11 @@ class MachineState(StrEnum):
     IDLE = "idle"
     """The machine is not running (silence, far below its running level, or sounding like the
     recordings of it stopped); no anomaly is raised."""
+    ENVIRONMENT_CHANGED = "environment_changed"
+    """The machine runs, but the sound around it no longer resembles anything heard at
+    calibration (a new noise source, a moved microphone, a changed gain): detection goes on,
+    its sensitivity is not what calibration measured. Recalibrate or `learn` the new condition
+    (the ``environment`` topic says how the sound changed)."""
     NO_AUDIO = "no_audio"
     CALIBRATING = "calibrating"
     MUTED = "muted"

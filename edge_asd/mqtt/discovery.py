@@ -12,7 +12,8 @@ gateway's message followed by one message per machine:
 - gateway device: diagnostic sensors from ``<prefix>/<node>/stats`` (inference time, dropped
   windows, outbox depth, reconnects, capture overruns);
 - each machine's device (``via_device``: the gateway): anomalous (binary_sensor, problem) and
-  machine state (enum sensor) from ``<machine>/state``; score and level (dBFS) from
+  machine state (enum sensor) from ``<machine>/state``; surroundings changed (binary_sensor,
+  problem) from ``<machine>/environment``; score and level (dBFS) from
   ``<machine>/score``; an ``event`` entity firing ``start``/``end`` from ``<machine>/event``;
   and the controls: mute and enable-detection switches and a learn-last-event button, whose
   commands go to ``<prefix>/<node>/<machine>/cmd/<name>``.
@@ -70,11 +71,19 @@ ANOMALOUS_TEMPLATE: Final = (
     + MachineState.CALIBRATING.value
     + "', '"
     + MachineState.DISABLED.value
+    + "', '"
+    + MachineState.ENVIRONMENT_CHANGED.value
     + "'] %}None"
     "{% else %}OFF{% endif %}"
 )
-"""No audio, calibrating or detection switched off: HA shows 'unknown' (the template's 'None')
+"""No audio, calibrating, detection switched off or surroundings unlike calibration (the
+detector's verdict is not to be trusted then): HA shows 'unknown' (the template's 'None')
 rather than a false 'OK'. Muted reads OFF: silencing the alarm is what muting is for."""
+ENVIRONMENT_TEMPLATE: Final = "{{ 'ON' if value_json.changed else 'OFF' }}"
+ENVIRONMENT_ATTRIBUTES_TEMPLATE: Final = (
+    "{{ {'level_change_db': value_json.level_change_db, 'bands': value_json.bands} | to_json }}"
+)
+"""The environment message's level change and most changed bands, as the sensor's attributes."""
 CONTROL_VALUE_TEMPLATE: Final = "{{ value_json.value }}"
 """A control's state topic carries the daemon's JSON acknowledgement (`service.controls`);
 its ``value`` is the switch's ON/OFF."""
@@ -87,7 +96,8 @@ EVENT_TEMPLATE: Final = (
     "{% if value_json.type in ['" + EventType.START.value + "', '" + EventType.END.value + "'] %}"
     "{{ {'event_type': value_json.type, 'event_id': value_json.event_id, "
     "'peak_score': value_json.peak_score, 'threshold': value_json.threshold, "
-    "'explanation': value_json.get('explanation'), 'clip': value_json.get('clip')} "
+    "'explanation': value_json.get('explanation'), 'clip': value_json.get('clip'), "
+    "'environment': value_json.get('environment')} "
     "| to_json }}{% endif %}"
 )
 """Start and end fire the event entity (with the event's id, peak, explanation and clip as
@@ -285,6 +295,19 @@ def machine_components(node_id: str, machine: str, topics: Topics) -> dict[str, 
             "state_class": "measurement",
             "suggested_display_precision": 1,
             "icon": "mdi:volume-high",
+        },
+        "environment": {
+            "p": "binary_sensor",
+            "name": "Surroundings changed",
+            "unique_id": f"{uid}_environment",
+            "device_class": "problem",
+            "state_topic": topics.environment(machine),
+            "value_template": ENVIRONMENT_TEMPLATE,
+            "json_attributes_topic": topics.environment(machine),
+            "json_attributes_template": ENVIRONMENT_ATTRIBUTES_TEMPLATE,
+            "payload_on": SWITCH_ON,
+            "payload_off": SWITCH_OFF,
+            "icon": "mdi:home-sound-out",
         },
         "alarm": {
             "p": "event",

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Final, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -35,11 +35,15 @@ from pydantic import (
 
 from edge_asd.detection.states import EndReason, EventType, MachineState
 
+if TYPE_CHECKING:
+    from edge_asd.detection.environment import EnvironmentSummary
+
 _LOGGER = logging.getLogger(__name__)
 
 SCHEMA_EVENT: Final = "edge-asd.event/1"
 SCHEMA_SCORE: Final = "edge-asd.score/1"
 SCHEMA_STATS: Final = "edge-asd.stats/1"
+SCHEMA_ENVIRONMENT: Final = "edge-asd.environment/1"
 
 DEFAULT_TOPIC_PREFIX: Final = "edge-asd"
 
@@ -169,6 +173,47 @@ class ModelRef(_WireModel):
         return cls.model_validate(data)
 
 
+class BandChangeRef(_WireModel):
+    """One 1/3-octave band's level change against the nearest calibrated condition."""
+
+    hz: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(
+        description="Lower and upper edge of the band, Hz."
+    )
+    change_db: float = Field(description="Level change of the band, dB (negative: quieter).")
+
+
+def _band_refs(summary: EnvironmentSummary) -> list[BandChangeRef]:
+    return [BandChangeRef.model_validate(band.to_dict()) for band in summary.bands]
+
+
+class EnvironmentInfo(_WireModel):
+    """How the sound around the machine differs from calibration (an event's context)."""
+
+    level_change_db: float = Field(
+        description="Broadband level change (bands from 88 Hz up) against the nearest "
+        "calibrated condition, dB."
+    )
+    change_db: float = Field(
+        description="Median over the 1/3-octave bands of the absolute level change, dB: what "
+        "is compared with margin_db."
+    )
+    margin_db: float = Field(
+        description="The change beyond which this machine's surroundings count as changed: the "
+        "calibration's own spread plus 3 dB."
+    )
+    bands: list[BandChangeRef] = Field(description="The bands that changed most, largest first.")
+
+    @classmethod
+    def from_summary(cls, summary: EnvironmentSummary) -> EnvironmentInfo:
+        data = summary.to_dict()
+        return cls(
+            level_change_db=data["level_change_db"],
+            change_db=data["change_db"],
+            margin_db=data["margin_db"],
+            bands=_band_refs(summary),
+        )
+
+
 class Payload(_WireModel):
     """A top-level payload: carries its ``schema`` id and reads back from JSON."""
 
@@ -277,6 +322,13 @@ class EventMessage(Payload):
         description="Set on an end the sound did not cause: restart (the daemon died with the "
         "event open and closed it at its next start), shutdown, fault (a worker thread "
         "failed) or reload (bundles reloaded); null otherwise.",
+    )
+    environment: EnvironmentInfo | None = Field(
+        default=None,
+        description="Set while the sound around the machine differs from calibration "
+        "(state environment_changed): the event was raised or went on in surroundings the "
+        "calibration never heard, so it may be the surroundings rather than the machine; "
+        "null otherwise.",
     )
 
     @property
@@ -410,10 +462,79 @@ class StatsMessage(Payload):
     )
 
 
+class EnvironmentMessage(Payload):
+    """Whether the sound around a machine still resembles its calibration, retained on
+    <prefix>/<node>/<machine>/environment, QoS 0: published when it changes (and
+    `changed` false at start-up and after a reload), republished after every (re)connect.
+    """
+
+    model_config = ConfigDict(title="edge-asd environment")
+    SCHEMA_ID: ClassVar[str] = SCHEMA_ENVIRONMENT
+
+    schema_id: Literal["edge-asd.environment/1"] = Field(
+        default=SCHEMA_ENVIRONMENT, alias="schema", description=_SCHEMA_FIELD_DESCRIPTION
+    )
+    node: TopicLevel = Field(description="Node id (one MQTT topic level).")
+    machine: TopicLevel = Field(description="Machine name (one MQTT topic level).")
+    ts: Timestamp = Field(
+        description="When the change (or the return) was decided; ISO 8601 UTC with milliseconds."
+    )
+    changed: bool = Field(
+        description="True: for tens of seconds the sound around the running machine has not "
+        "resembled anything heard at calibration (state environment_changed); recalibrate or "
+        "learn the new condition. False: it does (again), or the monitor just started."
+    )
+    level_change_db: float | None = Field(
+        description="Broadband level change against the nearest calibrated condition, dB; "
+        "null when changed is false."
+    )
+    change_db: float | None = Field(
+        description="Median over the 1/3-octave bands of the absolute level change, dB; null "
+        "when changed is false."
+    )
+    margin_db: float | None = Field(
+        description="This machine's margin for change_db (the calibration's own spread plus "
+        "3 dB); null when changed is false."
+    )
+    bands: list[BandChangeRef] = Field(
+        description="The bands that changed most, largest change first; empty when changed is "
+        "false."
+    )
+
+    @classmethod
+    def build(
+        cls, node: str, machine: str, ts: str, summary: EnvironmentSummary | None
+    ) -> EnvironmentMessage:
+        """The message for `summary` (None: the environment is as calibrated)."""
+        if summary is None:
+            return cls(
+                node=node,
+                machine=machine,
+                ts=ts,
+                changed=False,
+                level_change_db=None,
+                change_db=None,
+                margin_db=None,
+                bands=[],
+            )
+        info = EnvironmentInfo.from_summary(summary)
+        return cls(
+            node=node,
+            machine=machine,
+            ts=ts,
+            changed=True,
+            level_change_db=info.level_change_db,
+            change_db=info.change_db,
+            margin_db=info.margin_db,
+            bands=info.bands,
+        )
+
+
 PAYLOAD_MODELS: Final[Mapping[str, type[Payload]]] = {
     SCHEMA_EVENT: EventMessage,
     SCHEMA_SCORE: ScoreMessage,
     SCHEMA_STATS: StatsMessage,
+    SCHEMA_ENVIRONMENT: EnvironmentMessage,
 }
 """Payload model of each ``schema`` id."""
 
@@ -443,6 +564,11 @@ def score_schema() -> dict[str, Any]:
 def stats_schema() -> dict[str, Any]:
     """JSON Schema of `StatsMessage` payloads."""
     return json_schema(SCHEMA_STATS)
+
+
+def environment_schema() -> dict[str, Any]:
+    """JSON Schema of `EnvironmentMessage` payloads."""
+    return json_schema(SCHEMA_ENVIRONMENT)
 
 
 def _check_topic_name(key: str, value: str) -> None:
@@ -504,6 +630,9 @@ class Topics:
 
     def score(self, machine: str) -> str:
         return self._machine(machine, "score")
+
+    def environment(self, machine: str) -> str:
+        return self._machine(machine, "environment")
 
     @property
     def all(self) -> str:

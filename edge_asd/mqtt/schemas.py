@@ -20,7 +20,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-from edge_asd.mqtt.messages import PAYLOAD_MODELS, SCHEMA_EVENT, SCHEMA_SCORE, SCHEMA_STATS
+from edge_asd.mqtt.messages import (
+    PAYLOAD_MODELS,
+    SCHEMA_ENVIRONMENT,
+    SCHEMA_EVENT,
+    SCHEMA_SCORE,
+    SCHEMA_STATS,
+)
 
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_DIR: Final = Path(__file__).resolve().parent.parent / "schemas"
@@ -29,6 +35,7 @@ SCHEMA_FILES: Final[Mapping[str, str]] = {
     SCHEMA_EVENT: "event.schema.json",
     SCHEMA_SCORE: "score.schema.json",
     SCHEMA_STATS: "stats.schema.json",
+    SCHEMA_ENVIRONMENT: "environment.schema.json",
 }
 
 # Root keywords first, in reading order; the rest keep pydantic's (sorted) order.

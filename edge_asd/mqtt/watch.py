@@ -149,6 +149,8 @@ class NodeSnapshot:
     controls: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     """machine -> control -> its last acknowledgement."""
     stats: dict[str, Any] | None = None
+    environments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """machine -> its retained environment message."""
 
     def add(self, topics: Topics, topic: str, payload: bytes) -> None:
         if not topic.startswith(topics.base + "/") or not payload:
@@ -161,6 +163,10 @@ class NodeSnapshot:
             self.stats = _json(text)
         elif len(levels) == 2 and levels[1] == "state":
             self.states[levels[0]] = text
+        elif len(levels) == 2 and levels[1] == "environment":
+            environment = _json(text)
+            if environment is not None:
+                self.environments[levels[0]] = environment
         elif len(levels) == 4 and levels[1] == "cmd" and levels[3] == CONTROL_STATE_LEAF:
             ack = _json(text)
             if ack is not None:
@@ -210,6 +216,26 @@ def collect_status(
     return snapshot
 
 
+def format_environment(payload: dict[str, Any]) -> str:
+    """'changed: +9.5 dB overall, most at 447-562 Hz (+12.1 dB)', or 'as calibrated'."""
+    if not payload.get("changed"):
+        return "as calibrated"
+    text = f"changed: {_signed(payload.get('level_change_db'))} dB overall"
+    bands = payload.get("bands")
+    if isinstance(bands, list) and bands and isinstance(bands[0], dict):
+        hz = bands[0].get("hz")
+        if isinstance(hz, list) and len(hz) == 2:
+            text += (
+                f", most at {float(hz[0]):.0f}-{float(hz[1]):.0f} Hz "
+                f"({_signed(bands[0].get('change_db'))} dB)"
+            )
+    return text
+
+
+def _signed(value: object) -> str:
+    return f"{value:+.1f}" if isinstance(value, int | float) else "?"
+
+
 def _control_note(controls: dict[str, dict[str, Any]], tz: tzinfo | None) -> str:
     notes = []
     mute = controls.get("mute", {})
@@ -249,6 +275,10 @@ def format_status(snapshot: NodeSnapshot, *, tz: tzinfo | None = None) -> list[s
             machines.setdefault(str(name), str(state))
     for name in sorted(machines):
         note = _control_note(snapshot.controls.get(name, {}), tz)
+        environment = snapshot.environments.get(name)
+        if environment is not None and environment.get("changed"):
+            surroundings = f"surroundings {format_environment(environment)}"
+            note = f"{note}, {surroundings}" if note else surroundings
         line = f"  {name:<{_MACHINE_WIDTH}} {machines[name]}"
         lines.append(f"{line:<{_MACHINE_WIDTH + 16}} {note}".rstrip())
     if stats is not None:
@@ -312,6 +342,9 @@ def format_message(
     if len(levels) == 2 and levels[1] == "event":
         data = _json(text)
         return None if data is None else format_event(data, tz=tz)
+    if len(levels) == 2 and levels[1] == "environment":
+        data = _json(text)
+        return None if data is None else f"{levels[0]} ENVIRONMENT {at} {format_environment(data)}"
     if len(levels) == 4 and levels[1] == "cmd" and levels[3] == CONTROL_STATE_LEAF:
         ack = _json(text)
         if ack is None:
@@ -361,6 +394,7 @@ def tail(
         topics.availability,
         f"{topics.base}/+/state",
         f"{topics.base}/+/event",
+        f"{topics.base}/+/environment",
         f"{topics.base}/+/cmd/+/{CONTROL_STATE_LEAF}",
     ]
     session = _open(config, password, filters, on_message)

@@ -3,7 +3,8 @@
 Each file is a separate stream from offset 0, run as fast as the CPU allows through the machine's
 pipeline as `service.startup` builds it for the daemon (its bundle, model, decision rule and stop
 detection). One JSON object per line: every state change and every event transition, with
-`offset_seconds` = the position in the file at the end of the window that caused it. Users tune
+`offset_seconds` = the position in the file at the end of the window that caused it, and every
+change of the machine's surroundings (`environment`: as on the MQTT environment topic). Users tune
 on a recorded incident with it; the streams benchmark and `evaluate` use the same pipeline.
 """
 
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 
 from edge_asd.audio.files import AudioFileError, read_wav
 from edge_asd.detection.detector import EventTransition
-from edge_asd.detection.pipeline import PipelineStep, StateChange
+from edge_asd.detection.pipeline import EnvironmentChange, PipelineStep, StateChange
 from edge_asd.model.encoder import Encoder
 from edge_asd.service.startup import MachineSetup
 
@@ -46,6 +47,9 @@ def _event_line(
         ),
         "model": {"name": info.name, "version": info.version, "sha256": info.sha256},
         "bundle_id": setup.bundle.bundle_id,
+        "environment": (
+            None if transition.environment is None else transition.environment.to_dict()
+        ),
     }
 
 
@@ -58,6 +62,17 @@ def _state_line(change: StateChange, setup: MachineSetup) -> dict[str, Any]:
     }
 
 
+def _environment_line(change: EnvironmentChange, setup: MachineSetup) -> dict[str, Any]:
+    summary = {} if change.summary is None else change.summary.to_dict()
+    return {
+        "kind": "environment",
+        "changed": change.changed,
+        "offset_seconds": round(change.time, 3),
+        "machine": setup.config.name,
+        **summary,
+    }
+
+
 def step_lines(
     step: PipelineStep, setup: MachineSetup, encoder: Encoder
 ) -> Iterator[dict[str, Any]]:
@@ -66,6 +81,8 @@ def step_lines(
     items: list[tuple[float, int, dict[str, Any]]] = []
     for change in step.state_changes:
         items.append((change.time, 1, _state_line(change, setup)))
+    for environment in step.environment:
+        items.append((environment.time, 1, _environment_line(environment, setup)))
     for transition in step.transitions:
         items.append((transition.ts, 0, _event_line(transition, setup, encoder)))
     for _, _, line in sorted(items, key=lambda item: (item[0], item[1])):

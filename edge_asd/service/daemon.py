@@ -46,9 +46,12 @@ from edge_asd.config import Config, ConfigError, MachineConfig
 from edge_asd.constants import EXIT_FAILURE, EXIT_OK
 from edge_asd.detection.bundle import Bundle
 from edge_asd.detection.detector import EventTransition
+from edge_asd.detection.environment import EnvironmentSummary
 from edge_asd.detection.pipeline import MachinePipeline, PipelineStep, StateChange, WindowResult
 from edge_asd.detection.states import EndReason, EventType, MachineState
 from edge_asd.mqtt.messages import (
+    EnvironmentInfo,
+    EnvironmentMessage,
     EventMessage,
     OutboxMode,
     ScoreMessage,
@@ -279,6 +282,9 @@ class Daemon:
         self._install_signal_handlers()
         self._close_events_left_open()
         self.publisher.start()
+        for machine in self.machines:
+            # Retained: a changed environment left on the broker by the previous run is stale.
+            self._publish_environment(machine, None, self.clock.now())
         self.shift.start()
         source_factory = self.faults.wrap_source_factory(open_source)
         for device_key, channels in self._channels_by_device.items():
@@ -704,6 +710,9 @@ class Daemon:
             machine.bundle = setup.bundle
             machine.threshold = setup.threshold
             machine.pipeline = setup.pipeline(self.encoder)
+            if old.environment_changed:
+                # The new bundle (learned or recalibrated) judges afresh.
+                self._publish_environment(machine, None, now)
             if old.state is not None and old.state is not MachineState.NO_AUDIO:
                 self._publish_step(machine, machine.pipeline.set_audio(True, now))
             _LOGGER.info(
@@ -766,6 +775,8 @@ class Daemon:
         while pending is not None:
             self._publish_state(machine, pending)
             pending = next(changes, None)
+        for change in step.environment:
+            self._publish_environment(machine, change.summary, change.time, decided=True)
         interval = machine.config.score_interval_seconds
         for window in step.windows:
             self.shift.window(machine, window)
@@ -821,6 +832,11 @@ class Daemon:
             clip=clip,
             explanation=explanation,
             clip_url=self.shift.clip_url(clip),
+            environment=(
+                None
+                if transition.environment is None
+                else EnvironmentInfo.from_summary(transition.environment)
+            ),
         )
         _LOGGER.info(
             "%s: event %s %s score %.3f (peak %.3f, threshold %.3f)%s",
@@ -863,6 +879,36 @@ class Daemon:
             self.publisher.publish_state(
                 machine.config.name, self.shift.state_to_publish(machine, change.state)
             )
+
+    def _publish_environment(
+        self,
+        machine: MachineRuntime,
+        summary: EnvironmentSummary | None,
+        at: float,
+        *,
+        decided: bool = False,
+    ) -> None:
+        """The machine's retained environment message (`summary` None: as calibrated);
+        `decided`: the pipeline just decided it (logged), rather than a start or reload."""
+        name = machine.config.name
+        if decided and summary is not None:
+            _LOGGER.warning(
+                "%s: the sound around the machine no longer resembles calibration (%s); "
+                "recalibrate or learn the new condition",
+                name,
+                summary.describe(),
+            )
+        elif decided:
+            _LOGGER.info("%s: the sound around the machine resembles calibration again", name)
+        message = EnvironmentMessage.build(
+            self.config.node_id, name, format_ts(self.clock.to_wall(at)), summary
+        )
+        self.shift.environment(machine, summary)
+        retained = getattr(self.publisher, "publish_retained", None)
+        if retained is not None:
+            retained(self.topics.environment(name), message.to_json(), qos=0)
+        else:
+            self.publisher.publish_telemetry(self.topics.environment(name), message.to_json())
 
     def _end_all_events(self, ts: float, reason: EndReason) -> None:
         for machine in self.machines:

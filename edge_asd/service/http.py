@@ -233,6 +233,8 @@ STATUS_PAGE: Final = """<!DOCTYPE html>
  .idle { background: #757575; } .no_audio { background: #ef6c00; }
  .calibrating { background: #1565c0; } .unknown { background: #9e9e9e; }
  .muted { background: #6a1b9a; } .disabled { background: #424242; }
+ .environment_changed { background: #f9a825; color: #222; } .fault { background: #000; }
+ .env { font-size: .8em; color: #666; margin-left: .4em; }
  svg.spark { width: 240px; height: 40px; background: #f3f3f3; }
  .ongoing { font-weight: 600; color: #c62828; }
  #error { color: #c62828; }
@@ -320,6 +322,12 @@ function render(s) {
     badge.className = "state " + (m.state || "unknown");
     badge.textContent = m.state || "starting";
     st.appendChild(badge);
+    if (m.environment) {
+      const env = document.createElement("span");
+      env.className = "env";
+      env.textContent = "surroundings changed: " + m.environment;
+      st.appendChild(env);
+    }
     cell(tr, num(m.score, 3) + " / " + num(m.threshold, 3));
     cell(tr, m.dbfs === null ? "–" : num(m.dbfs, 1) + " dBFS");
     cell(tr, null).appendChild(spark(m, s.now, s.history_seconds));

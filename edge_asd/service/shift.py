@@ -56,6 +56,7 @@ from edge_asd.service.controls import (
 from edge_asd.service.status import StatusBoard
 
 if TYPE_CHECKING:
+    from edge_asd.detection.environment import EnvironmentSummary
     from edge_asd.detection.pipeline import WindowResult
     from edge_asd.service.daemon import Daemon, MachineRuntime
     from edge_asd.service.http import StatusServer
@@ -223,6 +224,10 @@ class ShiftFeatures:
         self.board.machine_state(machine.config.name, shown)
         return shown
 
+    def environment(self, machine: MachineRuntime, summary: EnvironmentSummary | None) -> None:
+        """The machine's surroundings changed (`summary`) or are as calibrated (None)."""
+        self.board.environment(machine.config.name, None if summary is None else summary.describe())
+
     def published_state(self, machine: MachineRuntime) -> MachineState | None:
         """The state as published (score and stats messages carry it too)."""
         return self.controls.override(machine.config.name) or machine.state
@@ -262,6 +267,12 @@ class ShiftFeatures:
         if path is not None:
             self._last_event[name] = transition.event_id
         summary = None if explanation is None else explanation.summary
+        if summary is not None and transition.environment is not None:
+            # Against a calibration that no longer applies, the changed band may be the new
+            # surroundings: say so where the person on shift reads why it fired.
+            summary += (
+                f" (surroundings differ from calibration: {transition.environment.describe()})"
+            )
         self.board.event(
             name,
             kind,

@@ -231,10 +231,16 @@ class MachineSetup:
         else:
             rule = f"hysteresis (threshold {self.threshold:.4f}, {machine.trigger_windows} windows)"
         stops = "on" if machine.detect_stops else "off"
+        if not machine.detect_environment:
+            environment = "off"
+        elif bundle.environment is None:
+            environment = "off (bundle without an environment profile: recalibrate)"
+        else:
+            environment = f"on (margin {bundle.environment.enter_db:.1f} dB)"
         return (
             f"machine {machine.name}: device {machine.device!r} channel {machine.channel}, "
             f"bundle {bundle.bundle_id} ({len(bundle.embeddings)} windows, {bundle.method}), "
-            f"{rule}, stop detection {stops}"
+            f"{rule}, stop detection {stops}, environment monitor {environment}"
         )
 
     def pipeline(self, encoder: Encoder) -> MachinePipeline:
@@ -250,6 +256,7 @@ class MachineSetup:
             hop_samples=seconds_to_samples(self.config.hop_seconds),
             detector=self.detector,
             running=running,
+            detect_environment=self.config.detect_environment,
         )
 
 

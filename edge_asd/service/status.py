@@ -56,6 +56,8 @@ class _Machine:
     score: float | None = None
     dbfs: float | None = None
     last_window: float | None = None
+    environment: str | None = None
+    """How the sound around it differs from calibration, while it does."""
     history: deque[tuple[float, float]] = field(default_factory=deque)
 
 
@@ -115,6 +117,11 @@ class StatusBoard:
             self._machine(name).state = value
         if self._metrics is not None:
             self._metrics.machine_state(name, value)
+
+    def environment(self, name: str, description: str | None) -> None:
+        """The machine's surroundings differ from calibration (`description`) or not (None)."""
+        with self._lock:
+            self._machine(name).environment = description
 
     def window(
         self, name: str, end_time: float, score: float, threshold: float, dbfs: float
@@ -177,6 +184,7 @@ class StatusBoard:
                     "threshold": m.threshold,
                     "dbfs": m.dbfs,
                     "last_window": m.last_window,
+                    "environment": m.environment,
                     "history": [[round(t, 3), s] for t, s in m.history if t >= since],
                 }
                 for m in self._machines.values()
