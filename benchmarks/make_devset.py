@@ -306,7 +306,11 @@ def build(
                     writer.write(rel, seg.samples, seg.samples, train_noise, False, info)
             for domain, segs in (("source", test_source), ("target", test_target)):
                 for j, seg in enumerate(segs):
-                    info = {"domain": domain, "recording": seg.recording, "segment": seg.index}
+                    info: dict[str, Any] = {
+                        "domain": domain,
+                        "recording": seg.recording,
+                        "segment": seg.index,
+                    }
                     rec = _short(seg.recording)
                     rel = f"test/section_00_{domain}_test_normal_{j:04d}_rec{rec}.wav"
                     writer.write(
