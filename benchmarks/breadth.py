@@ -61,13 +61,18 @@ class Configuration:
     args: tuple[str, ...]
 
 
+def lists_option(help_text: str, option: str) -> bool:
+    """Whether a command's --help text lists `option` (usage lines bracket options:
+    "[--views VIEWS]", so a whole-word match, not a split on spaces)."""
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", help_text) is not None
+
+
 def evaluate_supports(option: str) -> bool:
     """Whether this checkout's `edge-asd evaluate --help` lists `option`."""
     result = subprocess.run(
         [*EVALUATE, "--help"], capture_output=True, text=True, check=True, timeout=120
     )
-    # Usage lines bracket options ("[--views VIEWS]"), so a whole-word match, not a split.
-    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", result.stdout) is not None
+    return lists_option(result.stdout, option)
 
 
 def configurations(*, views: bool) -> list[Configuration]:

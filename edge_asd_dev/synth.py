@@ -567,11 +567,14 @@ def valve_schedule(
     # The phase is counted back one cycle so the signal may start in the middle of one.
     first = start - period_s
     clicks: list[ValveClick] = []
+    close_s = first + np.arange(n_cycles) * cycle_s + close_after + jitter[:, 1]
     close_kept = missing >= VALVE_MISSING_SHARE if fault == "missing" else np.ones(n_cycles, bool)
-    if fault == "missing" and close_kept.all():
-        close_kept[int(np.argmin(missing))] = False
+    heard = (close_s >= 0.0) & (close_s < seconds)
+    if fault == "missing" and close_kept[heard].all() and heard.any():
+        # At least one close click that falls inside the signal goes missing.
+        close_kept[int(np.argmin(np.where(heard, missing, np.inf)))] = False
     for i in range(n_cycles):
-        open_s = first + i * cycle_s + jitter[i, 0]
+        open_s = float(first + i * cycle_s + jitter[i, 0])
         clicks.append(ValveClick(open_s, "open", float(strengths[i, 0])))
         if fault == "double":
             clicks.append(
@@ -584,7 +587,7 @@ def valve_schedule(
         if close_kept[i]:
             clicks.append(
                 ValveClick(
-                    first + i * cycle_s + close_after + jitter[i, 1],
+                    float(close_s[i]),
                     "close",
                     _VALVE_CLOSE_STRENGTH * float(strengths[i, 1]),
                 )
