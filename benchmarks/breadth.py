@@ -30,11 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from edge_asd.offline.comparison import paired_scores, read_results  # noqa: E402
-from edge_asd.offline.metrics import (  # noqa: E402
+from edge_asd.offline.comparison import paired_scores, read_results
+from edge_asd.offline.metrics import (
     BOOTSTRAP_ROUNDS,
     BootstrapDifference,
     harmonic_mean,

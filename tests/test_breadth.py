@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,31 +12,21 @@ import pytest
 
 from edge_asd.constants import SAMPLE_RATE_HZ
 from edge_asd.offline.dcase import discover_sections
+from tests.benchmark_loader import benchmark_module
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 NOISE_SECONDS = 20.0
-
-
-def _load(name: str) -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="module")
 def sets() -> Iterator[ModuleType]:
-    yield from _load("make_breadth_sets")
+    with benchmark_module("make_breadth_sets") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
 def breadth() -> Iterator[ModuleType]:
-    yield from _load("breadth")
+    with benchmark_module("breadth") as module:
+        yield module
 
 
 @pytest.fixture

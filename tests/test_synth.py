@@ -138,12 +138,16 @@ def test_imbalance_adds_shaft_rate_modulation(normal: np.ndarray) -> None:
     assert np.max(env[at_shaft]) > 3.0 * np.max(env_normal[at_shaft])
 
 
-@pytest.mark.parametrize("name", sorted(synth.EXTRA_FAULTS))
-@pytest.mark.parametrize("level_db", [-20.0, -6.0])
-def test_extra_fault_level_is_controlled_and_seeded(
+ADDED_FAULTS = {**synth.EXTRA_FAULTS, **synth.WEAK_FAULTS}
+"""The families outside `FAULTS` (same signature)."""
+
+
+@pytest.mark.parametrize("name", sorted(ADDED_FAULTS))
+@pytest.mark.parametrize("level_db", [-26.0, -20.0, -6.0])
+def test_added_fault_level_is_controlled_and_seeded(
     normal: np.ndarray, name: str, level_db: float
 ) -> None:
-    fault = synth.ALL_FAULTS[name]
+    fault = ADDED_FAULTS[name]
     faulty = fault(normal, rng=np.random.default_rng(5), level_db=level_db)
     measured = _power_db(faulty.astype(np.float64) - normal) - _power_db(normal)
     assert abs(measured - level_db) < LEVEL_TOLERANCE_DB
@@ -152,10 +156,12 @@ def test_extra_fault_level_is_controlled_and_seeded(
     np.testing.assert_array_equal(
         faulty, fault(normal, rng=np.random.default_rng(5), level_db=level_db)
     )
+    assert not np.allclose(faulty, fault(normal, rng=np.random.default_rng(6), level_db=level_db))
 
 
 def test_extra_faults_stay_out_of_the_devset_families() -> None:
     assert not set(synth.EXTRA_FAULTS) & set(synth.FAULTS)
+    assert not set(synth.WEAK_FAULTS) & set(synth.ALL_FAULTS)
     assert synth.ALL_FAULTS == {**synth.FAULTS, **synth.EXTRA_FAULTS}
 
 
@@ -216,22 +222,6 @@ def test_rub_bursts_unchanged_by_the_short_burst_refactor(normal: np.ndarray) ->
     assert _power_db(added) - _power_db(normal) == pytest.approx(-6.0, abs=1e-3)
     short = synth.short_rub_bursts(normal, rng=np.random.default_rng(5), level_db=-6.0)
     assert not np.allclose(short, faulty)
-
-
-@pytest.mark.parametrize("name", sorted(synth.WEAK_FAULTS))
-@pytest.mark.parametrize("level_db", [-26.0, -18.0])
-def test_weak_fault_level_is_controlled_and_seeded(
-    normal: np.ndarray, name: str, level_db: float
-) -> None:
-    fault = synth.WEAK_FAULTS[name]
-    faulty = fault(normal, rng=np.random.default_rng(5), level_db=level_db)
-    measured = _power_db(faulty.astype(np.float64) - normal) - _power_db(normal)
-    assert abs(measured - level_db) < LEVEL_TOLERANCE_DB
-    assert faulty.dtype == np.float32
-    np.testing.assert_array_equal(
-        faulty, fault(normal, rng=np.random.default_rng(5), level_db=level_db)
-    )
-    assert not np.allclose(faulty, fault(normal, rng=np.random.default_rng(6), level_db=level_db))
 
 
 def test_thin_whine_is_thinner_than_whine(normal: np.ndarray) -> None:
