@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import edge_asd
 from edge_asd.offline.comparison import paired_scores, read_results
 from edge_asd.offline.metrics import (
     BOOTSTRAP_ROUNDS,
@@ -46,6 +48,8 @@ ALL: Final = "all"
 """The group of every section of a set (its official score)."""
 VIEWS_OPTION: Final = "--views"
 EVALUATE: Final = (sys.executable, "-m", "edge_asd", "evaluate")
+PACKAGE_PARENT: Final = Path(edge_asd.__file__).resolve().parent.parent
+"""Put first on the child's path, so `edge-asd evaluate` runs the edge_asd this script imports."""
 STAMP_FILE: Final = "stamp.json"
 """The arguments and set manifest a run was made with, kept next to its results.json."""
 
@@ -64,10 +68,20 @@ def lists_option(help_text: str, option: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", help_text) is not None
 
 
+def _child_env() -> dict[str, str]:
+    paths = [str(PACKAGE_PARENT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def evaluate_supports(option: str) -> bool:
     """Whether this checkout's `edge-asd evaluate --help` lists `option`."""
     result = subprocess.run(
-        [*EVALUATE, "--help"], capture_output=True, text=True, check=True, timeout=120
+        [*EVALUATE, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=_child_env(),
     )
     return lists_option(result.stdout, option)
 
@@ -117,7 +131,7 @@ def run_evaluate(set_dir: Path, run_dir: Path, config: Configuration, *, fresh: 
         _LOGGER.info("reusing %s", run_dir)
         return
     _LOGGER.info("evaluating %s with %s", set_dir.name, config.label)
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=_child_env())
     if result.returncode != 0:
         raise SystemExit(
             f"edge-asd evaluate failed ({result.returncode}) on {set_dir} with {config.label}:\n"
