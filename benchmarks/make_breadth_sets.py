@@ -1,6 +1,6 @@
 """Build the detection-breadth sets of issue 8 (DCASE layout, what `edge-asd evaluate` reads).
 
-    PYTHONPATH=. python benchmarks/make_breadth_sets.py --out devsets/breadth
+    python benchmarks/make_breadth_sets.py --shared ../shared --out devsets/breadth
 
 Four sets, each a ROOT with one section per fault family (every section of a set has the same
 train clips and the same normal test clips; only its anomalous clips differ):

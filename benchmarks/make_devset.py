@@ -302,15 +302,15 @@ def build(
                         f"train/section_00_{domain}_train_normal_{j:04d}_"
                         f"rec{_short(seg.recording)}_seg_{seg.index}.wav"
                     )
-                    info = {"domain": domain, "label": "normal", "recording": seg.recording}
+                    info: dict[str, Any] = {
+                        "domain": domain,
+                        "label": "normal",
+                        "recording": seg.recording,
+                    }
                     writer.write(rel, seg.samples, seg.samples, train_noise, False, info)
             for domain, segs in (("source", test_source), ("target", test_target)):
                 for j, seg in enumerate(segs):
-                    info: dict[str, Any] = {
-                        "domain": domain,
-                        "recording": seg.recording,
-                        "segment": seg.index,
-                    }
+                    info = {"domain": domain, "recording": seg.recording, "segment": seg.index}
                     rec = _short(seg.recording)
                     rel = f"test/section_00_{domain}_test_normal_{j:04d}_rec{rec}.wav"
                     writer.write(
