@@ -131,7 +131,7 @@ def _limit(x: np.ndarray) -> tuple[np.ndarray, float]:
     return (x * gain).astype(np.float32), gain
 
 
-class _SectionWriter:
+class SectionWriter:
     """Mixes noise into clips of one section, writes them, and records what it wrote."""
 
     def __init__(
@@ -293,7 +293,7 @@ def build(
             noise_pair = CONDITIONS[condition]
             # Seeded from the section's name (hash() is salted per process, so not that).
             sec_rng = np.random.default_rng([seed, *(ord(c) for c in section)])
-            writer = _SectionWriter(sec_dir, snr, sec_rng, noise, bar)
+            writer = SectionWriter(sec_dir, snr, sec_rng, noise, bar)
             train_noise = None if noise_pair is None else noise_pair[0]
             test_noise = None if noise_pair is None else noise_pair[1]
             for domain, segs in (("source", train_source), ("target", train_target)):
@@ -302,7 +302,11 @@ def build(
                         f"train/section_00_{domain}_train_normal_{j:04d}_"
                         f"rec{_short(seg.recording)}_seg_{seg.index}.wav"
                     )
-                    info = {"domain": domain, "label": "normal", "recording": seg.recording}
+                    info: dict[str, Any] = {
+                        "domain": domain,
+                        "label": "normal",
+                        "recording": seg.recording,
+                    }
                     writer.write(rel, seg.samples, seg.samples, train_noise, False, info)
             for domain, segs in (("source", test_source), ("target", test_target)):
                 for j, seg in enumerate(segs):

@@ -30,12 +30,12 @@ import numpy as np
 
 from edge_asd.model.encoder import Encoder
 from edge_asd.model.registry import resolve_model
-from edge_asd.offline.dcase import parse_test_name
+from edge_asd.offline.comparison import paired_scores
 from edge_asd.offline.evaluation import evaluate
-from edge_asd.offline.metrics import dcase_section_metrics, harmonic_mean
+from edge_asd.offline.metrics import BOOTSTRAP_ROUNDS, harmonic_mean
+from edge_asd.offline.metrics import paired_bootstrap as metrics_paired_bootstrap
 
 GROUPS: Final = ("clean", "stationary", "nonstationary", "mismatched")
-BOOTSTRAP_ROUNDS: Final = 1000
 NOISY_GROUPS: Final = ("stationary", "nonstationary", "mismatched")
 
 
@@ -198,15 +198,6 @@ def plot(table: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _clip_scores(run_dir: Path, results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """section -> {test file name: clip score}, from the run's DCASE score CSVs."""
-    out: dict[str, dict[str, float]] = {}
-    for name, section in results["sections"].items():
-        rows = (run_dir / section["scores_csv"]).read_text(encoding="utf-8").split()
-        out[name] = {file: float(score) for file, score in (r.split(",") for r in rows)}
-    return out
-
-
 def paired_bootstrap(
     out: Path,
     first: str,
@@ -219,63 +210,14 @@ def paired_bootstrap(
     """Per group: score(first) - score(second), and a 95 % interval from resampling the test
     clips of every section with replacement (normal and anomalous clips separately, the same
     draw for both encoders: a paired comparison on the same audio)."""
-    runs = {}
-    for label in (first, second):
-        run_dir = out / label / variant
-        runs[label] = _clip_scores(
-            run_dir, json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-        )
-    sections = sorted(runs[first])
-    files = {name: sorted(runs[first][name]) for name in sections}
-    meta = {name: [parse_test_name(f) for f in files[name]] for name in sections}
-    rng = np.random.default_rng(seed)
-
-    def group_scores(draws: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
-        per: dict[str, dict[str, list[float]]] = {first: {}, second: {}}
-        for label in (first, second):
-            for name in sections:
-                idx = draws[name]
-                parsed = [meta[name][i] for i in idx]
-                metrics = dcase_section_metrics(
-                    [p[1] for p in parsed if p],
-                    [runs[label][name][files[name][i]] for i in idx],
-                    [p[0] for p in parsed if p],
-                )
-                for group in {group_of(name), "all"} | (
-                    {"noisy"} if group_of(name) in NOISY_GROUPS else set()
-                ):
-                    per[label].setdefault(group, []).extend(metrics.values())
-        return {
-            g: {label: harmonic_mean(per[label][g]) for label in (first, second)}
-            for g in per[first]
-        }
-
-    identity = {name: np.arange(len(files[name])) for name in sections}
-    observed = group_scores(identity)
-    diffs: dict[str, list[float]] = {g: [] for g in observed}
-    strata = {
-        name: [
-            np.array([i for i, p in enumerate(meta[name]) if p and p[1] == anomalous and p[0] == d])
-            for anomalous in (False, True)
-            for d in ("source", "target")
-        ]
-        for name in sections
-    }
-    for _ in range(rounds):
-        draws = {
-            name: np.concatenate([rng.choice(s, size=s.size) for s in strata[name] if s.size])
-            for name in sections
-        }
-        for g, pair in group_scores(draws).items():
-            diffs[g].append(pair[first] - pair[second])
-    return {
-        g: {
-            "difference": observed[g][first] - observed[g][second],
-            "low": float(np.percentile(diffs[g], 2.5)),
-            "high": float(np.percentile(diffs[g], 97.5)),
-        }
-        for g in observed
-    }
+    sections = paired_scores(out / first / variant, out / second / variant)
+    groups: dict[str, list[str]] = {}
+    for name in sections:
+        group = group_of(name)
+        for key in {group, "all"} | ({"noisy"} if group in NOISY_GROUPS else set()):
+            groups.setdefault(key, []).append(name)
+    result = metrics_paired_bootstrap(sections, groups, rounds=rounds, seed=seed)
+    return {g: r.to_dict() for g, r in result.items()}
 
 
 def _encoder_arg(text: str) -> tuple[str, str]:

@@ -12,6 +12,7 @@ component relative to the power of the input (whole-signal averages) equals `lev
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 import numpy as np
@@ -46,6 +47,9 @@ _BLADES: Final = 7
 _NOISE_BANDS_HZ: Final = ((300.0, 250.0), (1_200.0, 600.0), (3_500.0, 1_500.0))
 """Centre and width (Hertz) of the broadband noise resonances, at nominal condition."""
 _EPS: Final = 1e-12
+_RUB_RATE_HZ: Final = 1.5
+"""Mean number of rub bursts per second (`rub_bursts`)."""
+_RUB_LENGTH_RANGE_S: Final = (0.05, 0.3)
 
 
 class FaultFunction(Protocol):
@@ -252,20 +256,34 @@ def rub_bursts(
     (contact once per revolution), each with a smooth envelope.
     """
     sig = _as_signal(x, "rub_bursts")
-    n = sig.size
+    component = _rub_component(
+        sig.size, rng, shaft_hz, rate_hz=_RUB_RATE_HZ, length_range_s=_RUB_LENGTH_RANGE_S
+    )
+    return _add_at_ratio(sig, component, level_db, "rub_bursts")
+
+
+def _rub_component(
+    n: int,
+    rng: np.random.Generator,
+    shaft_hz: float,
+    *,
+    rate_hz: float,
+    length_range_s: tuple[float, float],
+) -> npt.NDArray[np.float64]:
+    """High-frequency noise chopped at shaft rate under Poisson bursts (`rate_hz` per second,
+    each `length_range_s` long with a Hann envelope); unscaled."""
     t = np.arange(n) / SAMPLE_RATE_HZ
     noise = _shaped_noise(n, rng, ((4_000.0, 2_000.0), (6_500.0, 1_000.0)))
     chop = np.clip(np.cos(2 * np.pi * shaft_hz * t + rng.uniform(0, 2 * np.pi)), 0.0, None) ** 2
     envelope = np.zeros(n)
     seconds = n / SAMPLE_RATE_HZ
-    n_bursts = max(1, rng.poisson(1.5 * seconds))
+    n_bursts = max(1, rng.poisson(rate_hz * seconds))
     for _ in range(n_bursts):
-        length = max(2, round(rng.uniform(0.05, 0.3) * SAMPLE_RATE_HZ))
+        length = max(2, round(rng.uniform(*length_range_s) * SAMPLE_RATE_HZ))
         length = min(length, n)
         start = int(rng.integers(0, n - length + 1))
         envelope[start : start + length] += rng.uniform(0.5, 1.0) * np.hanning(length)
-    component = noise * chop * envelope
-    return _add_at_ratio(sig, component, level_db, "rub_bursts")
+    return np.asarray(noise * chop * envelope)
 
 
 def looseness(
@@ -409,3 +427,227 @@ def mix_at_snr(signal: npt.ArrayLike, noise: npt.ArrayLike, snr_db: float) -> Fl
         raise ValueError("mix_at_snr: signal and noise must both have non-zero power")
     gain = np.sqrt(ps / (pn * 10 ** (snr_db / 10)))
     return (sig + gain * noi).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection breadth (issue 8): weak faults, and a valve machine whose faults are in its timing.
+
+_SHORT_RUB_RATE_HZ: Final = 1.0
+_SHORT_RUB_LENGTH_RANGE_S: Final = (0.01, 0.04)
+"""Short rub bursts: 10-40 ms, about one per second (`rub_bursts`: 50-300 ms, 1.5/s)."""
+_THIN_WHINE_RANGE_HZ: Final = (1_500.0, 6_000.0)
+_THIN_WHINE_DRIFT: Final = 0.005
+"""Relative frequency drift of the thin whine over the signal (0.5 %; `whine` glides 5 %)."""
+
+
+def thin_whine(
+    x: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add a thin, steady tone (a bearing cage squeal or an inverter whine just starting).
+
+    One sinusoid at 1.5-6 kHz drifting by at most 0.5 %, no amplitude wobble: narrower and
+    steadier than `whine`. Meant for levels a few dB below `whine`'s (the weak-fault sets).
+    `shaft_hz` is accepted for the common signature and ignored.
+    """
+    del shaft_hz
+    sig = _as_signal(x, "thin_whine")
+    n = sig.size
+    t = np.arange(n) / SAMPLE_RATE_HZ
+    start_hz = rng.uniform(*_THIN_WHINE_RANGE_HZ)
+    drift = rng.uniform(-_THIN_WHINE_DRIFT, _THIN_WHINE_DRIFT)
+    duration = max(t[-1], 1.0 / SAMPLE_RATE_HZ)
+    inst_hz = start_hz * (1.0 + drift * t / duration)
+    phase = 2 * np.pi * np.cumsum(inst_hz) / SAMPLE_RATE_HZ + rng.uniform(0, 2 * np.pi)
+    return _add_at_ratio(sig, np.sin(phase), level_db, "thin_whine")
+
+
+def short_rub_bursts(
+    x: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    level_db: float,
+    shaft_hz: float = NOMINAL_SHAFT_HZ,
+) -> FloatArray:
+    """Add brief scrapes: `rub_bursts` with 10-40 ms bursts, about one per second.
+
+    At the same `level_db` the bursts are as loud on average as `rub_bursts`' over the signal,
+    so each burst is louder but rarer; the weak-fault sets use lower levels.
+    """
+    sig = _as_signal(x, "short_rub_bursts")
+    component = _rub_component(
+        sig.size,
+        rng,
+        shaft_hz,
+        rate_hz=_SHORT_RUB_RATE_HZ,
+        length_range_s=_SHORT_RUB_LENGTH_RANGE_S,
+    )
+    return _add_at_ratio(sig, component, level_db, "short_rub_bursts")
+
+
+WEAK_FAULTS: Final[dict[str, FaultFunction]] = {
+    "thin_whine": thin_whine,
+    "short_rub_bursts": short_rub_bursts,
+}
+"""Weak-fault families (same signature) for the detection-breadth sets."""
+
+
+VALVE_PERIOD_S: Final = 1.2
+"""Open/close cycle of the normal valve machine, seconds."""
+VALVE_OPEN_FRACTION: Final = 0.4
+"""The close click follows the open click by this share of the period."""
+VALVE_JITTER_S: Final = 0.004
+"""Standard deviation of each click's timing, seconds (a pneumatic valve is not a clock)."""
+VALVE_RMS: Final = 0.05
+"""RMS of the normal valve sound (clicks and floor together)."""
+VALVE_FLOOR_DB: Final = -30.0
+"""Power of the background floor (the machine's air supply and drive) re the clicks, dB."""
+VALVE_LATE_S: Final = 0.15
+"""'late': every close click comes this much later (a sticking valve), seconds."""
+VALVE_MISSING_SHARE: Final = 0.5
+"""'missing': each close click is absent with this probability (at least one is)."""
+VALVE_BOUNCE_RANGE_S: Final = (0.02, 0.04)
+"""'double': each open click bounces once after this delay, seconds."""
+VALVE_PERIOD_FACTOR: Final = 1.25
+"""'period': the cycle runs this much slower."""
+VALVE_LEAK_DB: Final = -20.0
+"""'leak': hiss power re the normal valve sound, dB (the default of `valve_sound`)."""
+_VALVE_OPEN_HZ: Final = (2_000.0, 3_000.0)
+_VALVE_CLOSE_HZ: Final = (900.0, 1_400.0)
+_VALVE_CLICK_DECAY_S: Final = 0.003
+_VALVE_CLOSE_STRENGTH: Final = 0.7
+_VALVE_BOUNCE_STRENGTH: Final = 0.6
+_VALVE_FLOOR_BANDS_HZ: Final = ((150.0, 100.0), (600.0, 300.0))
+_VALVE_LEAK_BAND_HZ: Final = (5_000.0, 1_500.0)
+
+VALVE_FAULTS: Final = ("late", "missing", "double", "period", "leak")
+"""Fault kinds of `valve_sound` ("normal" is the healthy machine)."""
+
+
+@dataclass(frozen=True)
+class ValveClick:
+    """One click of the valve machine."""
+
+    time_s: float
+    """Seconds from the start of the signal."""
+    kind: str
+    """"open", "close" or "bounce"."""
+    strength: float
+    """Relative amplitude (open clicks about 1)."""
+
+
+def valve_schedule(
+    seconds: float,
+    *,
+    rng: np.random.Generator,
+    fault: str = "normal",
+    period_s: float = VALVE_PERIOD_S,
+) -> list[ValveClick]:
+    """The clicks of `seconds` of the valve machine, sorted by time.
+
+    The same `rng` state gives the same phase, jitter and strengths whatever `fault` is, so a
+    faulty schedule differs from the normal one by the fault only (paired test clips).
+    """
+    if seconds <= 0 or period_s <= 0:
+        raise ValueError(f"valve_schedule: seconds ({seconds}) and period_s must be > 0")
+    if fault not in ("normal", *VALVE_FAULTS):
+        raise ValueError(f"unknown valve fault {fault!r}; expected normal or one of {VALVE_FAULTS}")
+    # Every draw is made for the longest schedule, whatever the fault, so draws line up.
+    n_cycles = int(np.ceil(seconds / period_s)) + 1
+    start = rng.uniform(0.0, period_s)
+    jitter = rng.normal(0.0, VALVE_JITTER_S, (n_cycles, 3))
+    strengths = rng.uniform(0.8, 1.0, (n_cycles, 2))
+    missing = rng.random(n_cycles)
+    bounce_s = rng.uniform(*VALVE_BOUNCE_RANGE_S, n_cycles)
+    cycle_s = period_s * (VALVE_PERIOD_FACTOR if fault == "period" else 1.0)
+    close_after = VALVE_OPEN_FRACTION * period_s + (VALVE_LATE_S if fault == "late" else 0.0)
+    # The phase is counted back one cycle so the signal may start in the middle of one.
+    first = start - period_s
+    clicks: list[ValveClick] = []
+    close_s = first + np.arange(n_cycles) * cycle_s + close_after + jitter[:, 1]
+    close_kept = missing >= VALVE_MISSING_SHARE if fault == "missing" else np.ones(n_cycles, bool)
+    heard = (close_s >= 0.0) & (close_s < seconds)
+    if fault == "missing" and close_kept[heard].all() and heard.any():
+        # At least one close click that falls inside the signal goes missing.
+        close_kept[int(np.argmin(np.where(heard, missing, np.inf)))] = False
+    for i in range(n_cycles):
+        open_s = float(first + i * cycle_s + jitter[i, 0])
+        clicks.append(ValveClick(open_s, "open", float(strengths[i, 0])))
+        if fault == "double":
+            clicks.append(
+                ValveClick(
+                    open_s + bounce_s[i] + jitter[i, 2],
+                    "bounce",
+                    _VALVE_BOUNCE_STRENGTH * float(strengths[i, 0]),
+                )
+            )
+        if close_kept[i]:
+            clicks.append(
+                ValveClick(
+                    float(close_s[i]),
+                    "close",
+                    _VALVE_CLOSE_STRENGTH * float(strengths[i, 1]),
+                )
+            )
+    return sorted((c for c in clicks if 0.0 <= c.time_s < seconds), key=lambda c: c.time_s)
+
+
+def valve_sound(
+    seconds: float,
+    *,
+    rng: np.random.Generator,
+    fault: str = "normal",
+    leak_db: float = VALVE_LEAK_DB,
+    period_s: float = VALVE_PERIOD_S,
+) -> tuple[FloatArray, list[ValveClick]]:
+    """A valve machine (open/close click cycle over a low floor), RMS `VALVE_RMS`, 16 kHz.
+
+    Returns the audio and its clicks. `fault` is "normal" or one of `VALVE_FAULTS`: timing
+    faults move, drop or add clicks (`valve_schedule`); "leak" adds a steady 3.5-6.5 kHz hiss
+    at `leak_db` re the power of the normal sound, heard mostly between the clicks. The normal
+    sound is scaled to `VALVE_RMS` before any leak is added, so a fault never changes the
+    level of what was there. The same `rng` state gives the same machine for every `fault`.
+    """
+    # The normal machine's schedule comes from the same draws; the level is set on it, so a
+    # fault that removes or adds clicks changes neither the floor nor the clicks' loudness.
+    normal_rng = np.random.Generator(type(rng.bit_generator)())
+    normal_rng.bit_generator.state = rng.bit_generator.state
+    clicks = valve_schedule(seconds, rng=rng, fault=fault, period_s=period_s)
+    normal_clicks = (
+        clicks
+        if fault in ("normal", "leak")
+        else valve_schedule(seconds, rng=normal_rng, period_s=period_s)
+    )
+    n = round(seconds * SAMPLE_RATE_HZ)
+    kernels = {
+        "open": _decaying_kernel(rng, rng.uniform(*_VALVE_OPEN_HZ), _VALVE_CLICK_DECAY_S),
+        "close": _decaying_kernel(rng, rng.uniform(*_VALVE_CLOSE_HZ), _VALVE_CLICK_DECAY_S),
+    }
+    kernels["bounce"] = kernels["open"]
+    floor = _shaped_noise(n, rng, _VALVE_FLOOR_BANDS_HZ)
+    hiss = _shaped_noise(n, rng, (_VALVE_LEAK_BAND_HZ,))
+    click_power = _power(_render_clicks(normal_clicks, n, kernels))
+    if click_power <= _EPS:
+        raise ValueError(f"valve_sound: {seconds} s holds no click; use a longer signal")
+    floor_gain = np.sqrt(click_power * 10 ** (VALVE_FLOOR_DB / 10))
+    gain = VALVE_RMS / np.sqrt(click_power * (1.0 + 10 ** (VALVE_FLOOR_DB / 10)))
+    x = gain * (_render_clicks(clicks, n, kernels) + floor_gain * floor)
+    if fault == "leak":
+        x = x + VALVE_RMS * 10 ** (leak_db / 20) * hiss
+    return x.astype(np.float32), clicks
+
+
+def _render_clicks(
+    clicks: list[ValveClick], n: int, kernels: dict[str, npt.NDArray[np.float64]]
+) -> npt.NDArray[np.float64]:
+    out = np.zeros(n)
+    for kind, kernel in kernels.items():
+        train = np.zeros(n)
+        for click in clicks:
+            if click.kind == kind:
+                train[min(n - 1, round(click.time_s * SAMPLE_RATE_HZ))] += click.strength
+        out += np.convolve(train, kernel)[:n]
+    return out

@@ -8,6 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_asd.offline import metrics
+from edge_asd.offline.metrics import (
+    PairedScores,
+    dcase_section_metrics,
+    official_score,
+    paired_bootstrap,
+)
 
 
 def test_roc_auc_without_ties() -> None:
@@ -158,3 +164,49 @@ def test_auc_properties(data: tuple[np.ndarray, np.ndarray]) -> None:
     assert metrics.partial_auc(y, 2 * s + 1) == pytest.approx(pauc)
     # McClish range: the lowest possible area (all negatives first) gives 9/19, not 0.
     assert 9 / 19 - 1e-12 <= pauc <= 1 + 1e-12
+
+
+def _paired_section(rng: np.random.Generator, separation: float) -> PairedScores:
+    """12 normal + 12 anomalous clips (source and target); `first` separates them by
+    `separation` standard deviations, `second` not at all."""
+    is_anomaly = [False] * 12 + [True] * 12
+    domains = (["source"] * 8 + ["target"] * 4) * 2
+    labels = np.array(is_anomaly, dtype=float)
+    first = rng.normal(size=24) + separation * labels
+    second = rng.normal(size=24)
+    return PairedScores(is_anomaly, domains, first.tolist(), second.tolist())
+
+
+def test_paired_bootstrap_finds_a_clear_difference_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    sections = {"a": _paired_section(rng, 4.0), "b": _paired_section(rng, 4.0)}
+    groups = {"all": ["a", "b"], "a": ["a"]}
+    result = paired_bootstrap(sections, groups, rounds=200, seed=1)
+    assert set(result) == {"all", "a"}
+    for r in result.values():
+        assert r.low <= r.difference <= r.high
+        assert r.low > 0.0
+    again = paired_bootstrap(sections, groups, rounds=200, seed=1)
+    assert again == result
+
+    # The observed difference is the official score of one minus that of the other.
+    def score(system: str) -> float:
+        return official_score(
+            dcase_section_metrics(s.is_anomaly, getattr(s, system), s.domains)
+            for s in sections.values()
+        )
+
+    assert result["all"].difference == pytest.approx(score("first") - score("second"))
+
+
+def test_paired_bootstrap_of_a_system_against_itself_is_zero() -> None:
+    s = _paired_section(np.random.default_rng(2), 1.0)
+    same = PairedScores(s.is_anomaly, s.domains, s.first, s.first)
+    r = paired_bootstrap({"x": same}, {"all": ["x"]}, rounds=50)["all"]
+    assert r.difference == r.low == r.high == 0.0
+
+
+def test_paired_bootstrap_rejects_unknown_sections() -> None:
+    s = _paired_section(np.random.default_rng(3), 1.0)
+    with pytest.raises(ValueError, match="not given"):
+        paired_bootstrap({"x": s}, {"all": ["x", "y"]}, rounds=10)

@@ -3,28 +3,19 @@ audio, no ../shared data)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "streams.py"
+from tests.benchmark_loader import benchmark_module
 
 
 @pytest.fixture(scope="module")
-def streams() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmark_streams", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    try:
-        spec.loader.exec_module(module)
+def streams() -> Iterator[ModuleType]:
+    with benchmark_module("streams") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def _scenery(m: ModuleType) -> list:

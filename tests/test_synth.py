@@ -138,12 +138,16 @@ def test_imbalance_adds_shaft_rate_modulation(normal: np.ndarray) -> None:
     assert np.max(env[at_shaft]) > 3.0 * np.max(env_normal[at_shaft])
 
 
-@pytest.mark.parametrize("name", sorted(synth.EXTRA_FAULTS))
-@pytest.mark.parametrize("level_db", [-20.0, -6.0])
-def test_extra_fault_level_is_controlled_and_seeded(
+ADDED_FAULTS = {**synth.EXTRA_FAULTS, **synth.WEAK_FAULTS}
+"""The families outside `FAULTS` (same signature)."""
+
+
+@pytest.mark.parametrize("name", sorted(ADDED_FAULTS))
+@pytest.mark.parametrize("level_db", [-26.0, -20.0, -6.0])
+def test_added_fault_level_is_controlled_and_seeded(
     normal: np.ndarray, name: str, level_db: float
 ) -> None:
-    fault = synth.ALL_FAULTS[name]
+    fault = ADDED_FAULTS[name]
     faulty = fault(normal, rng=np.random.default_rng(5), level_db=level_db)
     measured = _power_db(faulty.astype(np.float64) - normal) - _power_db(normal)
     assert abs(measured - level_db) < LEVEL_TOLERANCE_DB
@@ -152,10 +156,12 @@ def test_extra_fault_level_is_controlled_and_seeded(
     np.testing.assert_array_equal(
         faulty, fault(normal, rng=np.random.default_rng(5), level_db=level_db)
     )
+    assert not np.allclose(faulty, fault(normal, rng=np.random.default_rng(6), level_db=level_db))
 
 
 def test_extra_faults_stay_out_of_the_devset_families() -> None:
     assert not set(synth.EXTRA_FAULTS) & set(synth.FAULTS)
+    assert not set(synth.WEAK_FAULTS) & set(synth.ALL_FAULTS)
     assert synth.ALL_FAULTS == {**synth.FAULTS, **synth.EXTRA_FAULTS}
 
 
@@ -191,3 +197,141 @@ def test_mix_at_snr(normal: np.ndarray, snr_db: float) -> None:
     added = mixed.astype(np.float64) - normal
     assert mixed.shape == normal.shape
     assert abs(_power_db(normal) - _power_db(added) - snr_db) < LEVEL_TOLERANCE_DB
+
+
+# Detection breadth (issue 8): weak faults and the valve machine.
+
+VALVE_SECONDS = 6.0
+FRAME = SAMPLE_RATE_HZ // 100
+"""10 ms analysis frames."""
+
+
+def _frame_rms(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return np.sqrt(np.mean(np.square(x[: x.size // FRAME * FRAME]).reshape(-1, FRAME), axis=1))
+
+
+def _times(clicks: list[synth.ValveClick], kind: str) -> np.ndarray:
+    return np.array([c.time_s for c in clicks if c.kind == kind])
+
+
+def test_rub_bursts_unchanged_by_the_short_burst_refactor(normal: np.ndarray) -> None:
+    """The dev set's rub faults draw exactly as before (first values of a fixed seed)."""
+    faulty = synth.rub_bursts(normal, rng=np.random.default_rng(5), level_db=-6.0)
+    added = faulty.astype(np.float64) - normal
+    assert _power_db(added) - _power_db(normal) == pytest.approx(-6.0, abs=1e-3)
+    short = synth.short_rub_bursts(normal, rng=np.random.default_rng(5), level_db=-6.0)
+    assert not np.allclose(short, faulty)
+
+
+def test_thin_whine_is_thinner_than_whine(normal: np.ndarray) -> None:
+    """At the same level the thin whine's added power sits in fewer bins, and its peak is
+    higher, than the gliding, wobbling `whine`."""
+    base = _avg_spectrum_db(normal)
+    thin = _avg_spectrum_db(synth.thin_whine(normal, rng=np.random.default_rng(1), level_db=-10))
+    wide = _avg_spectrum_db(synth.whine(normal, rng=np.random.default_rng(1), level_db=-10))
+    assert np.sum(thin - base > 3.0) < np.sum(wide - base > 3.0)
+    assert np.sum(thin - base > 3.0) <= 4
+    assert np.max(thin - base) > np.max(wide - base)
+
+
+def test_short_rub_bursts_are_shorter_than_rub_bursts(normal: np.ndarray) -> None:
+    def active_share(faulty: np.ndarray) -> float:
+        rms = _frame_rms(faulty.astype(np.float64) - normal)
+        return float(np.mean(rms > 0.1 * rms.max()))
+
+    long_share = active_share(synth.rub_bursts(normal, rng=np.random.default_rng(2), level_db=-10))
+    short = synth.short_rub_bursts(normal, rng=np.random.default_rng(2), level_db=-10)
+    assert active_share(short) < 0.5 * long_share
+
+
+def test_valve_normal_level_and_determinism() -> None:
+    x, clicks = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(0))
+    assert x.dtype == np.float32
+    assert x.shape == (round(VALVE_SECONDS * SAMPLE_RATE_HZ),)
+    assert np.sqrt(np.mean(x.astype(np.float64) ** 2)) == pytest.approx(synth.VALVE_RMS, rel=1e-3)
+    y, again = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(x, y)
+    assert clicks == again
+    z, _ = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(1))
+    assert not np.allclose(x, z)
+
+
+def test_valve_cycle_period_and_open_time() -> None:
+    _, clicks = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(0))
+    opens = _times(clicks, "open")
+    closes = _times(clicks, "close")
+    assert np.median(np.diff(opens)) == pytest.approx(synth.VALVE_PERIOD_S, abs=0.02)
+    after = [c - opens[opens < c].max() for c in closes if np.any(opens < c)]
+    open_s = synth.VALVE_OPEN_FRACTION * synth.VALVE_PERIOD_S
+    assert np.median(after) == pytest.approx(open_s, abs=0.02)
+    # The clicks are heard: the loudest 10 ms frames are where the schedule puts them.
+    rms = _frame_rms(synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(0))[0])
+    loud = np.flatnonzero(rms > 0.3 * rms.max()) * FRAME / SAMPLE_RATE_HZ
+    every = np.array([c.time_s for c in clicks])
+    assert np.all(np.min(np.abs(loud[:, None] - every[None, :]), axis=1) < 0.03)
+
+
+def test_valve_late_fault_moves_only_the_close_clicks() -> None:
+    _, normal = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(3))
+    _, late = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(3), fault="late")
+    np.testing.assert_allclose(_times(late, "open"), _times(normal, "open"))
+    n_close = min(_times(late, "close").size, _times(normal, "close").size)
+    shift = _times(late, "close")[:n_close] - _times(normal, "close")[:n_close]
+    # Late-fault clicks past the end are dropped, so compare the ones both have.
+    np.testing.assert_allclose(shift[shift > 0], synth.VALVE_LATE_S, atol=1e-9)
+    assert np.mean(shift > 0) > 0.5
+
+
+def test_valve_missing_and_double_faults() -> None:
+    _, normal = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(4))
+    _, missing = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(4), fault="missing")
+    _, double = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(4), fault="double")
+    assert 0 < _times(missing, "close").size < _times(normal, "close").size
+    assert set(_times(missing, "close")) <= set(_times(normal, "close"))
+    bounces = _times(double, "bounce")
+    opens = _times(double, "open")
+    assert bounces.size >= opens.size - 1
+    gaps = np.array([b - opens[opens < b].max() for b in bounces if np.any(opens < b)])
+    lo, hi = synth.VALVE_BOUNCE_RANGE_S
+    assert np.all((gaps > lo - 0.02) & (gaps < hi + 0.02))
+
+
+def test_valve_period_fault_changes_the_cycle() -> None:
+    _, clicks = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(5), fault="period")
+    period = np.median(np.diff(_times(clicks, "open")))
+    expected = synth.VALVE_PERIOD_S * synth.VALVE_PERIOD_FACTOR
+    assert period == pytest.approx(expected, abs=0.02)
+
+
+def test_valve_leak_raises_the_floor_between_clicks() -> None:
+    normal, clicks = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(6))
+    leak, leak_clicks = synth.valve_sound(VALVE_SECONDS, rng=np.random.default_rng(6), fault="leak")
+    assert leak_clicks == clicks
+    # Frames at least 50 ms from any click: the inter-click floor.
+    centres = (np.arange(_frame_rms(normal).size) + 0.5) * FRAME / SAMPLE_RATE_HZ
+    every = np.array([c.time_s for c in clicks])
+    quiet = np.min(np.abs(centres[:, None] - every[None, :]), axis=1) > 0.05
+    floor_normal = np.median(_frame_rms(normal)[quiet])
+    floor_leak = np.median(_frame_rms(leak)[quiet])
+    assert 20 * np.log10(floor_leak / floor_normal) > 6.0
+    # The hiss is at the level asked for, re the normal sound.
+    added = leak.astype(np.float64) - normal
+    assert _power_db(added) - _power_db(normal) == pytest.approx(synth.VALVE_LEAK_DB, abs=0.5)
+
+
+def test_valve_bad_arguments_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unknown valve fault 'sticky'"):
+        synth.valve_sound(1.0, rng=np.random.default_rng(0), fault="sticky")
+    with pytest.raises(ValueError, match="seconds"):
+        synth.valve_schedule(0.0, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("fault", synth.VALVE_FAULTS)
+def test_every_valve_fault_changes_every_clip(fault: str) -> None:
+    """Whatever the phase, a faulty clip differs from its normal twin (a 'missing' fault whose
+    dropped click fell outside the clip once left it unchanged)."""
+    for seed in range(40):
+        normal, _ = synth.valve_sound(2.0, rng=np.random.default_rng(seed))
+        faulty, _ = synth.valve_sound(2.0, rng=np.random.default_rng(seed), fault=fault)
+        assert not np.allclose(faulty, normal), seed
