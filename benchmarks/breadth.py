@@ -4,8 +4,8 @@ paired bootstrap intervals of the difference to `logmel-stats`.
     PYTHONPATH=. python benchmarks/breadth.py devsets/breadth --out runs/breadth \\
         --markdown runs/breadth/table.md
 
-ROOT holds the sets of benchmarks/make_breadth_sets.py (valves, weak, bearings, fan); every
-set is evaluated by the real command line (`python -m edge_asd evaluate SET --out ...
+ROOT holds the sets of benchmarks/make_breadth_sets.py (valves, weak, bearings, bearings-hard,
+fan); every set is evaluated by the real command line (`python -m edge_asd evaluate SET --out ...
 --model M`), one run per configuration: the default model `yamnet-denoise`, the bundled
 `logmel-stats`, and `yamnet-denoise --views auto` when this checkout's `edge-asd evaluate
 --help` offers `--views`. A run with the same arguments on an unchanged set (same
@@ -43,7 +43,7 @@ from edge_asd.offline.metrics import (
 _LOGGER = logging.getLogger("breadth")
 
 BASELINE: Final = "logmel-stats"
-SET_ORDER: Final = ("valves", "weak", "bearings", "fan")
+SET_ORDER: Final = ("valves", "weak", "bearings", "bearings-hard", "fan")
 ALL: Final = "all"
 """The group of every section of a set (its official score)."""
 VIEWS_OPTION: Final = "--views"

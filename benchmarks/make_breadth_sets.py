@@ -27,6 +27,17 @@ train clips and the same normal test clips; only its anomalous clips differ):
   no train audio; test normals = excerpts of its healthy 2.35 s. Anomalies: non-overlapping 1 s
   excerpts of the real inner-race, ball and outer-race fault recordings at both loads.
   Sections: `all` (0.007, 0.014 and 0.021 in faults) and `weak007` (0.007 in only).
+- `bearings-hard`: the same CWRU rig, made hard enough to rank encoders. Calibrate on load 0
+  (1797 rpm) only; test at loads 1-3 (1772, 1750, 1730 rpm) as the DCASE target domain (no
+  train audio there), load 0 as the source domain. Only the weakest faults (0.007 in), one
+  section per fault type (inner, ball, outer) and SNR, with real factory noise (NOISEX
+  factory2) at +5 and 0 dB re each clip's vibration (train crops from the first half of the
+  noise file, test crops from the second). Clips are 1 s. The 5.1 s healthy load-0 recording
+  is cut into a held-out 2 s test block and the rest (about 3.1 s) for train; the seed draws
+  whether the test block is its first or last 2 s, and no train excerpt overlaps it in time.
+  Normal clips are sliding excerpts (hop 0.1 s): train about 21, source test 11, target test
+  14 per load (its healthy 2.35 s). Anomalies: 5 non-overlapping 1 s excerpts per fault
+  recording and load, at seeded positions (20 per section: 5 source, 15 target).
 - `fan`: the real desk fan. Train = 5 of the 7 ON recordings of the 2020 session (source),
   cut into 5 s clips (30 clips, 150 s); test normals = the 2 held-out 2020 ON recordings
   (source) and the 5 ON recordings of the 2021 session (target: a shifted condition with NO
@@ -44,7 +55,7 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -69,7 +80,7 @@ _LOGGER = logging.getLogger("make_breadth_sets")
 
 DEFAULT_SHARED: Final = REPO_ROOT.parent / "shared"
 DEFAULT_OUT: Final = REPO_ROOT / "devsets" / "breadth"
-SETS: Final = ("valves", "weak", "bearings", "fan")
+SETS: Final = ("valves", "weak", "bearings", "bearings-hard", "fan")
 
 FACTORY_NOISE: Final = ("factory2",)
 
@@ -109,6 +120,20 @@ BEARING_SIZES: Final[dict[str, tuple[str, ...]]] = {
     "weak007": ("007",),
 }
 
+HARD_SOURCE_LOAD: Final = 0
+"""The only load calibrated on (1797 rpm): its healthy recording is the longest (5.1 s)."""
+HARD_TARGET_LOADS: Final = (1, 2, 3)
+"""Monitored, never calibrated on (1772, 1750, 1730 rpm): the DCASE target domain."""
+HARD_TEST_BLOCK_S: Final = 2.0
+"""Healthy load-0 audio held out for source test normals, seconds: a contiguous block, so no
+test excerpt shares a sample with a train excerpt."""
+HARD_SIZE: Final = "007"
+"""The weakest seeded fault (0.007 in diameter); the larger ones change the spectrum grossly."""
+HARD_FAULT_CLIPS: Final = 5
+"""Non-overlapping 1 s excerpts per fault recording and load, at seeded positions."""
+HARD_SNRS_DB: Final = (5.0, 0.0)
+"""Real factory noise re each clip's vibration: the noisy floor where weak faults hide."""
+
 FAN_CLIP_S: Final = 5.0
 FAN_TRAIN_RECORDINGS: Final = 5
 """Of the 7 ON recordings of the 2020 session; the others are source test normals."""
@@ -147,11 +172,16 @@ def _write_set(
     noise: dict[str, np.ndarray],
     noise_types: tuple[str, ...] | None,
     description: dict[str, Any],
+    section_snr_db: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Write every section's train and test clips (noise mixed in by make_devset's writer)."""
+    """Write every section's train and test clips (noise mixed in by make_devset's writer).
+
+    `section_snr_db` overrides `snr_db` for the sections it names (a set with one section per
+    SNR)."""
     if out.exists():
         shutil.rmtree(out)
     manifest: dict[str, Any] = {**description, "seed": seed, "snr_db": snr_db, "sections": {}}
+    per_section = dict(section_snr_db or {})
     total = sum(len(train) + len(test) for train, test in sections.values())
     with tqdm(total=total, unit="clip", file=sys.stderr, disable=None) as bar:
         for section, (train, test) in sections.items():
@@ -159,7 +189,8 @@ def _write_set(
             (sec_dir / "train").mkdir(parents=True)
             (sec_dir / "test").mkdir(parents=True)
             rng = np.random.default_rng([seed, *(ord(c) for c in section)])
-            writer = SectionWriter(sec_dir, snr_db, rng, noise, bar)
+            snr = per_section.get(section, snr_db)
+            writer = SectionWriter(sec_dir, snr, rng, noise, bar)
             for clip in train:
                 writer.write(
                     f"train/{clip.name}", clip.clean, clip.faulty, noise_types, False, clip.info
@@ -168,7 +199,7 @@ def _write_set(
                 writer.write(
                     f"test/{clip.name}", clip.clean, clip.faulty, noise_types, True, clip.info
                 )
-            manifest["sections"][section] = {"files": writer.files}
+            manifest["sections"][section] = {"snr_db": snr, "files": writer.files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 
@@ -349,6 +380,117 @@ def bearing_sections(shared: Path) -> dict[str, tuple[list[Clip], list[Clip]]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# (c') hard bearings: one load calibrated, three others monitored, weakest faults, in noise
+
+
+def _ms(seconds: float) -> int:
+    return round(1000 * seconds)
+
+
+def _snr_label(snr_db: float) -> str:
+    """+5 -> "+5", 0 -> "0" (as make_devset names its sections)."""
+    return "0" if snr_db == 0 else f"{snr_db:+g}"
+
+
+def _sliding(x: np.ndarray, start_s: float, end_s: float) -> Iterator[tuple[float, np.ndarray]]:
+    """(start in the recording in s, excerpt) of BEARING_CLIP_S every BEARING_SLIDE_S that fit
+    inside [start_s, end_s) of `x`."""
+    lo, hi = round(start_s * SAMPLE_RATE_HZ), min(x.size, round(end_s * SAMPLE_RATE_HZ))
+    hop = round(BEARING_SLIDE_S * SAMPLE_RATE_HZ)
+    for j, excerpt in enumerate(_clips(x[lo:hi], BEARING_CLIP_S, BEARING_SLIDE_S)):
+        yield (lo + j * hop) / SAMPLE_RATE_HZ, excerpt
+
+
+def bearing_hard_clips(shared: Path, seed: int) -> tuple[list[Clip], list[Clip], list[Clip]]:
+    """(train, test normals, test anomalies of every 0.007 in fault type and load), unmixed.
+
+    Every clip's info holds its recording, load, and [start_s, end_s) in that recording."""
+    folder = shared / "data/bearing_dev"
+    rng = np.random.default_rng([seed, 3])
+    n = round(BEARING_CLIP_S * SAMPLE_RATE_HZ)
+
+    def info(domain: str, stem: str, load_no: int, start_s: float) -> dict[str, Any]:
+        end_s = start_s + n / SAMPLE_RATE_HZ
+        return {
+            "domain": domain,
+            "recording": stem,
+            "load": load_no,
+            "start_s": round(start_s, 6),
+            "end_s": round(end_s, 6),
+        }
+
+    src_stem = f"normal_load{HARD_SOURCE_LOAD}"
+    src = read_wav(folder / f"{src_stem}.wav")
+    total_s = src.size / SAMPLE_RATE_HZ
+    if total_s < HARD_TEST_BLOCK_S + 2 * BEARING_CLIP_S:
+        raise SystemExit(f"{folder / src_stem}.wav: {total_s:.2f} s, too short to split")
+    # Held-out block first or last: which end of the recording the test normals come from is
+    # part of the draw, so two seeds do not rest on the same 2 s of healthy audio.
+    block_first = bool(rng.integers(2))
+    block = (0.0, HARD_TEST_BLOCK_S) if block_first else (total_s - HARD_TEST_BLOCK_S, total_s)
+    rest = (block[1], total_s) if block_first else (0.0, block[0])
+    train = [
+        _normal(
+            _train_name("source", j, f"{src_stem}_t{_ms(t)}ms"),
+            x,
+            info("source", src_stem, HARD_SOURCE_LOAD, t),
+        )
+        for j, (t, x) in enumerate(_sliding(src, *rest))
+    ]
+    normals = [
+        _normal(
+            _test_name("source", "normal", j, f"{src_stem}_t{_ms(t)}ms"),
+            x,
+            info("source", src_stem, HARD_SOURCE_LOAD, t),
+        )
+        for j, (t, x) in enumerate(_sliding(src, *block))
+    ]
+    for load_no in HARD_TARGET_LOADS:
+        stem = f"normal_load{load_no}"
+        x_all = read_wav(folder / f"{stem}.wav")
+        normals += [
+            _normal(
+                _test_name("target", "normal", len(normals), f"{stem}_t{_ms(t)}ms"),
+                x,
+                info("target", stem, load_no, t),
+            )
+            for t, x in _sliding(x_all, 0.0, x_all.size / SAMPLE_RATE_HZ)
+        ]
+    anomalies: list[Clip] = []
+    for fault in BEARING_FAULTS:
+        for load_no in (HARD_SOURCE_LOAD, *HARD_TARGET_LOADS):
+            domain = "source" if load_no == HARD_SOURCE_LOAD else "target"
+            stem = f"{fault}{HARD_SIZE}_load{load_no}"
+            x_all = read_wav(folder / f"{stem}.wav")
+            slots = x_all.size // n
+            if slots < HARD_FAULT_CLIPS:
+                raise SystemExit(f"{folder / stem}.wav: {slots} s, need {HARD_FAULT_CLIPS}")
+            for slot in sorted(rng.choice(slots, HARD_FAULT_CLIPS, replace=False).tolist()):
+                t = slot * n / SAMPLE_RATE_HZ
+                x = x_all[slot * n : (slot + 1) * n]
+                clip_info = {**info(domain, stem, load_no, t), "label": "anomaly", "fault": fault}
+                name = _test_name(domain, "anomaly", len(anomalies), f"{stem}_t{_ms(t)}ms")
+                anomalies.append(Clip(name, x, x, clip_info))
+    return train, normals, anomalies
+
+
+def bearing_hard_sections(
+    shared: Path, seed: int
+) -> tuple[dict[str, tuple[list[Clip], list[Clip]]], dict[str, float]]:
+    """(sections, section -> SNR in dB): one section per fault type and SNR, all of a set's
+    sections with the same train and normal clips (noise crops drawn per section)."""
+    train, normals, anomalies = bearing_hard_clips(shared, seed)
+    sections: dict[str, tuple[list[Clip], list[Clip]]] = {}
+    snrs: dict[str, float] = {}
+    for snr in HARD_SNRS_DB:
+        for fault in BEARING_FAULTS:
+            name = f"bearing_{fault}{HARD_SIZE}_snr{_snr_label(snr)}"
+            sections[name] = (train, normals + [c for c in anomalies if c.info["fault"] == fault])
+            snrs[name] = snr
+    return sections, snrs
+
+
+# ---------------------------------------------------------------------------------------------
 # (d) the real fan: 2020 session calibrates, 2021 session is the shifted target
 
 
@@ -405,6 +547,20 @@ def build(shared: Path, out: Path, sets: Sequence[str], seed: int) -> dict[str, 
     manifests = {}
     for name in sets:
         _LOGGER.info("building %s", name)
+        description = {"set": name, "built_by": "benchmarks/make_breadth_sets.py"}
+        if name == "bearings-hard":
+            sections, section_snr = bearing_hard_sections(shared, seed)
+            manifests[name] = _write_set(
+                out / name,
+                sections,
+                seed=seed,
+                snr_db=None,
+                noise=noise,
+                noise_types=FACTORY_NOISE,
+                description=description,
+                section_snr_db=section_snr,
+            )
+            continue
         snr = noisy.get(name)
         manifests[name] = _write_set(
             out / name,
@@ -413,7 +569,7 @@ def build(shared: Path, out: Path, sets: Sequence[str], seed: int) -> dict[str, 
             snr_db=snr,
             noise=noise,
             noise_types=FACTORY_NOISE if snr is not None else None,
-            description={"set": name, "built_by": "benchmarks/make_breadth_sets.py"},
+            description=description,
         )
     return manifests
 
