@@ -3,17 +3,21 @@
 Each feature view (views.py) has its own memory bank, scored with the same density-normalised
 kNN as the embedding (memory_bank.MemoryBank with the bundle's method). A view's score means
 nothing next to another's, so each is normalised against its own HELD-OUT normal scores (the
-calibration folds): z = (log score - median) / robust spread. The fused window score is
-exp(weighted mean of the clipped z), so
+calibration folds): z = (log score - median) / robust spread, clipped to [Z_MIN, Z_MAX].
 
-- a normal window scores about 1 in every calibration, whichever views it has;
-- one view can move the fused score by at most its weight times Z_MAX: a view that turns noisy
-  in the field cannot alone drive the score to any value;
-- a view far BELOW its normal (z < Z_MIN) cannot cancel another view's anomaly either.
+The fused window score is exp(base + excess):
 
-Which views to use and their weights are chosen at calibration from normal audio only
-(`choose_views`); with the embedding alone there is nothing to fuse and the score is the
-embedding's score, unchanged.
+- base: the embedding's z (or, when a view list leaves the embedding out, the weighted mean of
+  the views' z): it ranks windows as the embedding always did;
+- excess: each feature view adds its weight times how far its z lies beyond Z_MARGIN spreads, so
+  a view speaks only when it hears something outside the range of normal it was calibrated on
+  (a click bounce, a tone the embedding averages away), and its share is bounded by
+  weight x (Z_MAX - Z_MARGIN): a view that turns noisy in the field cannot alone drive the
+  score anywhere.
+
+A normal window scores about 1 in every calibration. Which views to use and their weights are
+chosen at calibration from normal audio only (`choose_views`); with the embedding alone there is
+nothing to fuse and the score is the embedding's score, unchanged.
 
 Features are standardised with the calibration's mean and spread (`FeatureScaler`) and lifted
 by a constant coordinate before the cosine kNN: without the lift a cosine distance would see
@@ -39,7 +43,11 @@ SCORE_FLOOR: Final = 1e-6
 Z_MAX: Final = 8.0
 """A view's normalised score is clipped here: its share of the fused score is bounded."""
 Z_MIN: Final = -2.0
-"""...and here: 'very normal' in one view does not cancel an anomaly seen by another."""
+"""...and here (matters for the mean of a base without the embedding)."""
+Z_MARGIN: Final = 3.0
+"""A feature view adds to the fused score only beyond this many spreads over its held-out
+median (about the 99.5th percentile of normal windows). Chosen on the dev set among 2, 3, 4
+(docs/results.md): 3 scored best there; the breadth sets were not used to choose."""
 SPREAD_FLOOR: Final = 1e-3
 """Log-score spread under which a view's held-out scores count as constant."""
 IQR_PER_SIGMA: Final = 1.349
@@ -52,9 +60,6 @@ dominated by something non-stationary (noise bursts), and it would raise false a
 MAX_FOLD_SHIFT: Final = 1.0
 """auto drops a view whose per-fold held-out medians differ by more than this many spreads
 (their standard deviation): what it calls normal depends on which recordings it was given."""
-EMBEDDING_WEIGHT: Final = 2.0
-"""The embedding's weight against 1 for a stable feature view (chosen on the dev set,
-docs/results.md): it is the view measured best across machines and noises."""
 DEAD_FEATURE_STD: Final = 1e-4
 """A feature whose calibration std is under this (in its own units: dB, log10) is constant:
 no content in its band (a recording band-limited by a low sample rate) or digital silence."""
@@ -125,15 +130,16 @@ class ViewNorm:
 
 
 def fuse(scores: Mapping[str, np.ndarray], norms: Mapping[str, ViewNorm]) -> np.ndarray:
-    """float32 fused scores: exp of the weighted mean of each view's clipped z."""
-    total = sum(norm.weight for norm in norms.values())
-    acc: np.ndarray | None = None
-    for name, norm in norms.items():
-        part = norm.weight * norm.z(scores[name])
-        acc = part if acc is None else acc + part
-    if acc is None or total <= 0:
+    """float32 fused scores exp(base + excess) (module docstring) of each view's `scores`."""
+    if not norms:
         raise ValueError("no views to fuse")
-    return np.exp(acc / total).astype(np.float32)
+    base_names = [name for name in norms if name == EMBEDDING_VIEW] or list(norms)
+    total = sum(norms[name].weight for name in base_names)
+    log = sum(norms[name].weight * norms[name].z(scores[name]) for name in base_names) / total
+    for name, norm in norms.items():
+        if name not in base_names:
+            log = log + norm.weight * np.maximum(0.0, norm.z(scores[name]) - Z_MARGIN)
+    return np.exp(np.asarray(log, dtype=np.float64)).astype(np.float32)
 
 
 @dataclass
@@ -253,7 +259,8 @@ def choose_views(
     ]
     for name, scores in heldout.items():
         stats = heldout_stats(scores, folds)
-        weight = (EMBEDDING_WEIGHT if name == EMBEDDING_VIEW else 1.0) / (1.0 + stats["fold_shift"])
+        # Inverse spread across folds: a view whose normal moves between recordings counts less.
+        weight = 1.0 / (1.0 + stats["fold_shift"])
         reason = "requested"
         if name == EMBEDDING_VIEW:
             reason = "the learned embedding: always used" if auto else reason
