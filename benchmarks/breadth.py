@@ -87,9 +87,12 @@ def evaluate_supports(option: str) -> bool:
 
 
 def configurations(*, views: bool) -> list[Configuration]:
+    # Where evaluate has --views its default is calibrate's (auto): the plain rows then ask for
+    # the embedding alone, so they stay the figures measured before views existed.
+    plain: tuple[str, ...] = (VIEWS_OPTION, "embedding") if views else ()
     configs = [
-        Configuration("yamnet-denoise", ("--model", "yamnet-denoise")),
-        Configuration(BASELINE, ("--model", BASELINE)),
+        Configuration("yamnet-denoise", ("--model", "yamnet-denoise", *plain)),
+        Configuration(BASELINE, ("--model", BASELINE, *plain)),
     ]
     if views:
         configs.append(

@@ -99,7 +99,7 @@ def test_every_view_is_finite_and_batch_independent() -> None:
 @pytest.mark.parametrize(
     ("view", "fault", "level_db"),
     [
-        ("tonal", "whine", -20.0),
+        ("tonal", "whine", -15.0),
         ("modulation", "imbalance_modulation", -15.0),
         ("modulation", "bearing_impacts", -10.0),
         ("transient", "rub_bursts", -15.0),
@@ -168,7 +168,9 @@ def test_auto_drops_a_view_with_a_heavy_held_out_tail() -> None:
     steady = np.exp(rng.normal(0.0, 0.2, n))
     bursty = steady.copy()
     bursty[rng.choice(n, 20, replace=False)] *= 50.0  # noise bursts on normal audio
-    shifted = np.exp(rng.normal(0.0, 0.2, n) + np.where(folds == 0, 0.6, 0.0))
+    # Two folds' recordings sit far from the rest (0.8 in log score) with little noise.
+    offset = np.select([folds == 0, folds == 1], [0.8, -0.8], 0.0)
+    shifted = np.exp(rng.normal(0.0, 0.1, n) + offset)
     decisions = {
         d.name: d
         for d in choose_views(
@@ -275,11 +277,12 @@ def test_views_that_cannot_be_computed_are_skipped_with_a_warning(clips: list[Cl
     assert {"modulation", "subframes"} <= set(skipped)
     assert any("modulation" in w for w in report["warnings"])
     band_limited = [Clip(c.name, _lowpass(c.samples, 400.0)) for c in clips]
-    bundle = _calibrate(band_limited, ["embedding", "tonal"])
+    bundle = _calibrate(band_limited, ["embedding", "tonal", "transient"])
     report = bundle.report
     assert report is not None
-    tonal = next(v for v in report["views"]["views"] if v["name"] == "tonal")
-    assert not tonal["used"] and "constant" in tonal["reason"]
+    by_name = {v["name"]: v for v in report["views"]["views"]}
+    assert not by_name["tonal"]["used"] and "no content above" in by_name["tonal"]["reason"]
+    assert by_name["transient"]["used"]
     assert any("tonal" in w for w in report["warnings"])
 
 

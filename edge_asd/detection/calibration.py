@@ -61,7 +61,13 @@ from edge_asd.detection.memory_bank import (
 )
 from edge_asd.detection.pipeline import EmbeddingModel, embed_recording
 from edge_asd.detection.running import running_profile
-from edge_asd.detection.views import available_views, compute_views, concat_features
+from edge_asd.detection.views import (
+    available_views,
+    compute_views,
+    concat_features,
+    content_hz,
+    content_reason,
+)
 from edge_asd.detection.vocabulary import (
     AUTO_VIEWS,
     EMBEDDING_VIEW,
@@ -471,6 +477,8 @@ class EmbeddedAudio:
     views: dict[str, np.ndarray] | None = None
     """float32 [N, D_view] raw features of every window for each feature view that could be
     computed (views.compute_views); None: the embedding only."""
+    content_hz: float | None = None
+    """Highest frequency with content in the audio (views.content_hz); None: not checked."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,6 +551,8 @@ def _choose(
         }
         wanted = []
     for name, reason in available_views(framing.window_samples, wanted).items():
+        if reason is None and audio.content_hz is not None:
+            reason = content_reason(name, audio.content_hz)
         if reason is not None:
             skipped[name] = f"{name}: {reason}; skipped"
     heldout: dict[str, np.ndarray] = {}
@@ -650,7 +660,9 @@ def calibrate(
         ]
     wanted = [name for name in requested_views(config) if name in FEATURE_VIEWS]
     features = view_features(checked, counts, framing, wanted) if wanted else None
-    audio = EmbeddedAudio(embeddings, counts, levels, labels, features)
+    audio = EmbeddedAudio(
+        embeddings, counts, levels, labels, features, content_hz(checked) if wanted else None
+    )
     off: EmbeddedAudio | None = None
     off_files: list[FileCheck] = []
     if off_clips:

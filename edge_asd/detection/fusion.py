@@ -57,11 +57,11 @@ MAX_TAIL_Z: Final = 6.0
 """auto drops a view whose held-out 99th percentile lies more than this many spreads over its
 median (2.3 for a normal distribution): a tail that heavy on NORMAL audio means the view is
 dominated by something non-stationary (noise bursts), and it would raise false alarms."""
-MAX_FOLD_SHIFT: Final = 0.5
+MAX_FOLD_SHIFT: Final = 1.0
 """auto drops a view whose per-fold held-out medians differ by more than this many spreads
 (their standard deviation): what it calls normal depends on which recordings it was given.
-On every measured set the views stayed under 0.33, except on the bearings (0.39-0.69: their
-calibration is sliding excerpts of 5 s of audio), where only `subframes` (0.69) is dropped."""
+Small calibrations show 0.5-0.7 from sampling alone (5 clips of 8 s; the bearings' sliding
+excerpts), the dev and breadth sets 0.1-0.35: the limit sits clear of both."""
 DEAD_FEATURE_STD: Final = 1e-4
 """A feature whose calibration std is under this (in its own units: dB, log10) is constant:
 no content in its band (a recording band-limited by a low sample rate) or digital silence."""

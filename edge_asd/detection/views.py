@@ -34,7 +34,9 @@ from edge_asd.detection.vocabulary import FEATURE_VIEWS
 
 FRAME_SAMPLES: Final = 512
 """STFT frame (32 ms at 16 kHz): 31 Hz bins, fine enough to separate a tone from its floor."""
-FRAME_HOP_SAMPLES: Final = 256
+FRAME_HOP_SAMPLES: Final = 512
+"""Frames do not overlap: half the FFTs of a 50 % overlap, for the 1 ms budget; the transient
+view has its own finer framing, so what falls between two tapered frames is not lost."""
 BAND_EDGES_HZ: Final = (100.0, 8_000.0)
 """Range of the log-spaced bands; below 100 Hz a 512-sample frame has too few bins."""
 N_BANDS: Final = 16
@@ -108,6 +110,8 @@ class _Spectra:
     windows: np.ndarray
     """float32 [B, S]."""
     _power: np.ndarray | None = None
+    _band_power: np.ndarray | None = None
+    _diff: np.ndarray | None = None
 
     @property
     def power(self) -> np.ndarray:
@@ -122,9 +126,24 @@ class _Spectra:
         return self._power
 
     @property
+    def diff(self) -> np.ndarray:
+        """float32 [B, S - 1] first difference: a cheap high-pass (bearing impacts and clicks
+        excite high resonances)."""
+        if self._diff is None:
+            self._diff = np.diff(self.windows, axis=1)
+        return self._diff
+
+    @property
+    def band_power(self) -> np.ndarray:
+        """float32 [B, frames, N_BANDS] band energies."""
+        if self._band_power is None:
+            self._band_power = self.power @ _BANDS
+        return self._band_power
+
+    @property
     def band_db(self) -> np.ndarray:
         """float32 [B, frames, N_BANDS] log band energies (dB)."""
-        return _db(self.power @ _BANDS)
+        return _db(self.band_power)
 
 
 def _bands(s: _Spectra) -> np.ndarray:
@@ -136,9 +155,10 @@ def _tonal(s: _Spectra) -> np.ndarray:
     mean_db = _db(s.power.mean(axis=1))  # [B, bins]
     half = TONAL_FLOOR_BINS // 2
     padded = np.pad(mean_db, ((0, 0), (half, half)), mode="edge")
-    floor = np.median(
-        np.lib.stride_tricks.sliding_window_view(padded, TONAL_FLOOR_BINS, axis=1), axis=-1
-    )
+    # The middle of a partition is the median (odd width), at a fraction of np.median's cost.
+    floor = np.partition(
+        np.lib.stride_tricks.sliding_window_view(padded, TONAL_FLOOR_BINS, axis=1), half, axis=-1
+    )[..., half]
     excess = mean_db - floor
     out = np.empty((mean_db.shape[0], N_TONAL_BANDS), dtype=np.float32)
     for band in range(N_TONAL_BANDS):
@@ -165,10 +185,11 @@ def _envelope_bands(envelope: np.ndarray) -> np.ndarray:
     return np.log10(np.maximum(power @ matrix, POWER_FLOOR))
 
 
-def _block_rms(x: np.ndarray, block: int) -> np.ndarray:
+def _block_power(x: np.ndarray, block: int) -> np.ndarray:
+    """[B, n] mean square of consecutive `block`-sample blocks."""
     n = x.shape[1] // block
     blocks = x[:, : n * block].reshape(x.shape[0], n, block)
-    return np.sqrt(np.mean(blocks * blocks, axis=2))
+    return np.einsum("bnk,bnk->bn", blocks, blocks) / block
 
 
 def _modulation(s: _Spectra) -> np.ndarray:
@@ -179,9 +200,8 @@ def _modulation(s: _Spectra) -> np.ndarray:
             f"(its slowest band is {MODULATION_EDGES_HZ[0]:g} Hz), got "
             f"{x.shape[1] / SAMPLE_RATE_HZ:g} s"
         )
-    broadband = _block_rms(x, ENVELOPE_BLOCK_SAMPLES)
-    # A first difference is a cheap high-pass: bearing impacts excite high resonances.
-    high = _block_rms(np.diff(x, axis=1), ENVELOPE_BLOCK_SAMPLES)
+    broadband = np.sqrt(_block_power(x, ENVELOPE_BLOCK_SAMPLES))
+    high = np.sqrt(_block_power(s.diff, ENVELOPE_BLOCK_SAMPLES))
     return np.concatenate([_envelope_bands(broadband), _envelope_bands(high)], axis=1)
 
 
@@ -196,18 +216,17 @@ def _kurtosis_crest(x: np.ndarray) -> np.ndarray:
     """[B, 2]: log10 kurtosis and crest factor (dB) of each row."""
     centred = x - x.mean(axis=1, keepdims=True)
     squared = centred * centred  # products, not **4: a float32 power is ten times slower
-    m2 = np.mean(squared, axis=1)
-    m4 = np.mean(squared * squared, axis=1)
+    m2 = squared.mean(axis=1)
+    m4 = np.einsum("bs,bs->b", squared, squared) / x.shape[1]
     kurtosis = m4 / np.maximum(m2 * m2, POWER_FLOOR**2)
     crest = np.max(np.abs(centred), axis=1) ** 2 / np.maximum(m2, POWER_FLOOR)
     return np.stack([np.log10(np.maximum(kurtosis, POWER_FLOOR)), _db(crest)], axis=1)
 
 
 def _transient(s: _Spectra) -> np.ndarray:
-    x = s.windows
-    frame_db = _db(_block_rms(x, TRANSIENT_FRAME_SAMPLES) ** 2)
-    diff = np.diff(x, axis=1)
-    diff_db = _db(_block_rms(diff, TRANSIENT_FRAME_SAMPLES) ** 2)
+    x, diff = s.windows, s.diff
+    frame_db = _db(_block_power(x, TRANSIENT_FRAME_SAMPLES))
+    diff_db = _db(_block_power(diff, TRANSIENT_FRAME_SAMPLES))
     median = np.median(frame_db, axis=1, keepdims=True)
     loud = np.mean(frame_db > median + TRANSIENT_LOUD_DB, axis=1, keepdims=True)
     return np.concatenate(
@@ -226,14 +245,13 @@ def _transient(s: _Spectra) -> np.ndarray:
 def _subframes(s: _Spectra) -> np.ndarray:
     x = s.windows
     n_sub = round(x.shape[1] / (SUBFRAME_SECONDS * SAMPLE_RATE_HZ))
-    db = s.band_db
-    if n_sub < MIN_SUBFRAMES or db.shape[1] < n_sub:
+    if n_sub < MIN_SUBFRAMES or s.power.shape[1] < n_sub:
         raise ViewUnavailableError(
             f"subframes needs windows of at least {MIN_SUBFRAMES * SUBFRAME_SECONDS:g} s "
             f"({MIN_SUBFRAMES} subframes of {SUBFRAME_SECONDS:g} s), got "
             f"{x.shape[1] / SAMPLE_RATE_HZ:g} s"
         )
-    power = s.power @ _BANDS  # [B, frames, N_BANDS]
+    power = s.band_power
     b, n_frames, _ = power.shape
     coarse = power.reshape(b, n_frames, N_SUBFRAME_BANDS, -1).sum(axis=3)
     which = (np.arange(n_frames) * n_sub) // n_frames
@@ -253,6 +271,55 @@ _EXTRACTORS: Final[dict[str, Callable[[_Spectra], np.ndarray]]] = {
     "subframes": _subframes,
 }
 assert tuple(_EXTRACTORS) == FEATURE_VIEWS, "vocabulary.FEATURE_VIEWS and the extractors differ"
+
+
+VIEW_BANDS_HZ: Final[dict[str, tuple[float, float]]] = {
+    "bands": BAND_EDGES_HZ,
+    "tonal": TONAL_EDGES_HZ,
+    "subframes": BAND_EDGES_HZ,
+}
+"""The frequency range a view's bands cover; the views not listed use the whole signal."""
+CONTENT_DYNAMIC_RANGE: Final = 1e-8
+"""Audio 'has content' up to the highest frequency whose average power is within 80 dB of the
+strongest: above, a resampled low-rate recording holds only the resampler's residue."""
+CONTENT_MAX_FRAMES: Final = 2_000
+"""Frames (about a minute) the content check averages at most: it only needs the spectrum."""
+
+
+def content_hz(signals: Sequence[np.ndarray]) -> float:
+    """The highest frequency (Hz) with content in `signals` (CONTENT_DYNAMIC_RANGE)."""
+    frames = []
+    budget = CONTENT_MAX_FRAMES
+    for x in signals:
+        n = min(budget, x.size // FRAME_SAMPLES)
+        if n > 0:
+            frames.append(np.asarray(x[: n * FRAME_SAMPLES]).reshape(n, FRAME_SAMPLES))
+            budget -= n
+        if budget <= 0:
+            break
+    if not frames:
+        return 0.0
+    spectrum = np.fft.rfft(np.concatenate(frames) * _HANN, axis=1)
+    power = np.mean(spectrum.real**2 + spectrum.imag**2, axis=0)
+    peak = float(power.max())
+    if peak <= 0.0:
+        return 0.0
+    return float(_FREQS[np.flatnonzero(power >= CONTENT_DYNAMIC_RANGE * peak)[-1]])
+
+
+def content_reason(name: str, top_hz: float) -> str | None:
+    """Why view `name` cannot be computed on audio with content up to `top_hz`, or None: most of
+    its (log-spaced) bands would be empty when the content stops below their geometric middle."""
+    if name not in VIEW_BANDS_HZ:
+        return None
+    low, high = VIEW_BANDS_HZ[name]
+    middle = float(np.sqrt(low * high))
+    if top_hz >= middle:
+        return None
+    return (
+        f"its bands span {low:g}-{high:g} Hz but the audio has no content above {top_hz:.0f} Hz "
+        f"(recorded at a sample rate of about {2 * top_hz:.0f} Hz?): most of its bands are empty"
+    )
 
 
 def check_windows(windows: np.ndarray) -> np.ndarray:
