@@ -7,8 +7,8 @@ calibration folds): z = (log score - median) / robust spread, clipped to [Z_MIN,
 
 The fused window score is exp(base + excess):
 
-- base: the embedding's z (or, when a view list leaves the embedding out, the weighted mean of
-  the views' z): it ranks windows as the embedding always did;
+- base: the embedding's z, unclipped (or, when a view list leaves the embedding out, the
+  weighted mean of the views' clipped z): it ranks windows as the embedding always did;
 - excess: each feature view adds its weight times how far its z lies beyond Z_MARGIN spreads, so
   a view speaks only when it hears something outside the range of normal it was calibrated on
   (a click bounce, a tone the embedding averages away), and its share is bounded by
@@ -119,9 +119,10 @@ class ViewNorm:
     """Robust spread (IQR / 1.349) of the log held-out scores."""
     weight: float
 
-    def z(self, scores: np.ndarray) -> np.ndarray:
+    def z(self, scores: np.ndarray, *, clip: bool = True) -> np.ndarray:
         log = np.log(np.maximum(np.asarray(scores, dtype=np.float64), SCORE_FLOOR))
-        return np.clip((log - self.centre) / self.spread, Z_MIN, Z_MAX)
+        z = (log - self.centre) / self.spread
+        return np.clip(z, Z_MIN, Z_MAX) if clip else z
 
     def to_dict(self) -> dict[str, float]:
         return {"centre": self.centre, "spread": self.spread, "weight": self.weight}
@@ -136,8 +137,14 @@ def fuse(scores: Mapping[str, np.ndarray], norms: Mapping[str, ViewNorm]) -> np.
     if not norms:
         raise ValueError("no views to fuse")
     base_names = [name for name in norms if name == EMBEDDING_VIEW] or list(norms)
+    # The embedding's z is not clipped: clipping would tie every strong anomaly at Z_MAX and
+    # hand their ranking to the views (measured: the fan's unheard session, docs/results.md).
+    clip = base_names != [EMBEDDING_VIEW]
     total = sum(norms[name].weight for name in base_names)
-    log = sum(norms[name].weight * norms[name].z(scores[name]) for name in base_names) / total
+    log = (
+        sum(norms[name].weight * norms[name].z(scores[name], clip=clip) for name in base_names)
+        / total
+    )
     for name, norm in norms.items():
         if name not in base_names:
             log = log + norm.weight * np.maximum(0.0, norm.z(scores[name]) - Z_MARGIN)
