@@ -298,3 +298,18 @@ def test_feature_scaler_round_trip_keeps_constant_features() -> None:
     assert scaler.dead == 1
     again = FeatureScaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
     np.testing.assert_array_equal(again.transform(features), scaler.transform(features))
+
+
+def test_a_pure_tone_calibrates_to_finite_scores() -> None:
+    """Near-identical windows: held-out spreads of almost nothing must not overflow the fused
+    score (the daemon's recalibration met this)."""
+    t = np.arange(int(8.0 * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
+    rng = np.random.default_rng(2)
+    tone = [
+        Clip(f"t{i}.wav", (0.1 * np.sin(2 * np.pi * 440.0 * t) + 1e-5 * rng.normal(size=t.size)))
+        for i in range(5)
+    ]
+    bundle = _calibrate([Clip(c.name, c.samples.astype(np.float32)) for c in tone], "auto")
+    assert np.isfinite(bundle.threshold) and bundle.threshold > 0  # type: ignore[attr-defined]
+    loud = (0.5 * np.sin(2 * np.pi * 3000.0 * t[: 4 * SAMPLE_RATE_HZ])).astype(np.float32)
+    assert np.all(np.isfinite(_scores(bundle, loud)))
