@@ -8,10 +8,12 @@ ROOT holds the sets of benchmarks/make_breadth_sets.py (valves, weak, bearings, 
 fan); every set is evaluated by the real command line (`python -m edge_asd evaluate SET --out ...
 --model M`), one run per configuration: the default model `yamnet-denoise`, the bundled
 `logmel-stats`, and `yamnet-denoise --views auto` when this checkout's `edge-asd evaluate
---help` offers `--views`. A run with the same arguments on an unchanged set (same
-manifest.json) is reused (`--fresh` recomputes). Each section's official-style score
-(harmonic mean of AUC source, AUC target when the section has target normals, and pAUC) and
-each set's (over all its sections) are compared with `logmel-stats` by
+--help` offers `--views` (the first two then run with `--views embedding`: the embedding
+alone, as before views existed; `--per-view` adds the default model with each feature view
+beside its embedding, `--views embedding,VIEW`). A run with the same arguments on an
+unchanged set (same manifest.json) is reused (`--fresh` recomputes). Each section's official-
+style score (harmonic mean of AUC source, AUC target when the section has target normals, and
+pAUC) and each set's (over all its sections) are compared with `logmel-stats` by
 `edge_asd.offline.metrics.paired_bootstrap` (test clips resampled, the same draw for both
 runs).
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import edge_asd
+from edge_asd.detection.vocabulary import EMBEDDING_VIEW, FEATURE_VIEWS
 from edge_asd.offline.comparison import paired_scores, read_results
 from edge_asd.offline.metrics import (
     BOOTSTRAP_ROUNDS,
@@ -86,10 +89,24 @@ def evaluate_supports(option: str) -> bool:
     return lists_option(result.stdout, option)
 
 
+def per_view_configurations() -> list[Configuration]:
+    """The default model with each feature view alone beside its embedding (a table per view)."""
+    return [
+        Configuration(
+            f"yamnet-denoise + {name}",
+            ("--model", "yamnet-denoise", VIEWS_OPTION, f"{EMBEDDING_VIEW},{name}"),
+        )
+        for name in FEATURE_VIEWS
+    ]
+
+
 def configurations(*, views: bool) -> list[Configuration]:
+    # Where evaluate has --views its default is calibrate's (auto): the plain rows then ask for
+    # the embedding alone, so they stay the figures measured before views existed.
+    plain: tuple[str, ...] = (VIEWS_OPTION, "embedding") if views else ()
     configs = [
-        Configuration("yamnet-denoise", ("--model", "yamnet-denoise")),
-        Configuration(BASELINE, ("--model", BASELINE)),
+        Configuration("yamnet-denoise", ("--model", "yamnet-denoise", *plain)),
+        Configuration(BASELINE, ("--model", BASELINE, *plain)),
     ]
     if views:
         configs.append(
@@ -229,6 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-views", action="store_true", help="leave out --views auto even where it exists"
     )
+    parser.add_argument(
+        "--per-view",
+        action="store_true",
+        help="also run the default model with each feature view alone beside its embedding",
+    )
     parser.add_argument("--rounds", type=int, default=BOOTSTRAP_ROUNDS, help="bootstrap rounds")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--fresh", action="store_true", help="recompute every run")
@@ -237,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     views = not args.no_views and evaluate_supports(VIEWS_OPTION)
     _LOGGER.info("edge-asd evaluate %s --views", "has" if views else "has no")
     configs = configurations(views=views)
+    if args.per_view and views:
+        configs += per_view_configurations()
     sets = find_sets(args.root)
     if args.sets:
         wanted = {s.strip() for s in args.sets.split(",") if s.strip()}

@@ -1,7 +1,9 @@
-"""Per-window latency of the encoder and of memory-bank scoring, and peak RSS of a scorer.
+"""Per-window latency of the encoder, of memory-bank scoring and of the feature views, and
+peak RSS of a scorer.
 
     python benchmarks/latency.py                    # default model, banks of 1k/10k/50k
     python benchmarks/latency.py --model student.onnx --markdown
+    python benchmarks/latency.py --views-only --bank-sizes 1000 10000   # the views alone
 
 Everything runs single-threaded (onnxruntime 1 intra-op thread, BLAS 1 thread unless the
 OPENBLAS_NUM_THREADS/OMP_NUM_THREADS/MKL_NUM_THREADS variables say otherwise),
@@ -37,8 +39,11 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_asd.constants import SAMPLE_RATE_HZ
+from edge_asd.detection.fusion import FeatureBank, FeatureScaler, ViewNorm, ViewSet
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.pipeline import MachinePipeline
+from edge_asd.detection.views import compute_views
+from edge_asd.detection.vocabulary import EMBEDDING_VIEW, FEATURE_VIEWS
 from edge_asd.model.encoder import Encoder
 from edge_asd.model.registry import resolve_model
 
@@ -301,6 +306,53 @@ def _print_table(
         )
 
 
+VIEW_BANK_SIZES: Final = (1_000, 10_000)
+
+
+def _view_set(window: np.ndarray, size: int, rng: np.random.Generator) -> ViewSet:
+    """Every feature view with a `size`-entry bank of stand-in features (jittered copies of the
+    window's own: the cost does not depend on their values)."""
+    features = compute_views(window, FEATURE_VIEWS)
+    banks = {}
+    for name, f in features.items():
+        bank = f + rng.standard_normal((size, f.shape[1])).astype(np.float32)
+        banks[name] = FeatureBank(
+            bank, rng.uniform(*RHO_RANGE, size).astype(np.float32), FeatureScaler.fit(bank)
+        )
+    norm = ViewNorm(centre=0.0, spread=1.0, weight=1.0)
+    norms = {name: norm for name in (EMBEDDING_VIEW, *FEATURE_VIEWS)}
+    return ViewSet(norms, banks, k=1, method=SCORE_METHOD)
+
+
+def view_timings(bank_sizes: Sequence[int], iterations: int) -> list[Timing]:
+    """Each view's features alone, all of them together (one shared STFT), and all of them
+    with their banks scored and fused: what views add to every window."""
+    rng = np.random.default_rng(SEED)
+    window = (NOISE_AMPLITUDE * rng.standard_normal((1, SAMPLE_RATE_HZ))).astype(np.float32)
+    timings = [
+        time_call(f"view {name}: features", partial(compute_views, window, [name]), iterations)
+        for name in FEATURE_VIEWS
+    ]
+    timings.append(
+        time_call(
+            f"all {len(FEATURE_VIEWS)} views: features",
+            partial(compute_views, window, FEATURE_VIEWS),
+            iterations,
+        )
+    )
+    embedding_score = np.ones(1, dtype=np.float32)
+    for size in bank_sizes:
+        views = _view_set(window, size, rng)
+        timings.append(
+            time_call(
+                f"all views: features + score vs {size:,}-entry banks + fuse",
+                partial(views.score, window, embedding_score),
+                iterations,
+            )
+        )
+    return timings
+
+
 def _timing_rows(timings: list[Timing]) -> list[tuple[str, ...]]:
     return [
         (
@@ -326,6 +378,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument("--no-rss", action="store_true", help="skip the RSS subprocesses")
+    parser.add_argument(
+        "--views-only",
+        action="store_true",
+        help="time the feature views alone (per view, all, and with banks of --bank-sizes)",
+    )
     parser.add_argument("--rss-child", type=int, metavar="BANK_SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     models: list[str | None] = list(args.model) if args.model else [None]
@@ -346,6 +403,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "CPU p50 ms",
         "CPU p95 ms",
     )
+    views_table = partial(
+        _print_table,
+        "Views (1 s window, one thread)",
+        _timing_rows(
+            view_timings(
+                [size for size in args.bank_sizes if size <= max(VIEW_BANK_SIZES)],
+                args.iterations,
+            )
+        ),
+        header,
+        args.markdown,
+    )
+    if args.views_only:
+        views_table()
+        return 0
     encoder_rows: list[Timing] = []
     whole: list[Timing] = []
     model_of_dim: dict[int, str | None] = {}
@@ -362,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     _print_table("Scoring", _timing_rows(scoring), header, args.markdown)
     _print_table("Whole window (embed, then score)", _timing_rows(whole), header, args.markdown)
+    views_table()
     if not args.no_rss:
         name = Encoder(resolve_model(models[0])).info.name
         rows = []

@@ -57,6 +57,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _views_option(text: str) -> str | list[str]:
+    """`--views`: auto, or views separated by commas (embedding,transient)."""
+    from edge_asd.detection.vocabulary import AUTO_VIEWS, VIEWS
+
+    if text.strip() == AUTO_VIEWS:
+        return AUTO_VIEWS
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VIEWS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected {AUTO_VIEWS} or a comma-separated list of {', '.join(VIEWS)}"
+        )
+    return names
+
+
+_VIEWS_HELP = (
+    "what each window is scored on: auto (calibration keeps the embedding and the cheap views "
+    "that are stable on held-out normal audio) or a comma-separated list, e.g. embedding "
+    "(the embedding alone) or embedding,transient; default: the config's calibration.views"
+)
+
+
 # ---------------------------------------------------------------- shared loading helpers
 
 
@@ -150,9 +172,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     )
     try:
         framing = Framing.from_seconds(window_seconds, hop_seconds)
-        bundle = calibrate(
-            clips, encoder, framing, config.calibration, off_clips=off_clips, progress=True
-        )
+        calibration = config.calibration
+        if args.views is not None:
+            calibration = calibration.model_copy(update={"views": args.views})
+        bundle = calibrate(clips, encoder, framing, calibration, off_clips=off_clips, progress=True)
     except CalibrationError as exc:
         print(f"edge-asd calibrate: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -185,6 +208,12 @@ def _print_report(report: dict[str, Any] | None) -> None:
         for k, v in decision["expected_delay_seconds"].items()
     )
     print(f"expected time to alarm for a fault scoring {delays}")
+    views = report.get("views")
+    if views:
+        print(f"scored on: {views['scored_on']} (views {views['requested']})")
+        for view in views["views"]:
+            used = f"used, weight {view['weight']:.2f}" if view["used"] else "not used"
+            print(f"  {view['name']}: {used}: {view['reason']}")
     for warning in report.get("warnings", []):
         print(f"WARNING: {warning}")
     print("full report: report.json in the bundle")
@@ -336,6 +365,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             hop_samples=_samples(args.hop_seconds),
             aggregate=args.aggregate,
             decision=args.decision,
+            views=args.views,
             progress=True,
         )
     except EvaluationError as exc:
@@ -535,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--model", help="encoder ONNX path or bundled name (default: config's)")
     cal.add_argument("--window-seconds", type=_positive_float, default=DEFAULT_WINDOW_SECONDS)
     cal.add_argument("--hop-seconds", type=_positive_float, default=DEFAULT_HOP_SECONDS)
+    cal.add_argument("--views", type=_views_option, default=None, help=_VIEWS_HELP)
     cal.set_defaults(handler=_cmd_calibrate)
 
     score = sub.add_parser(
@@ -580,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--window-seconds", type=_positive_float, default=DEFAULT_WINDOW_SECONDS)
     ev.add_argument("--hop-seconds", type=_positive_float, default=DEFAULT_HOP_SECONDS)
+    ev.add_argument(
+        "--views",
+        type=_views_option,
+        default=CalibrationConfig().views,
+        help=_VIEWS_HELP.replace("the config's calibration.views", "calibrate's"),
+    )
     ev.set_defaults(handler=_cmd_evaluate)
 
     chk = sub.add_parser(

@@ -41,10 +41,12 @@ from edge_asd.detection.detector import (
 )
 from edge_asd.detection.methods import DEFAULT_SCORE_METHOD, SCORE_METHODS
 from edge_asd.detection.vocabulary import (
+    AUTO_VIEWS,
     DECISION_RULES,
     DEFAULT_DECISION_RULE,
     RHO_SCOPES,
     THRESHOLD_METHODS,
+    VIEWS,
 )
 from edge_asd.mqtt.messages import DEFAULT_TOPIC_PREFIX
 from edge_asd.mqtt.outbox import DEFAULT_REOPEN_INTERVAL_SECONDS
@@ -107,6 +109,11 @@ ScoreMethod = Annotated[str, _one_of("scoring method", SCORE_METHODS)]
 RhoScopeName = Annotated[str, _one_of("rho scope", RHO_SCOPES)]
 ThresholdMethod = Annotated[str, _one_of("threshold method", THRESHOLD_METHODS)]
 DecisionRule = Annotated[str, _one_of("decision rule", DECISION_RULES)]
+ViewName = Annotated[str, _one_of("view", VIEWS)]
+ViewsSetting = (
+    Annotated[str, _one_of("views setting", (AUTO_VIEWS,))]
+    | Annotated[list[ViewName], Field(min_length=1)]
+)
 
 
 class MachineConfig(_Section):
@@ -335,6 +342,15 @@ class CalibrationConfig(_Section):
             "are near-duplicates, so with them rho measures clip smoothness, not domain density. "
             "all stays the default: other_groups measured best only together with k: 16, and at "
             "k = 1 it doubles false alarms (docs/benchmarks.md)."
+        ),
+    )
+    views: ViewsSetting = Field(
+        AUTO_VIEWS,
+        description=(
+            "What each window is scored on: auto (calibration keeps the learned embedding and "
+            "each cheap view, bands, tonal, modulation, transient, subframes, that is stable on "
+            "held-out normal audio, and weights them), or a list of views, e.g. [embedding] "
+            "(the embedding alone, as before views existed) or [embedding, transient]."
         ),
     )
 

@@ -135,6 +135,7 @@ def test_results_structure_and_metrics(evaluated: tuple[Path, dict]) -> None:
         "window_seconds": 1.0,
         "hop_seconds": 0.5,
         "aggregate": "mean",
+        "views": CalibrationConfig().views,
     }
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["official_score"] == pytest.approx(results["official_score"])

@@ -48,6 +48,7 @@ import numpy as np
 from edge_asd.detection.environment import EnvironmentProfile
 from edge_asd.detection.evidence import EvidenceSettings
 from edge_asd.detection.explain import BandProfile
+from edge_asd.detection.fusion import FeatureBank, FeatureScaler, ViewNorm, ViewSet
 from edge_asd.detection.memory_bank import NO_EXCLUSION, MemoryBank
 from edge_asd.detection.methods import SCORE_METHODS
 from edge_asd.detection.running import RunningProfile
@@ -138,6 +139,9 @@ class Bundle:
     environment: EnvironmentProfile | None = None
     """Band levels of each 10 s block of the normal audio: the conditions calibration heard
     (`detection.environment`); None in older bundles (no `environment_changed` then)."""
+    views: ViewSet | None = None
+    """The feature views fused with the embedding, their banks and normalisation; None: the
+    embedding's score alone (older bundles, `views: [embedding]`, or what auto chose)."""
     report: dict[str, Any] | None = None
     """The calibration report (report.json)."""
     created: str = field(default_factory=utc_now_iso)
@@ -223,7 +227,34 @@ class Bundle:
             "target_false_alarms_per_week": self.target_false_alarms_per_week,
             "band_profile": None if self.band_profile is None else self.band_profile.to_dict(),
             "environment": None if self.environment is None else self.environment.to_dict(),
+            "views": None if self.views is None else _views_meta(self.views),
         }
+
+
+def _views_meta(views: ViewSet) -> dict[str, Any]:
+    # `order` because bundle.json is written with sorted keys; fusion sums in this order.
+    return {
+        "order": views.names,
+        "norms": {name: norm.to_dict() for name, norm in views.norms.items()},
+        "scalers": {name: fb.scaler.to_dict() for name, fb in views.banks.items()},
+    }
+
+
+def _view_array(name: str, what: str) -> str:
+    return f"view_{name}_{what}"
+
+
+def _views_from(meta: dict[str, Any], npz: Any, k: int, method: str) -> ViewSet:
+    norms = {name: ViewNorm.from_dict(meta["norms"][name]) for name in meta["order"]}
+    banks = {
+        name: FeatureBank(
+            np.asarray(npz[_view_array(name, "features")], dtype=np.float32),
+            np.asarray(npz[_view_array(name, "rho")], dtype=np.float32),
+            FeatureScaler.from_dict(scaler),
+        )
+        for name, scaler in meta["scalers"].items()
+    }
+    return ViewSet(norms, banks, k=k, method=method)
 
 
 def _fsync_path(path: Path) -> None:
@@ -262,6 +293,10 @@ def save_bundle(bundle: Bundle, out_dir: str | os.PathLike[str]) -> Path:
             arrays["off_embeddings"] = bundle.off_embeddings
         if bundle.levels is not None:
             arrays["levels"] = bundle.levels
+        if bundle.views is not None:
+            for name, fb in bundle.views.banks.items():
+                arrays[_view_array(name, "features")] = fb.features
+                arrays[_view_array(name, "rho")] = fb.rho
         with open(tmp / BANK_FILE, "wb") as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]
             fh.flush()
@@ -395,6 +430,9 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
         target = meta.get("target_false_alarms_per_week")
         bands = meta.get("band_profile")
         environment = meta.get("environment")
+        views_meta = meta.get("views")
+        # Bundles from before views (no key) score with the embedding alone, as they did.
+        views = None if views_meta is None else _read_views(path, views_meta, meta)
         bundle = Bundle(
             embeddings=bank.embeddings,
             rho=bank.rho,
@@ -424,6 +462,7 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
             target_false_alarms_per_week=None if target is None else float(target),
             band_profile=None if bands is None else BandProfile.from_dict(bands),
             environment=None if environment is None else EnvironmentProfile.from_dict(environment),
+            views=views,
             report=_read_report(path),
         )
     except KeyError as exc:
@@ -434,6 +473,16 @@ def load_bundle(directory: str | os.PathLike[str], *, model: ModelInfo | None = 
     if model is not None:
         check_model(bundle, model, str(path))
     return bundle
+
+
+def _read_views(directory: Path, views_meta: dict[str, Any], meta: dict[str, Any]) -> ViewSet:
+    try:
+        with np.load(directory / BANK_FILE, allow_pickle=False) as npz:
+            return _views_from(views_meta, npz, int(meta["k"]), str(meta["method"]))
+    except KeyError as exc:
+        raise BundleError(f"bundle {directory}: views: {BANK_FILE} lacks array {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"bundle {directory}: views are unusable ({exc})") from exc
 
 
 def _read_report(directory: Path) -> dict[str, Any] | None:

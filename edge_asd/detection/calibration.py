@@ -43,6 +43,16 @@ from edge_asd.detection.bundle import Bundle
 from edge_asd.detection.environment import environment_profile
 from edge_asd.detection.evidence import fit_evidence
 from edge_asd.detection.explain import BandProfile, band_profile
+from edge_asd.detection.fusion import (
+    FeatureBank,
+    FeatureScaler,
+    ViewDecision,
+    ViewSet,
+    choose_views,
+    dead_feature_reason,
+    fuse,
+    view_norms,
+)
 from edge_asd.detection.memory_bank import (
     NO_EXCLUSION,
     RHO_FLOOR,
@@ -51,8 +61,21 @@ from edge_asd.detection.memory_bank import (
 )
 from edge_asd.detection.pipeline import EmbeddingModel, embed_recording
 from edge_asd.detection.running import running_profile
-from edge_asd.detection.vocabulary import THRESHOLD_METHODS
-from edge_asd.detection.windowing import window_count
+from edge_asd.detection.views import (
+    available_views,
+    compute_views,
+    concat_features,
+    content_hz,
+    content_reason,
+)
+from edge_asd.detection.vocabulary import (
+    AUTO_VIEWS,
+    EMBEDDING_VIEW,
+    FEATURE_VIEWS,
+    THRESHOLD_METHODS,
+    VIEWS,
+)
+from edge_asd.detection.windowing import iter_window_batches, window_count
 from edge_asd.model.contract import ModelInfo
 
 _LOGGER = logging.getLogger(__name__)
@@ -451,6 +474,137 @@ class EmbeddedAudio:
     """float32 [N] RMS level of each window (dBFS)."""
     labels: list[str] | None = None
     """Domain / condition per window, when the clips had one."""
+    views: dict[str, np.ndarray] | None = None
+    """float32 [N, D_view] raw features of every window for each feature view that could be
+    computed (views.compute_views); None: the embedding only."""
+    content_hz: float | None = None
+    """Highest frequency with content in the audio (views.content_hz); None: not checked."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Views
+
+
+VIEW_BATCH_WINDOWS: Final = 64
+"""Windows per feature batch: bounds the STFT's temporaries (about 8 MB at 64 windows)."""
+NEEDS_POSITIVE_SCORES: Final = ("density", "raw")
+"""Scoring methods whose scores views can be fused on (fusion works on log scores)."""
+
+
+def requested_views(config: CalibrationConfig) -> list[str]:
+    """The views `config.views` asks for (auto: all of them), each once, in vocabulary order
+    for auto and in the given order otherwise."""
+    if config.views == AUTO_VIEWS:
+        return list(VIEWS)
+    return list(dict.fromkeys(config.views))
+
+
+def view_features(
+    signals: Sequence[np.ndarray], counts: Sequence[int], framing: Framing, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Raw features [N, D] of every window of every signal (in `embed_all`'s order) for each
+    feature view in `names` that can be computed at this framing."""
+    reasons = available_views(framing.window_samples, names)
+    usable = [name for name in names if reasons[name] is None]
+    if not usable:
+        return {}
+    parts = []
+    for x, count in zip(signals, counts, strict=True):
+        if count == 0:
+            continue
+        for batch in iter_window_batches(
+            x, framing.window_samples, framing.hop_samples, VIEW_BATCH_WINDOWS
+        ):
+            parts.append(compute_views(batch, usable))
+    return concat_features(parts, usable)
+
+
+@dataclass(frozen=True)
+class _ViewChoice:
+    views: ViewSet | None
+    """None: the embedding alone, unfused."""
+    scores: np.ndarray
+    """Held-out scores the threshold is fitted on (fused, or the embedding's)."""
+    decisions: list[ViewDecision]
+
+
+def _choose(
+    audio: EmbeddedAudio,
+    embedding_scores: np.ndarray,
+    folds: np.ndarray,
+    mask: np.ndarray,
+    framing: Framing,
+    config: CalibrationConfig,
+    groups: np.ndarray,
+    positions: np.ndarray,
+) -> _ViewChoice:
+    """Score each requested feature view held-out, choose the views, fuse."""
+    names = requested_views(config)
+    auto = config.views == AUTO_VIEWS
+    wanted = [name for name in names if name in FEATURE_VIEWS]
+    skipped: dict[str, str] = {}
+    if wanted and config.scoring not in NEEDS_POSITIVE_SCORES:
+        skipped = {
+            name: f"{name}: views are fused on log scores; scoring {config.scoring!r} gives "
+            f"signed scores (use one of {NEEDS_POSITIVE_SCORES}); skipped"
+            for name in wanted
+        }
+        wanted = []
+    for name, reason in available_views(framing.window_samples, wanted).items():
+        if reason is None and audio.content_hz is not None:
+            reason = content_reason(name, audio.content_hz)
+        if reason is not None:
+            skipped[name] = f"{name}: {reason}; skipped"
+    heldout: dict[str, np.ndarray] = {}
+    if EMBEDDING_VIEW in names:
+        heldout[EMBEDDING_VIEW] = embedding_scores
+    scalers: dict[str, FeatureScaler] = {}
+    features = audio.views or {}
+    for name in wanted:
+        if name in skipped:
+            continue
+        if name not in features:
+            skipped[name] = f"{name}: no features of this view were computed (no audio); skipped"
+            continue
+        scaler = FeatureScaler.fit(features[name])
+        dead = dead_feature_reason(name, scaler)
+        if dead is not None:
+            skipped[name] = dead
+            continue
+        scalers[name] = scaler
+        heldout[name] = heldout_scores(
+            scaler.transform(features[name]),
+            folds,
+            framing,
+            config,
+            score_mask=mask,
+            groups=groups,
+            positions=positions,
+        )
+    if not heldout:
+        raise CalibrationError(
+            f"none of the views {names} can be computed: " + "; ".join(skipped.values())
+        )
+    decisions = choose_views(heldout, folds[mask], auto=auto, skipped=skipped)
+    norms = view_norms(decisions)
+    if not norms:
+        raise CalibrationError("no view is usable: " + "; ".join(d.reason for d in decisions))
+    if list(norms) == [EMBEDDING_VIEW]:
+        return _ViewChoice(None, embedding_scores, decisions)
+    banks = {}
+    for name in norms:
+        if name == EMBEDDING_VIEW:
+            continue
+        bank = bank_for(
+            scalers[name].transform(features[name]),
+            framing,
+            config,
+            groups=groups,
+            positions=positions,
+        )
+        banks[name] = FeatureBank(features[name], bank.rho, scalers[name])
+    view_set = ViewSet(norms, banks, k=config.k, method=config.scoring)
+    return _ViewChoice(view_set, fuse(heldout, norms), decisions)
 
 
 def calibrate(
@@ -504,7 +658,11 @@ def calibrate(
             for clip, count in zip(clips, counts, strict=True)
             for _ in range(count)
         ]
-    audio = EmbeddedAudio(embeddings, counts, levels, labels)
+    wanted = [name for name in requested_views(config) if name in FEATURE_VIEWS]
+    features = view_features(checked, counts, framing, wanted) if wanted else None
+    audio = EmbeddedAudio(
+        embeddings, counts, levels, labels, features, content_hz(checked) if wanted else None
+    )
     off: EmbeddedAudio | None = None
     off_files: list[FileCheck] = []
     if off_clips:
@@ -630,6 +788,8 @@ def build_bundle(
     scores = heldout_scores(
         embeddings, folds, framing, config, score_mask=mask, groups=groups, positions=positions
     )
+    choice = _choose(audio, scores, folds, mask, framing, config, groups, positions)
+    scores = choice.scores
     threshold = fit_threshold(scores, config.threshold_method, config.threshold_percentile)
     normal_stats = normal_score_stats(scores)
     normal_stats.update(
@@ -674,6 +834,7 @@ def build_bundle(
     except ValueError as exc:
         raise CalibrationError(f"{exc} (rho_scope {config.rho_scope!r})") from exc
     warnings = list(extra_warnings) + list(fit.warnings)
+    warnings += [d.reason for d in choice.decisions if d.warning]
     n_duplicates = int(np.count_nonzero(bank.rho < RHO_FLOOR))
     if n_duplicates:
         # Exact repeats (looped files, digital silence) make rho_K zero, which inflates the
@@ -716,6 +877,11 @@ def build_bundle(
         },
         "decision": fit.to_dict(),
         "running_profile": profile.to_dict(),
+        "views": {
+            "requested": config.views,
+            "scored_on": "embedding" if choice.views is None else "fused",
+            "views": [d.to_dict() for d in choice.decisions],
+        },
         "stopped_machine_recordings": None if off is None else int(off.embeddings.shape[0]),
         "warnings": warnings,
     }
@@ -743,6 +909,7 @@ def build_bundle(
         off_embeddings=None if off is None else off.embeddings,
         levels=audio.levels,
         target_false_alarms_per_week=config.target_false_alarms_per_week,
+        views=choice.views,
         report=report,
     )
 

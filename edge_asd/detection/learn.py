@@ -25,8 +25,10 @@ from edge_asd.detection.calibration import (
     check_clip,
     embed_all,
     file_check,
+    view_features,
 )
 from edge_asd.detection.pipeline import EmbeddingModel
+from edge_asd.detection.vocabulary import EMBEDDING_VIEW
 from edge_asd.detection.windowing import window_count
 
 MAX_NOVEL_FRACTION = 0.5
@@ -74,6 +76,9 @@ def _config_of(bundle: Bundle) -> CalibrationConfig:
         "threshold_percentile": bundle.threshold_percentile,
         "rho_scope": bundle.rho_scope,
         "folds": int(folds),
+        # The views calibration chose stay chosen: learning adds normal audio, it does not
+        # re-decide what to listen to (older bundles: the embedding alone, as they were).
+        "views": [EMBEDDING_VIEW] if bundle.views is None else bundle.views.names,
     }
     if bundle.target_false_alarms_per_week is not None:
         update["target_false_alarms_per_week"] = bundle.target_false_alarms_per_week
@@ -110,6 +115,10 @@ def learn(
     ]
     embeddings, levels = embed_all(checked, counts, encoder, framing, progress)
     scores = bundle.memory_bank().score(embeddings, bundle.method)
+    features = None
+    if bundle.views is not None:
+        features = view_features(checked, counts, framing, bundle.views.feature_names)
+        scores = bundle.views.fuse_features(features, scores)
     novel = float(np.mean(scores > bundle.threshold))
     if novel > MAX_NOVEL_FRACTION and not force:
         raise LearnError(
@@ -122,11 +131,18 @@ def learn(
     labels = None
     if old.labels is not None:
         labels = [*old.labels, *([""] * int(embeddings.shape[0]))]
+    combined_views = None
+    if bundle.views is not None and features is not None:
+        combined_views = {
+            name: np.concatenate([fb.features, features[name]])
+            for name, fb in bundle.views.banks.items()
+        }
     combined = EmbeddedAudio(
         np.concatenate([old.embeddings, embeddings]),
         [*old.counts, *counts],
         np.concatenate([old.levels, levels]),
         labels,
+        combined_views,
     )
     off = None
     if bundle.off_embeddings is not None:

@@ -31,6 +31,7 @@ from edge_asd.detection.environment import (
     EnvironmentProfile,
     EnvironmentSummary,
 )
+from edge_asd.detection.fusion import ViewSet
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.methods import check_method
 from edge_asd.detection.running import (
@@ -197,6 +198,7 @@ class MachinePipeline:
         profile: RunningProfile | None = None,
         off_bank: MemoryBank | None = None,
         environment: EnvironmentProfile | None = None,
+        views: ViewSet | None = None,
     ) -> None:
         check_method(method)
         if window_samples <= 0 or hop_samples <= 0:
@@ -212,6 +214,7 @@ class MachinePipeline:
         self.encoder = encoder
         self.bank = bank
         self.method = method
+        self.views = views
         self.window_samples = int(window_samples)
         self.hop_samples = int(hop_samples)
         self.detector_settings = detector
@@ -265,6 +268,7 @@ class MachinePipeline:
             profile=bundle.running_profile,
             off_bank=bundle.off_bank(),
             environment=environment,
+            views=bundle.views,
         )
 
     # ------------------------------------------------------------------ state
@@ -354,7 +358,14 @@ class MachinePipeline:
 
     def score_windows(self, windows: np.ndarray) -> np.ndarray:
         """float32 [B] scores of framed windows [B, window_samples] (no state, no events)."""
-        return self.score_embeddings(embed_windows(self.encoder, windows))
+        return self._fused(windows, self.score_embeddings(embed_windows(self.encoder, windows)))
+
+    def _fused(self, windows: np.ndarray, embedding_scores: np.ndarray) -> np.ndarray:
+        """The window scores everything downstream sees: the embedding's, fused with the
+        bundle's feature views when it has them."""
+        if self.views is None:
+            return embedding_scores
+        return self.views.score(windows, embedding_scores)
 
     def score_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
         """float32 [B] scores of the encoder's embeddings [B, D] against the bank with the
@@ -367,7 +378,7 @@ class MachinePipeline:
         """Scores, and with an off bank each window's raw distance to the running and the
         stopped machine's recordings."""
         embeddings = embed_windows(self.encoder, windows)
-        scores = self.bank.score(embeddings, self.method)
+        scores = self._fused(windows, self.bank.score(embeddings, self.method))
         if self.off_bank is None or self._running is None:
             return scores, None, None
         return scores, self.bank.score(embeddings, "raw"), self.off_bank.score(embeddings, "raw")

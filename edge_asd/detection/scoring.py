@@ -13,6 +13,7 @@ import numpy as np
 
 from edge_asd.detection.bundle import Bundle
 from edge_asd.detection.detector import DetectorSettings
+from edge_asd.detection.fusion import ViewSet
 from edge_asd.detection.memory_bank import MemoryBank
 from edge_asd.detection.methods import DEFAULT_SCORE_METHOD
 from edge_asd.detection.pipeline import EmbeddingModel, MachinePipeline, RecordingResult
@@ -58,6 +59,7 @@ class ClipScorer:
         hop_samples: int,
         aggregate: str = DEFAULT_AGGREGATE,
         detector: DetectorSettings | None = None,
+        views: ViewSet | None = None,
     ) -> None:
         self.aggregate = check_aggregate(aggregate)
         self.pipeline = MachinePipeline(
@@ -67,6 +69,7 @@ class ClipScorer:
             window_samples=window_samples,
             hop_samples=hop_samples,
             detector=detector,
+            views=views,
         )
 
     @classmethod

@@ -32,3 +32,12 @@ DECISION_RULES: Final[tuple[str, ...]] = ("evidence", "hysteresis")
 """How window scores become alarms (detector): evidence accumulated over time against the
 calibrated false-alarm budget, or N consecutive windows over a threshold."""
 DEFAULT_DECISION_RULE: Final = "evidence"
+
+EMBEDDING_VIEW: Final = "embedding"
+"""The learned encoder's embedding: the view every bundle has."""
+FEATURE_VIEWS: Final[tuple[str, ...]] = ("bands", "tonal", "modulation", "transient", "subframes")
+"""The cheap numpy views beside the embedding (views.py says what each sees)."""
+VIEWS: Final[tuple[str, ...]] = (EMBEDDING_VIEW, *FEATURE_VIEWS)
+AUTO_VIEWS: Final = "auto"
+"""calibration.views: calibration chooses the views and their weights from held-out normal
+windows (fusion.choose_views)."""

@@ -33,6 +33,8 @@ from edge_asd.detection.calibration import (
     EmbeddedAudio,
     Framing,
     build_bundle,
+    requested_views,
+    view_features,
 )
 from edge_asd.detection.detector import (
     DEFAULT_RELEASE_WINDOWS,
@@ -41,7 +43,12 @@ from edge_asd.detection.detector import (
 )
 from edge_asd.detection.pipeline import EmbeddingModel, RecordingResult, embed_recording
 from edge_asd.detection.scoring import ClipScorer
-from edge_asd.detection.vocabulary import DECISION_RULES, DEFAULT_AGGREGATE, DEFAULT_DECISION_RULE
+from edge_asd.detection.vocabulary import (
+    DECISION_RULES,
+    DEFAULT_AGGREGATE,
+    DEFAULT_DECISION_RULE,
+    FEATURE_VIEWS,
+)
 from edge_asd.offline.dcase import EvaluationError, LabelledClip, Section, discover_sections
 from edge_asd.offline.metrics import SOURCE, TARGET, dcase_section_metrics, harmonic_mean
 
@@ -129,17 +136,25 @@ class _TrainSet:
     """RMS level (dBFS) of every window."""
     n_clips: dict[str, int]
     skipped: list[str]
+    views: dict[str, np.ndarray] | None
+    """Raw features of every window per feature view (calibration.view_features), or None."""
 
 
 def _embed_train(
-    section: Section, encoder: EmbeddingModel, window_samples: int, hop_samples: int, bar: tqdm
+    section: Section,
+    encoder: EmbeddingModel,
+    framing: Framing,
+    bar: tqdm,
+    feature_views: Sequence[str] = (),
 ) -> _TrainSet:
+    window_samples, hop_samples = framing.window_samples, framing.hop_samples
     parts: list[np.ndarray] = []
     labels: list[str] = []
     counts: list[int] = []
     levels: list[float] = []
     n_clips = {SOURCE: 0, TARGET: 0}
     skipped: list[str] = []
+    signals: list[np.ndarray] = []
     for clip in section.train:
         try:
             x = read_wav(clip.path)
@@ -156,12 +171,15 @@ def _embed_train(
             skipped.append(f"{clip.path}: shorter than one window ({window_samples} samples)")
             continue
         parts.append(embeddings)
+        if feature_views:
+            signals.append(x)
         labels.extend([clip.domain] * count)
         counts.append(count)
         n_clips[clip.domain] += 1
     if not parts:
         raise EvaluationError(f"section {section.name}: no usable train clips")
-    return _TrainSet(np.concatenate(parts, axis=0), labels, counts, levels, n_clips, skipped)
+    views = view_features(signals, counts, framing, feature_views) if feature_views else None
+    return _TrainSet(np.concatenate(parts, axis=0), labels, counts, levels, n_clips, skipped, views)
 
 
 def _write_scores(path: Path, names: Sequence[str], scores: Sequence[float]) -> None:
@@ -205,7 +223,8 @@ def _evaluate_section(
     with tqdm(
         total=total, unit="clip", desc=section.name, file=sys.stderr, disable=not progress
     ) as bar:
-        train = _embed_train(section, encoder, framing.window_samples, framing.hop_samples, bar)
+        feature_views = [v for v in requested_views(calibration) if v in FEATURE_VIEWS]
+        train = _embed_train(section, encoder, framing, bar, feature_views)
         n_windows = train.embeddings.shape[0]
         if n_windows <= calibration.k:
             raise EvaluationError(
@@ -215,7 +234,11 @@ def _evaluate_section(
         # The section is calibrated exactly as `edge-asd calibrate` would (folds, bank, held-out
         # threshold, evidence decision for the budget), so the operating point is the daemon's.
         audio = EmbeddedAudio(
-            train.embeddings, train.window_counts, np.asarray(train.levels), train.labels
+            train.embeddings,
+            train.window_counts,
+            np.asarray(train.levels),
+            train.labels,
+            train.views,
         )
         try:
             bundle = build_bundle(
@@ -244,6 +267,7 @@ def _evaluate_section(
             hop_samples=framing.hop_samples,
             aggregate=aggregate,
             detector=detector,
+            views=bundle.views,
         )
         scored: list[LabelledClip] = []
         clip_scores: list[float] = []
@@ -291,6 +315,8 @@ def _evaluate_section(
         "scores_csv": csv_path.name,
         "skipped_files": skipped,
         "operating_point": None,
+        # What calibration chose for the section: used or not, weight and why, per view.
+        "views": None if bundle.report is None else bundle.report.get("views"),
     }
     if detector is not None:
         result_dict["operating_point"] = operating_point(scored, recordings, durations, detector)
@@ -320,6 +346,7 @@ def evaluate(
     release_windows: int = DEFAULT_RELEASE_WINDOWS,
     decision: str = DEFAULT_DECISION_RULE,
     target_false_alarms_per_week: float = _CALIBRATION_DEFAULTS.target_false_alarms_per_week,
+    views: str | Sequence[str] = _CALIBRATION_DEFAULTS.views,
 ) -> dict[str, Any]:
     """Evaluate `encoder` + memory bank on every section under ROOT; write CSVs and results.json.
 
@@ -337,6 +364,7 @@ def evaluate(
             threshold_percentile=threshold_percentile,
             rho_scope=_CALIBRATION_DEFAULTS.rho_scope if rho_scope is None else rho_scope,
             target_false_alarms_per_week=target_false_alarms_per_week,
+            views=views if isinstance(views, str) else list(views),
         )
     except ValidationError as exc:
         raise ValueError("; ".join(error_lines(exc))) from None
@@ -394,6 +422,7 @@ def evaluate(
             "window_seconds": window / SAMPLE_RATE_HZ,
             "hop_seconds": hop / SAMPLE_RATE_HZ,
             "aggregate": aggregate,
+            "views": calibration.views,
         },
         "root": str(Path(root)),
     }
