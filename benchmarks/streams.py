@@ -83,6 +83,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_asd.audio.files import read_wav
+from edge_asd.cli import parse_views_option
 from edge_asd.config import CalibrationConfig, MachineConfig, detector_settings
 from edge_asd.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
 from edge_asd.detection.bundle import Bundle
@@ -486,14 +487,14 @@ def calibrate_bundle(
     *,
     progress: bool,
     off_clips: Sequence[Clip] = (),
+    views: str | list[str] | None = None,
 ) -> Bundle:
     """The product's calibration with the config's default `calibration` settings (what
     `edge-asd calibrate` uses), framed for `encoder` at the default hop; `off_clips` as
-    `--off-from-dir`."""
+    `--off-from-dir`; `views` as `--views` (None: the default)."""
     framing = Framing(encoder.info.window_samples, seconds_to_samples(DEFAULT_HOP_SECONDS))
-    return calibrate(
-        clips, encoder, framing, CalibrationConfig(), off_clips=off_clips, progress=progress
-    )
+    settings = CalibrationConfig() if views is None else CalibrationConfig(views=views)
+    return calibrate(clips, encoder, framing, settings, off_clips=off_clips, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1292,12 +1293,17 @@ def run_scenario(
     out: Path,
     block_seconds: float,
     plot: bool,
+    views: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Calibrate, then monitor every stream with every variant (one seed of a scenario)."""
     tty = sys.stderr.isatty()
     started = time.perf_counter()
     bundle = calibrate_bundle(
-        scenario.calibration, encoder, progress=tty, off_clips=scenario.off_calibration
+        scenario.calibration,
+        encoder,
+        progress=tty,
+        off_clips=scenario.off_calibration,
+        views=views,
     )
     calibration_seconds = time.perf_counter() - started
     print(
@@ -1401,6 +1407,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--snr", type=float, default=DEFAULT_SNR_DB, help="MIMII calibration and mean SNR, dB"
     )
+    parser.add_argument(
+        "--views",
+        type=parse_views_option,
+        default=None,
+        help="calibration views, as `edge-asd calibrate --views` (default: the config default)",
+    )
     parser.add_argument("--block-seconds", type=float, default=BLOCK_SECONDS)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -1440,6 +1452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seeds": seeds,
             "quick": args.quick,
             "block_seconds": args.block_seconds,
+            "views": args.views,
             "grace_seconds": GRACE_SECONDS,
             "catch_within_seconds": CATCH_WITHIN_SECONDS,
             "state_within_seconds": STATE_WITHIN_SECONDS,
@@ -1461,6 +1474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out=args.out,
                 block_seconds=args.block_seconds,
                 plot=not args.no_plot and seed == seeds[0],
+                views=args.views,
             )
         results["scenarios"][name] = {
             "description": description,

@@ -57,7 +57,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _views_option(text: str) -> str | list[str]:
+def parse_views_option(text: str) -> str | list[str]:
     """`--views`: auto, or views separated by commas (embedding,transient)."""
     from edge_asd.detection.vocabulary import AUTO_VIEWS, VIEWS
 
@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--model", help="encoder ONNX path or bundled name (default: config's)")
     cal.add_argument("--window-seconds", type=_positive_float, default=DEFAULT_WINDOW_SECONDS)
     cal.add_argument("--hop-seconds", type=_positive_float, default=DEFAULT_HOP_SECONDS)
-    cal.add_argument("--views", type=_views_option, default=None, help=_VIEWS_HELP)
+    cal.add_argument("--views", type=parse_views_option, default=None, help=_VIEWS_HELP)
     cal.set_defaults(handler=_cmd_calibrate)
 
     score = sub.add_parser(
@@ -613,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--hop-seconds", type=_positive_float, default=DEFAULT_HOP_SECONDS)
     ev.add_argument(
         "--views",
-        type=_views_option,
+        type=parse_views_option,
         default=CalibrationConfig().views,
         help=_VIEWS_HELP.replace("the config's calibration.views", "calibrate's"),
     )
