@@ -606,8 +606,12 @@ _MSGSPEC_WORDING: Final[tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], s
 def _message(text: str, bare: Any) -> str:
     text = text.split(" - at `$", 1)[0]
     if text.startswith("Invalid enum value") and typing.get_origin(bare) is Literal:
-        allowed = [repr(choice) for choice in typing.get_args(bare)]
-        return f"Input should be {', '.join(allowed[:-1])} or {allowed[-1]}"
+        *others, last = [repr(choice) for choice in typing.get_args(bare)]
+        return (
+            f"Input should be {', '.join(others)} or {last}"
+            if others
+            else f"Input should be {last}"
+        )
     for pattern, wording in _MSGSPEC_WORDING:
         match = pattern.fullmatch(text)
         if match:
