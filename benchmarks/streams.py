@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import numpy as np
 from tqdm import tqdm
 
@@ -118,7 +119,7 @@ CATCH_WITHIN_SECONDS: Final = 10.0
 STATE_WITHIN_SECONDS: Final = 10.0
 """A variant with `stop_states` must report one of them within this of a stop's start."""
 BLOCK_SECONDS: Final = 0.1
-_MACHINE_DEFAULTS: Final = {name: f.default for name, f in MachineConfig.model_fields.items()}
+_MACHINE_DEFAULTS: Final = {f.name: f.default for f in msgspec.structs.fields(MachineConfig)}
 NO_AUDIO_SECONDS: Final = float(_MACHINE_DEFAULTS["no_audio_seconds"])
 """The daemon's defaults (`machines[]` in the config) from here on."""
 TRIGGER_WINDOWS: Final = int(_MACHINE_DEFAULTS["trigger_windows"])

@@ -127,6 +127,8 @@ def _wav_files(directory: Path, flag: str = "--from-dir") -> list[Path]:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import msgspec
+
     from edge_asd.audio.files import AudioFileError, read_wav
     from edge_asd.detection.bundle import save_bundle
     from edge_asd.detection.calibration import CalibrationError, Clip, Framing, calibrate
@@ -174,7 +176,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         framing = Framing.from_seconds(window_seconds, hop_seconds)
         calibration = config.calibration
         if args.views is not None:
-            calibration = calibration.model_copy(update={"views": args.views})
+            # Already checked by parse_views_option; replace() keeps the section's other values.
+            calibration = msgspec.structs.replace(calibration, views=args.views)
         bundle = calibrate(clips, encoder, framing, calibration, off_clips=off_clips, progress=True)
     except CalibrationError as exc:
         print(f"edge-asd calibrate: {exc}", file=sys.stderr)

@@ -144,18 +144,18 @@ def test_unregistered_names_list_the_registered_ones(
     assert repr(value) in line
     assert line.endswith("expected one of: " + ", ".join(registered))
     for name in registered:  # every registered name is accepted
-        assert getattr(CalibrationConfig.model_validate({key: name}), key) == name
+        assert getattr(CalibrationConfig.from_dict({key: name}), key) == name
 
 
 def test_detector_settings_from_the_machine() -> None:
-    machine = MachineConfig.model_validate(
+    machine = MachineConfig.from_dict(
         {"name": "m", "bundle": "/b", "trigger_windows": 3, "max_event_seconds": 60}
     )
     assert detector_settings(machine, 0.7) == DetectorSettings(
         threshold=0.7, trigger_windows=3, release_windows=4, max_event_seconds=60.0
     )
     # The machine section's defaults are the detector's own.
-    default = MachineConfig.model_validate({"name": "m", "bundle": "/b"})
+    default = MachineConfig.from_dict({"name": "m", "bundle": "/b"})
     assert detector_settings(default, 1.0) == DetectorSettings(threshold=1.0)
 
 

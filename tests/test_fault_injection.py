@@ -419,7 +419,7 @@ def test_host_paho_cannot_encode_keeps_the_network_thread(
     caplog.set_level(logging.DEBUG, logger="edge_asd.mqtt.publisher")
     box = Outbox(tmp_path / "o.sqlite")
     publisher = MqttPublisher(
-        MqttConfig.model_validate({"host": "broker..plant"}),
+        MqttConfig.from_dict({"host": "broker..plant"}),
         box,
         node_id=NODE,
         reconnect_min_delay_seconds=0.05,
@@ -443,7 +443,7 @@ def test_exceptions_in_our_callbacks_never_kill_the_loop(
 ) -> None:
     box = Outbox(tmp_path / "o.sqlite")
     publisher = MqttPublisher(
-        MqttConfig.model_validate({"host": broker.host, "port": broker.port}), box, node_id=NODE
+        MqttConfig.from_dict({"host": broker.host, "port": broker.port}), box, node_id=NODE
     )
 
     def broken(*_args: object) -> None:
@@ -520,7 +520,7 @@ def test_flapping_broker_without_acks_keeps_memory_bounded(tmp_path: Path) -> No
     for index in range(200):
         box.put(f"{PREFIX}/m1/event", json.dumps({"n": index}).encode(), 1)
     publisher = MqttPublisher(
-        MqttConfig.model_validate({"host": "127.0.0.1", "port": flapping.port}),
+        MqttConfig.from_dict({"host": "127.0.0.1", "port": flapping.port}),
         box,
         node_id=NODE,
         reconnect_min_delay_seconds=0.05,
@@ -563,7 +563,7 @@ def test_refused_message_is_quarantined_not_blocking(tmp_path: Path) -> None:
         box.put(f"{PREFIX}/forbidden/event", b'{"n":0}', 1)
         box.put(f"{PREFIX}/m1/event", b'{"n":1}', 1)
         publisher = MqttPublisher(
-            MqttConfig.model_validate({"host": acl_broker.host, "port": acl_broker.port}),
+            MqttConfig.from_dict({"host": acl_broker.host, "port": acl_broker.port}),
             box,
             node_id=NODE,
         )

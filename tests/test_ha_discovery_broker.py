@@ -44,7 +44,7 @@ def _wait(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
 
 
 def _publisher(broker: MosquittoBroker, tmp_path: Path, machines: list[str]) -> MqttPublisher:
-    config = MqttConfig.model_validate(
+    config = MqttConfig.from_dict(
         {"host": broker.host, "port": broker.port, "topic_prefix": PREFIX, "keepalive_seconds": 5}
     )
     outbox = Outbox(tmp_path / f"outbox-{len(machines)}.sqlite")

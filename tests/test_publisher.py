@@ -78,7 +78,7 @@ def config_for(port: int, **changes: object) -> MqttConfig:
         "keepalive_seconds": 5,
     }
     values.update(changes)
-    return MqttConfig.model_validate(values)
+    return MqttConfig.from_dict(values)
 
 
 def publisher_for(

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+import msgspec
 import numpy as np
 from scipy import stats
 from tqdm import tqdm
@@ -848,7 +849,7 @@ def build_bundle(
             embeddings,
             folds,
             framing,
-            config.model_copy(update={"scoring": "raw"}),
+            msgspec.structs.replace(config, scoring="raw"),
             score_mask=mask,
             groups=groups,
             positions=positions,

@@ -82,7 +82,7 @@ def _config_of(bundle: Bundle) -> CalibrationConfig:
     }
     if bundle.target_false_alarms_per_week is not None:
         update["target_false_alarms_per_week"] = bundle.target_false_alarms_per_week
-    return CalibrationConfig.model_validate(update)
+    return CalibrationConfig.from_dict(update)
 
 
 def learn(

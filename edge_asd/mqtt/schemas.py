@@ -15,10 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
+
+import msgspec
 
 from edge_asd.mqtt.messages import (
     PAYLOAD_MODELS,
@@ -26,6 +30,7 @@ from edge_asd.mqtt.messages import (
     SCHEMA_EVENT,
     SCHEMA_SCORE,
     SCHEMA_STATS,
+    null_when_not_finite_fields,
 )
 
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -38,7 +43,7 @@ SCHEMA_FILES: Final[Mapping[str, str]] = {
     SCHEMA_ENVIRONMENT: "environment.schema.json",
 }
 
-# Root keywords first, in reading order; the rest keep pydantic's (sorted) order.
+# Root keywords first, in reading order; the rest sorted, as the files have always been.
 _ROOT_ORDER: Final = (
     "$schema",
     "$id",
@@ -49,7 +54,7 @@ _ROOT_ORDER: Final = (
     "additionalProperties",
     "properties",
 )
-# Annotations pydantic adds that say nothing to a consumer: titles derived from Python names,
+# Annotations msgspec adds that say nothing to a consumer: titles derived from Python names,
 # and defaults (every field is always written, so a default never applies on the wire).
 _DROPPED_KEYWORDS: Final = frozenset({"title", "default"})
 
@@ -90,8 +95,8 @@ def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
             tidy[key] = _inline(value, defs)
     patterns = tidy.get("patternProperties")
     if isinstance(patterns, dict) and len(patterns) == 1 and "additionalProperties" not in tidy:
-        # pydantic writes a constrained dict key as patternProperties, which lets keys that do
-        # not match through unchecked; propertyNames rejects them.
+        # A constrained dict key as patternProperties would let keys that do not match through
+        # unchecked; propertyNames rejects them. (msgspec writes propertyNames already.)
         ((pattern, value_schema),) = patterns.items()
         del tidy["patternProperties"]
         tidy["propertyNames"] = {**tidy.get("propertyNames", {}), "pattern": pattern}
@@ -101,7 +106,15 @@ def _inline(node: Any, defs: Mapping[str, Any]) -> Any:
         # anyOf [{number}, {null}] (a nullable float) reads better as type [number, null].
         del tidy["anyOf"]
         tidy["type"] = [branch["type"] for branch in branches]
-    # Sorted keywords, as pydantic writes them, also where a $ref was merged in.
+    enum = tidy.get("enum")
+    if isinstance(enum, list) and enum and all(isinstance(item, str) for item in enum):
+        # msgspec writes an enum or a Literal as a bare `enum`; the type says it is text, and
+        # a single value (the `schema` field) reads better as const.
+        tidy["type"] = "string"
+        if len(enum) == 1:
+            del tidy["enum"]
+            tidy["const"] = enum[0]
+    # Sorted keywords, also where a $ref was merged in.
     return dict(sorted(tidy.items()))
 
 
@@ -125,8 +138,8 @@ def _check_strict(node: Any, where: str) -> None:
             raise AssertionError(f"{where}: required {node.get('required')} != {list(properties)}")
         for name, sub in properties.items():
             if not sub.get("description"):
-                # Also catches a description pydantic left out because it equalled the
-                # docstring of the referenced type, which the inlining drops.
+                # Also catches a field whose description was left to the docstring of the
+                # referenced type, which the inlining drops.
                 raise AssertionError(f"{where}/properties/{name}: no description")
             _check_strict(sub, f"{where}/properties/{name}")
     for key, value in node.items():
@@ -134,19 +147,53 @@ def _check_strict(node: Any, where: str) -> None:
             _check_strict(value, f"{where}/{key}")
 
 
+def _named_types(model: type[msgspec.Struct]) -> dict[str, type]:
+    """`model` and every Struct and Enum its fields refer to, by their $defs names."""
+    found: dict[str, type] = {}
+    todo: list[Any] = [model]
+    while todo:
+        kind = todo.pop()
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct | Enum):
+            if kind.__name__ not in found:
+                found[kind.__name__] = kind
+                if issubclass(kind, msgspec.Struct):
+                    todo.extend(f.type for f in msgspec.structs.fields(kind))
+        else:
+            # Annotated[X, ...], X | None, list[X], dict[K, X]
+            todo.extend(typing.get_args(kind))
+            if typing.get_origin(kind) is Annotated:
+                todo.append(kind.__origin__)
+    return found
+
+
+def _describe_the_wire(model: type[msgspec.Struct], defs: dict[str, Any]) -> None:
+    """Make msgspec's schemas (of the Python values) describe what `to_dict()` writes:
+    `WireFloat` fields are null when not finite, and every field is required, since every
+    field is always written (`schema` has a default only for the constructor). Enum values
+    stay in their definition order (msgspec sorts them), which reads as a lifecycle."""
+    for name, kind in _named_types(model).items():
+        schema = defs[name]
+        if issubclass(kind, Enum):
+            schema["enum"] = [member.value for member in kind]
+            continue
+        assert issubclass(kind, msgspec.Struct)
+        for wire_name in null_when_not_finite_fields(kind):
+            schema["properties"][wire_name]["type"] = ["number", "null"]
+        schema["required"] = list(schema["properties"])
+
+
 def generate(schema_id: str) -> dict[str, Any]:
     """The JSON Schema of payload `schema_id`, generated from its model."""
     if schema_id not in PAYLOAD_MODELS:
         raise ValueError(f"unknown payload schema {schema_id!r}; known: {sorted(PAYLOAD_MODELS)}")
     model = PAYLOAD_MODELS[schema_id]
-    # Serialization mode: the schema of what to_dict() writes (null for non-finite floats,
-    # `schema` required although the constructor has a default).
-    raw = model.model_json_schema(by_alias=True, mode="serialization")
-    defs = raw.pop("$defs", {})
+    (ref,), defs = msgspec.json.schema_components([model], ref_template="#/$defs/{name}")
+    _describe_the_wire(model, defs)
+    raw = defs[ref["$ref"].removeprefix("#/$defs/")]
     body = _inline(raw, defs)
     body["$schema"] = DIALECT
     body["$id"] = schema_uri(schema_id)
-    body["title"] = raw["title"]
+    body["title"] = model.TITLE
     # The model docstring is the description; joined, as it is wrapped for the source.
     body["description"] = " ".join(str(raw.get("description", "")).split())
     ordered = {key: body.pop(key) for key in _ROOT_ORDER if key in body}

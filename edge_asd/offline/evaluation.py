@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from edge_asd.audio.files import AudioFileError, read_wav
-from edge_asd.config import CalibrationConfig, error_lines
+from edge_asd.config import CalibrationConfig, ConfigError
 from edge_asd.constants import DEFAULT_HOP_SECONDS, SAMPLE_RATE_HZ, seconds_to_samples
 from edge_asd.detection.bundle import LEGACY_RHO_SCOPE, Bundle
 from edge_asd.detection.calibration import (
@@ -357,17 +356,19 @@ def evaluate(
     """
     try:
         # Validated as the config's calibration section is, so both accept the same values.
-        calibration = CalibrationConfig(
-            scoring=method,
-            k=k,
-            threshold_method=threshold_method,
-            threshold_percentile=threshold_percentile,
-            rho_scope=_CALIBRATION_DEFAULTS.rho_scope if rho_scope is None else rho_scope,
-            target_false_alarms_per_week=target_false_alarms_per_week,
-            views=views if isinstance(views, str) else list(views),
+        calibration = CalibrationConfig.from_dict(
+            {
+                "scoring": method,
+                "k": k,
+                "threshold_method": threshold_method,
+                "threshold_percentile": threshold_percentile,
+                "rho_scope": _CALIBRATION_DEFAULTS.rho_scope if rho_scope is None else rho_scope,
+                "target_false_alarms_per_week": target_false_alarms_per_week,
+                "views": views if isinstance(views, str) else list(views),
+            }
         )
-    except ValidationError as exc:
-        raise ValueError("; ".join(error_lines(exc))) from None
+    except ConfigError as exc:
+        raise ValueError("; ".join(f"{key}: {message}" for key, message in exc.items)) from None
     info = encoder.info
     window = window_samples if window_samples is not None else info.window_samples
     hop = hop_samples if hop_samples is not None else seconds_to_samples(DEFAULT_HOP_SECONDS)

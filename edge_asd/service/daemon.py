@@ -53,6 +53,7 @@ from edge_asd.mqtt.messages import (
     EnvironmentInfo,
     EnvironmentMessage,
     EventMessage,
+    ModelRef,
     OutboxMode,
     ScoreMessage,
     StatsMessage,
@@ -613,7 +614,7 @@ class Daemon:
             dbfs=event.dbfs,
             # Wall times of two runs: after a clock step at boot they may disagree.
             duration_seconds=max(0.0, event.last_ts - event.start_ts),
-            model=event.model,
+            model=ModelRef.from_dict(event.model),
             bundle_id=event.bundle_id,
             reason=EndReason.RESTART,
         )
@@ -804,7 +805,7 @@ class Daemon:
         info = self.encoder.info
         end = transition.end_ts
         to_wall = self.clock.to_wall
-        model = {"name": info.name, "version": info.version, "sha256": info.sha256}
+        model = ModelRef(name=info.name, version=info.version, sha256=info.sha256)
         ending = transition.kind == EventType.END
         clip, explanation = self.shift.transition(machine, transition)
         if not self.shift.publish_allowed(machine, transition):
@@ -864,7 +865,7 @@ class Daemon:
                     windows_over=transition.windows_over,
                     dbfs=transition.dbfs,
                     bundle_id=machine.bundle.bundle_id,
-                    model=model,
+                    model=model.to_dict(),
                 ),
                 force=transition.kind == EventType.START,
             )
