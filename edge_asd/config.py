@@ -607,6 +607,9 @@ _EXPECTED: Final = {
     "bool": "a valid boolean",
 }
 
+_JSON_NAMES: Final = {"str": "text", "array": "a list", "object": "a mapping", "null": "null"}
+"""msgspec's type names in a union's message, as the YAML user knows them."""
+
 # msgspec's messages, in the wording check-config used before (and that its tests expect).
 _MSGSPEC_WORDING: Final[tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...]] = (
     (
@@ -630,6 +633,13 @@ _MSGSPEC_WORDING: Final[tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], s
     (
         re.compile(r"Expected `(int|float|str|bool)`, got `(\w+)`"),
         lambda m: f"Input should be {_EXPECTED[m[1]]}, got {m[2]}",
+    ),
+    (
+        # A union (`views: auto` or a list): msgspec names JSON's types ("str | array").
+        re.compile(r"Expected `([\w |]+)`, got `(\w+)`"),
+        lambda m: "Input should be "
+        + " or ".join(_JSON_NAMES.get(t, t) for t in m[1].split(" | "))
+        + f", got {_JSON_NAMES.get(m[2], m[2])}",
     ),
 )
 

@@ -61,6 +61,9 @@ def test_defaults() -> None:
     machine = config.machines[0]
     assert machine.window_seconds == 1.0 and machine.hop_seconds == 0.5
     assert config.mqtt.qos == 1 and config.calibration.scoring == "density"
+    assert config.calibration.views == "auto"
+    listed = parse_config({"calibration": {"views": ["embedding", "transient"]}}, source=Path("x"))
+    assert listed.calibration.views == ["embedding", "transient"]
 
 
 @pytest.mark.parametrize(
@@ -73,6 +76,10 @@ def test_defaults() -> None:
         ({"mqtt": {"qos": 3}}, "mqtt.qos", "Input should be"),
         ({"calibration": {"scoring": "cosine"}}, "calibration.scoring", "density"),
         ({"calibration": {"rho_scope": "nearest"}}, "calibration.rho_scope", "other_groups"),
+        ({"calibration": {"views": "all"}}, "calibration.views", "transient"),
+        ({"calibration": {"views": ["embedding", "pitch"]}}, "calibration.views", "pitch"),
+        ({"calibration": {"views": []}}, "calibration.views", "non-empty"),
+        ({"calibration": {"views": 3}}, "calibration.views", "Input should be"),
         ({"machines": [_machine(hop_seconds=2.0)]}, "machines.0", "hop_seconds"),
         ({"machines": [_machine(), _machine(channel=1)]}, "(top level)", "unique"),
         ({"mqtt": {"password_file": "/a", "password_env": "B"}}, "mqtt", "not both"),
