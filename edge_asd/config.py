@@ -637,9 +637,11 @@ _MSGSPEC_WORDING: Final[tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], s
     (
         # A union (`views: auto` or a list): msgspec names JSON's types ("str | array").
         re.compile(r"Expected `([\w |]+)`, got `(\w+)`"),
-        lambda m: "Input should be "
-        + " or ".join(_JSON_NAMES.get(t, t) for t in m[1].split(" | "))
-        + f", got {_JSON_NAMES.get(m[2], m[2])}",
+        lambda m: (
+            "Input should be "
+            + " or ".join(_JSON_NAMES.get(t, t) for t in m[1].split(" | "))
+            + f", got {_JSON_NAMES.get(m[2], m[2])}"
+        ),
     ),
 )
 
