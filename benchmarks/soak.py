@@ -309,7 +309,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             drain_start = time.monotonic()
             sub.wait_for(drained, DRAIN_TIMEOUT_SECONDS)
             drain_seconds = time.monotonic() - drain_start
+            # The events have arrived; the state, score and stats rows queued in the outage
+            # are still being sent and acknowledged (a 2026-12-03 run read 6 rows 1.1 s after
+            # the last event, 0 at the next sample). The end depth is read once that settles.
             final_depth = _outbox_depth(outbox)
+            while final_depth and time.monotonic() - drain_start < DRAIN_TIMEOUT_SECONDS:
+                time.sleep(0.5)
+                final_depth = _outbox_depth(outbox)
             # One stats interval more, so the last snapshot is taken after the drain.
             time.sleep(STATS_INTERVAL_SECONDS + 1.0)
             final_stats = _last_stats(sub)
