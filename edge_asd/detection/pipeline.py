@@ -231,6 +231,10 @@ class MachinePipeline:
                 # A profile this version cannot use costs the monitor, never the machine.
                 _LOGGER.warning("environment monitor off: %s; recalibrate to get it", exc)
         self._state: MachineState | None = None
+        self._held: list[EventTransition] | None = None
+        """An event that started on a window quieter than running (`_hold_start`), not yet
+        reported: released once the machine is heard running on, dropped if it stops."""
+        self._held_windows = 0
         self._audio_ok = False
         self._windows_since_gap = 0
         self._samples_since_gap = 0
@@ -284,7 +288,8 @@ class MachinePipeline:
 
     @property
     def in_event(self) -> bool:
-        return self._detector is not None and self._detector.in_event
+        """An event is open and reported (a held start is not yet one)."""
+        return self._detector is not None and self._detector.in_event and self._held is None
 
     def _set_state(self, step: PipelineStep, state: MachineState, at: float) -> None:
         if self._detector is None or self._state == state:
@@ -335,7 +340,7 @@ class MachinePipeline:
         elif not ok and (self._audio_ok or self._state is None):
             self._audio_ok = False
             if self._detector is not None:
-                self._apply(step, self._detector.close(at))
+                self._apply(step, self._close_detector(at))
             self._set_state(step, MachineState.NO_AUDIO, at)
         return step
 
@@ -351,8 +356,18 @@ class MachinePipeline:
         """End an open event now (shutdown)."""
         step = PipelineStep()
         if self._detector is not None:
-            self._apply(step, self._detector.close(at))
+            self._apply(step, self._close_detector(at))
         return step
+
+    def _close_detector(self, at: float) -> list[EventTransition]:
+        """End the detector's event; one whose start is still held was never reported, so it
+        ends unreported too."""
+        assert self._detector is not None
+        transitions = self._detector.close(at)
+        if self._held is not None:
+            self._held = None
+            return []
+        return transitions
 
     # ------------------------------------------------------------------ scoring
 
@@ -431,23 +446,24 @@ class MachinePipeline:
                     continue
             if self._environment is not None:
                 self._judge_environment(step, window, result.end_time)
-            self._apply(
-                step,
-                self._detector.process(
-                    result.score,
-                    window_start_ts=result.start_time,
-                    window_end_ts=result.end_time,
-                    dbfs=result.dbfs,
-                ),
+            transitions = self._detector.process(
+                result.score,
+                window_start_ts=result.start_time,
+                window_end_ts=result.end_time,
+                dbfs=result.dbfs,
             )
+            self._apply(step, self._hold_start(transitions, result.dbfs))
 
     def _judge_running(self, step: PipelineStep, stopped: bool, at: float) -> bool:
         """Update the running state from one window; True if the window may feed detection."""
         assert self._running is not None and self._detector is not None
         change = self._running.update(stopped, at)
+        if stopped and self._held is not None:
+            # The quiet start was the machine running down: a stop, not a fault.
+            self._close_detector(at)
         if change is True:
             # A machine that stops ends its event: what follows is silence, not the fault.
-            self._apply(step, self._detector.close(at))
+            self._apply(step, self._close_detector(at))
             self._set_state(step, MachineState.IDLE, at)
         elif change is False:
             self._set_state(step, self._heard_state(), at)
@@ -455,6 +471,33 @@ class MachinePipeline:
             # The windows just before a stop are its transient: do not keep their evidence.
             self._detector.close(at)
         return not (stopped or self._running.idle or self._running.holding_off(at))
+
+    def _hold_start(self, transitions: list[EventTransition], dbfs: float) -> list[EventTransition]:
+        """The transitions to report now. A machine that is switched off first runs down: its
+        windows grow quieter than any calibrated running window and sound unlike normal before
+        they are quiet enough to look stopped. So an event that starts on a window quieter than
+        the running level's 1st percentile is held until the machine is heard running on for as
+        many windows as it takes to call it idle (then reported, with its own start time), and
+        dropped if it looks stopped first. A fault that adds sound starts at once."""
+        if self._held is not None:
+            self._held.extend(transitions)
+            self._held_windows += 1
+            assert self._running is not None
+            ended = any(t.kind is EventType.END for t in self._held)
+            if not ended and self._held_windows < self._running.settings.idle_windows:
+                return []
+            released, self._held = self._held, None
+            return released
+        starts = any(t.kind is EventType.START for t in transitions)
+        if (
+            starts
+            and self._running is not None
+            and self.profile is not None
+            and dbfs < self.profile.running_dbfs_low
+        ):
+            self._held, self._held_windows = list(transitions), 0
+            return []
+        return transitions
 
     def _judge_environment(self, step: PipelineStep, window: np.ndarray, at: float) -> None:
         """Feed one window of the running machine to the environment monitor."""
