@@ -101,8 +101,9 @@ def per_view_configurations() -> list[Configuration]:
 
 
 def configurations(*, views: bool) -> list[Configuration]:
-    # Where evaluate has --views its default is calibrate's (auto): the plain rows then ask for
-    # the embedding alone, so they stay the figures measured before views existed.
+    # Where evaluate has --views the plain rows ask for the embedding alone explicitly (also
+    # calibrate's default), so they stay the figures measured before views existed whatever
+    # the default becomes.
     plain: tuple[str, ...] = (VIEWS_OPTION, "embedding") if views else ()
     configs = [
         Configuration("yamnet-denoise", ("--model", "yamnet-denoise", *plain)),

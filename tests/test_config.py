@@ -61,7 +61,7 @@ def test_defaults() -> None:
     machine = config.machines[0]
     assert machine.window_seconds == 1.0 and machine.hop_seconds == 0.5
     assert config.mqtt.qos == 1 and config.calibration.scoring == "density"
-    assert config.calibration.views == "auto"
+    assert config.calibration.views == ["embedding"]
     listed = parse_config({"calibration": {"views": ["embedding", "transient"]}}, source=Path("x"))
     assert listed.calibration.views == ["embedding", "transient"]
 

@@ -99,7 +99,7 @@ calibration:
   target_false_alarms_per_week: 1
   reference_quantile: 0.99
   rho_scope: all
-  views: auto
+  views: [embedding]
 """
 
 

@@ -39,5 +39,9 @@ FEATURE_VIEWS: Final[tuple[str, ...]] = ("bands", "tonal", "modulation", "transi
 """The cheap numpy views beside the embedding (views.py says what each sees)."""
 VIEWS: Final[tuple[str, ...]] = (EMBEDDING_VIEW, *FEATURE_VIEWS)
 AUTO_VIEWS: Final = "auto"
+DEFAULT_VIEWS: Final[tuple[str, ...]] = (EMBEDDING_VIEW,)
+"""The embedding alone. `auto` ranks anomalies better on the development sets but its feature
+views alarm on normal running that calibration did not hear (docs/results.md, "Several views,
+one decision"), and false alarms are what a plant judges first."""
 """calibration.views: calibration chooses the views and their weights from held-out normal
 windows (fusion.choose_views)."""
