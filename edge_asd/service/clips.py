@@ -506,7 +506,9 @@ class ClipRecorder:
                 _write_wav(tmp, job.pcm, self.sample_rate)
             os.replace(tmp, job.audio_path)
             png_tmp = job.png_path.with_name(f".{job.png_path.name}.tmp")
-            samples = job.pcm.astype(np.float32) / np.float32(PCM16_SCALE)
+            # Scaled in place: a 90 s clip is 5.8 MB of float32, one copy is enough.
+            samples = job.pcm.astype(np.float32)
+            samples /= np.float32(PCM16_SCALE)
             write_spectrogram_png(png_tmp, samples, sample_rate=self.sample_rate, marks=job.marks)
             os.replace(png_tmp, job.png_path)
         finally:
