@@ -78,7 +78,7 @@ MIN_STD_DB: Final = 1.0
 tiny differences into many sigmas."""
 MAX_EXPLAIN_SECONDS: Final = 10.0
 """Only the first 10 s of a long event are analysed: the cost (and the daemon's peak memory,
-which has a 100 MB target: 20 s cost 9 MB of peak, 10 s about 4) stays bounded, and a
+which has a 100 MB target: 10 s cost about 2 MB of numpy temporaries) stays bounded, and a
 persistent fault shows its character by then (five periods of the slowest rate searched,
 `MIN_RATE_HZ`)."""
 FRAMES_PER_CHUNK: Final = 128
