@@ -107,6 +107,30 @@ def test_event_audio_splits_pre_roll_from_event(tmp_path: Path) -> None:
     recorder.close()
 
 
+def test_event_audio_copies_only_what_is_asked(tmp_path: Path) -> None:
+    """Spans across recorded blocks come out as the int16 clip scaled to float, the event's
+    head only with `max_event_seconds`, and no pre-roll with `with_pre=False` (a bundle with
+    a band profile does not need it)."""
+    recorder = _recorder(tmp_path)
+    stream = _Stream(recorder)
+    stream.run(5.0)
+    recorder.event_started("press", "e1", stream.time - 1.03)
+    stream.run(2.0)
+    full = recorder.event_audio("press")
+    head = recorder.event_audio("press", max_event_seconds=1.25)
+    bare = recorder.event_audio("press", with_pre=False)
+    assert full is not None and head is not None and bare is not None
+    pcm = np.round(np.clip(np.concatenate([full.pre, full.event]), -1, 1) * 32768.0)
+    assert full.pre.size == 2 * SR and full.event.size == round(3.03 * SR)
+    # Exactly the recorded 16-bit samples: values are k / 32768.
+    np.testing.assert_array_equal(pcm, np.round(pcm))
+    np.testing.assert_array_equal(head.event, full.event[: round(1.25 * SR)])
+    np.testing.assert_array_equal(head.pre, full.pre)
+    assert bare.pre.size == 0 and bare.pre.dtype == np.float32
+    np.testing.assert_array_equal(bare.event, full.event)
+    recorder.close()
+
+
 def test_short_history_gives_a_shorter_pre_roll(tmp_path: Path) -> None:
     recorder = _recorder(tmp_path)
     stream = _Stream(recorder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,44 @@ def test_bandpass_of_an_awkward_length_keeps_the_band() -> None:
     assert y.shape == x.shape
     inner = slice(2000, n - 2000)  # away from the ends, where the brick wall rings
     np.testing.assert_allclose(y[inner], np.sin(2 * np.pi * 4000 * t[inner]), atol=0.05)
+
+
+def test_band_power_does_not_depend_on_the_fft_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transforming fewer frames at once (the daemon's peak memory) gives the same band levels,
+    to the bit, so profiles calibrated before the change still apply."""
+    x = machine_sound(7.3, rng=np.random.default_rng(3)).astype(np.float32)
+    _, stepped = explain_module.band_power(x)
+    monkeypatch.setattr(explain_module, "FRAMES_PER_FFT", explain_module.FRAMES_PER_CHUNK)
+    _, whole = explain_module.band_power(x)
+    np.testing.assert_array_equal(stepped, whole)
+
+
+def test_explain_working_memory_is_bounded(recording: tuple[BandProfile, np.ndarray]) -> None:
+    """The 10 s an event is explained on cost about 2 MB of numpy temporaries at most (the
+    band-passed signal and its kurtosis, three copies of 0.6 MB); with 128 frames transformed
+    at once and the band-pass through float64 it was 4.1 MB, the daemon's step at an event's
+    end (100 MB target)."""
+    profile, normal = recording
+    n = normal.size
+    event = (normal + _impacts(n, 12.0, 4000.0, 0.5)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        result = explain(event, profile)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.impulsive  # the band-pass and its kurtosis ran
+    assert peak - before < 2_500_000
+
+
+def test_bandpass_keeps_float32() -> None:
+    """float32 audio is filtered in float32 (no float64 copy of an event) and agrees with the
+    float64 filter."""
+    t = np.arange(SR) / SR
+    x = np.sin(2 * np.pi * 1000 * t) + np.sin(2 * np.pi * 4000 * t)
+    single = explain_module._bandpass(x.astype(np.float32), (3000.0, 5000.0), SR)
+    double = explain_module._bandpass(x, (3000.0, 5000.0), SR)
+    assert single.dtype == np.float32 and double.dtype == np.float64
+    np.testing.assert_allclose(single, double, atol=1e-5)

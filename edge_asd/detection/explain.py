@@ -78,11 +78,18 @@ MIN_STD_DB: Final = 1.0
 tiny differences into many sigmas."""
 MAX_EXPLAIN_SECONDS: Final = 10.0
 """Only the first 10 s of a long event are analysed: the cost (and the daemon's peak memory,
-which has a 100 MB target: 20 s cost 9 MB of peak, 10 s about 4) stays bounded, and a
+which has a 100 MB target: 10 s cost about 2 MB of numpy temporaries) stays bounded, and a
 persistent fault shows its character by then (five periods of the slowest rate searched,
 `MIN_RATE_HZ`)."""
 FRAMES_PER_CHUNK: Final = 128
-"""Frames transformed at once: the windowed copy of overlapping frames stays ~1 MB."""
+"""Frames whose power spectra are handed on at once (0.26 MB of float32). `band_power` sums
+bands over a chunk with one matrix product, and BLAS rounds a product's rows differently for
+another row count, so this stays 128 to keep band levels (and calibrated profiles) as they were."""
+FRAMES_PER_FFT: Final = 16
+"""Frames transformed at once within a chunk. numpy's `rfft` of float32 frames (default norm)
+runs its float64 loop and casts around it, so a transform holds about five times its output in
+temporaries: 128 frames at once were 3.2 MB, the daemon's whole step in peak memory at an
+event's end (it has a 100 MB target); 16 frames are 0.4 MB, for the same spectra."""
 _EPS: Final = 1e-20
 
 
@@ -104,8 +111,14 @@ def _power_chunks(
     # In chunks: the overlapping frames' windowed copy and spectrum of a whole event at once
     # would be tens of MB in the daemon.
     for start in range(0, frames.shape[0], FRAMES_PER_CHUNK):
-        spectrum = np.fft.rfft(frames[start : start + FRAMES_PER_CHUNK] * window, axis=1)
-        yield start, np.square(np.abs(spectrum)) * scale
+        chunk = frames[start : start + FRAMES_PER_CHUNK]
+        power = np.empty((chunk.shape[0], frame // 2 + 1), dtype=np.float32)
+        for first in range(0, chunk.shape[0], FRAMES_PER_FFT):
+            part = power[first : first + FRAMES_PER_FFT]
+            spectrum = np.fft.rfft(chunk[first : first + FRAMES_PER_FFT] * window, axis=1)
+            np.square(np.abs(spectrum), out=part)
+            part *= scale
+        yield start, power
 
 
 def _frame_count(n_samples: int, frame: int, hop: int) -> int:
@@ -352,19 +365,24 @@ def fft_size(n: int) -> int:
 
 def _bandpass(
     x: npt.NDArray[np.floating[Any]], band_hz: tuple[float, float], sample_rate: int
-) -> FloatArray:
+) -> npt.NDArray[np.floating[Any]]:
     """Brick-wall band-pass in the frequency domain: exact enough for an envelope. Zero-padded
-    to a 5-smooth length (`fft_size`), which also keeps the filter from wrapping around."""
+    to a 5-smooth length (`fft_size`), which also keeps the filter from wrapping around.
+    float32 in, float32 out (float64 in, float64 out)."""
     size = fft_size(x.size)
-    spectrum = np.fft.rfft(x, size)
+    # "ortho" both ways (together the default's 1/size): its scale factor has the input's
+    # dtype, so numpy runs the float32 transform itself. With the default norm the forward
+    # transform of float32 goes through float64 copies of the input and the spectrum, twice
+    # the peak memory at an event's end (the daemon's 100 MB target).
+    spectrum = np.fft.rfft(x, size, norm="ortho")
     # Bin k is at k * sample_rate / size Hz: keep lower <= f < upper (no frequency array).
     lower, upper = (math.ceil(f * size / sample_rate) for f in band_hz)
     spectrum[:lower] = 0.0
     spectrum[upper:] = 0.0
-    return np.asarray(np.fft.irfft(spectrum, size)[: x.size])
+    return np.asarray(np.fft.irfft(spectrum, size, norm="ortho")[: x.size])
 
 
-def _kurtosis(x: FloatArray) -> float:
+def _kurtosis(x: npt.NDArray[np.floating[Any]]) -> float:
     centred = x - np.mean(x)
     var = float(np.mean(centred**2))
     if var <= _EPS:

@@ -102,6 +102,24 @@ def _to_pcm16(samples: npt.ArrayLike) -> npt.NDArray[np.int16]:
     return np.asarray(np.round(np.clip(x, -1.0, 1.0) * PCM16_MAX), dtype=np.int16)
 
 
+def _float_span(
+    chunks: list[npt.NDArray[np.int16]], start: int, end: int
+) -> npt.NDArray[np.float32]:
+    """Samples [start, end) of the concatenated int16 `chunks` as float32 in [-1, 1], copied
+    once: neither the int16 concatenation nor a second float temporary is made."""
+    out = np.empty(max(0, end - start), dtype=np.float32)
+    pos = 0
+    for chunk in chunks:
+        lo, hi = max(start - pos, 0), min(end - pos, chunk.size)
+        if lo < hi:
+            out[pos + lo - start : pos + hi - start] = chunk[lo:hi]
+        pos += chunk.size
+        if pos >= end:
+            break
+    out *= np.float32(1.0 / PCM16_SCALE)
+    return out
+
+
 class _Ring:
     """The last `capacity` samples of a stream, int16."""
 
@@ -299,27 +317,27 @@ class ClipRecorder:
             track.recording = rec
 
     def event_audio(
-        self, machine: str, *, max_event_seconds: float | None = None
+        self, machine: str, *, max_event_seconds: float | None = None, with_pre: bool = True
     ) -> EventAudio | None:
         """The open (or post-rolling) event's audio so far, for `explain`; None without one.
 
-        `max_event_seconds` keeps only the event's head: only what is returned is converted to
-        float, so a long event's clip is never copied whole (the daemon's peak memory)."""
+        `max_event_seconds` keeps only the event's head, and `with_pre` False leaves `pre`
+        empty (a bundle with a band profile needs no pre-roll): only what is returned is
+        copied, straight from the recorded blocks into float, so a long event's clip is never
+        copied whole (the daemon's peak memory)."""
         with self._lock:
             track = self._tracks.get(machine)
             rec = None if track is None else track.recording
             if rec is None:
                 return None
-            pcm = np.concatenate(rec.chunks) if rec.chunks else np.zeros(0, dtype=np.int16)
-            offset = min(rec.event_offset, pcm.size)
-            end = pcm.size if rec.event_samples is None else offset + rec.event_samples
-        if max_event_seconds is not None:
-            end = min(end, offset + max(0, round(max_event_seconds * self.sample_rate)))
-        scale = np.float32(1.0 / PCM16_SCALE)
-        return EventAudio(
-            pre=pcm[:offset].astype(np.float32) * scale,
-            event=pcm[offset:end].astype(np.float32) * scale,
-        )
+            offset = min(rec.event_offset, rec.samples)
+            end = rec.samples if rec.event_samples is None else offset + rec.event_samples
+            if max_event_seconds is not None:
+                end = min(end, offset + max(0, round(max_event_seconds * self.sample_rate)))
+            end = min(end, rec.samples)
+            pre = _float_span(rec.chunks, 0, offset if with_pre else 0)
+            event = _float_span(rec.chunks, offset, end)
+        return EventAudio(pre=pre, event=event)
 
     def event_ended(
         self,
@@ -488,7 +506,9 @@ class ClipRecorder:
                 _write_wav(tmp, job.pcm, self.sample_rate)
             os.replace(tmp, job.audio_path)
             png_tmp = job.png_path.with_name(f".{job.png_path.name}.tmp")
-            samples = job.pcm.astype(np.float32) / np.float32(PCM16_SCALE)
+            # Scaled in place: a 90 s clip is 5.8 MB of float32, one copy is enough.
+            samples = job.pcm.astype(np.float32)
+            samples /= np.float32(PCM16_SCALE)
             write_spectrogram_png(png_tmp, samples, sample_rate=self.sample_rate, marks=job.marks)
             os.replace(png_tmp, job.png_path)
         finally:

@@ -312,11 +312,13 @@ class ShiftFeatures:
         return False
 
     def _explain(self, machine: MachineRuntime) -> Explanation | None:
-        audio = self.clips.event_audio(machine.config.name, max_event_seconds=MAX_EXPLAIN_SECONDS)
+        profile = machine.bundle.band_profile
+        audio = self.clips.event_audio(
+            machine.config.name, max_event_seconds=MAX_EXPLAIN_SECONDS, with_pre=profile is None
+        )
         if audio is None or audio.event.size == 0:
             return None
         try:
-            profile = machine.bundle.band_profile
             if profile is None:
                 # Bundles calibrated before profiles existed: the pre-roll is normal audio.
                 profile = band_profile(audio.pre, sample_rate=SAMPLE_RATE_HZ)
